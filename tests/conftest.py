@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests run offline on CPU; weights go to a per-session temporary folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    """An isolated weights folder (DEEPDREAM_WEIGHTS_DIR), shared by the whole test session."""
+    path = tmp_path_factory.mktemp("weights")
+    os.environ["DEEPDREAM_WEIGHTS_DIR"] = str(path)
+    return path
