@@ -1,0 +1,72 @@
+"""Colour decorrelation (NOTES §4): the square root of the data's RGB covariance.
+
+Dreaming in the decorrelated space means the optimiser moves a latent ``z`` with
+``rgb = z @ M_n.T``; gradients w.r.t. ``z`` are then preconditioned by the covariance, so
+steps follow the colour directions natural images actually have instead of drifting hue.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import numpy as np
+
+#: sqrt of ImageNet's RGB covariance (pixels in [0, 1]), as used by Lucid.
+IMAGENET_SQRT_COV = np.array(
+    [[0.26, 0.09, 0.02],
+     [0.27, 0.00, -0.05],
+     [0.27, -0.09, 0.03]], dtype=np.float32)
+
+
+class ColourMatrixError(ValueError):
+    """A colour matrix that cannot be loaded or used; the message says what to do."""
+
+
+def pixel_covariance(rgb: np.ndarray) -> np.ndarray:
+    """3x3 covariance of one image's pixels ((H, W, 3) in [0, 1]), each channel centred."""
+    pixels = rgb.reshape(-1, 3).astype(np.float64)
+    pixels -= pixels.mean(axis=0)
+    return pixels.T @ pixels / max(len(pixels) - 1, 1)
+
+
+def sqrt_covariance(cov: np.ndarray) -> np.ndarray:
+    """``M = U diag(sqrt(S + 1e-10))`` from ``cov = U S V^T``, so ``M @ M.T == cov``."""
+    u, s, _ = np.linalg.svd(np.asarray(cov, np.float64))
+    return (u * np.sqrt(s + 1e-10)).astype(np.float32)
+
+
+def colour_matrix(images: Iterable[np.ndarray]) -> np.ndarray:
+    """The decorrelation matrix of a set of images: the SVD square root of their mean covariance."""
+    total, count = np.zeros((3, 3)), 0
+    for rgb in images:
+        total += pixel_covariance(rgb)
+        count += 1
+    if count == 0:
+        raise ColourMatrixError("no images to compute a colour matrix from")
+    return sqrt_covariance(total / count)
+
+
+def normalise(matrix: np.ndarray) -> np.ndarray:
+    """Scale so the largest column has unit L2 norm (about /0.462 for ImageNet), as Lucid does."""
+    return (matrix / np.linalg.norm(matrix, axis=0).max()).astype(np.float32)
+
+
+def load_colour_matrix(spec: str | os.PathLike) -> np.ndarray:
+    """``"imagenet"`` or the path of a 3x3 ``.npy`` written by calc_cm.py -> the raw (unnormalised) matrix."""
+    if str(spec).lower() == "imagenet":
+        return IMAGENET_SQRT_COV.copy()
+    try:
+        matrix = np.load(spec, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ColourMatrixError(
+            f"cannot read colour matrix '{spec}' ({exc}); use 'imagenet' or a .npy made by calc_cm.py") from None
+    return validate(matrix, str(spec))
+
+
+def validate(matrix: np.ndarray, origin: str = "colour matrix") -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
+        raise ColourMatrixError(
+            f"{origin} must be a finite, invertible 3x3 matrix (got shape {matrix.shape}); make one with calc_cm.py")
+    return matrix
