@@ -33,6 +33,9 @@ def pixel_covariance(rgb: np.ndarray) -> np.ndarray:
 def sqrt_covariance(cov: np.ndarray) -> np.ndarray:
     """``M = U diag(sqrt(S + 1e-10))`` from ``cov = U S V^T``, so ``M @ M.T == cov``."""
     u, s, _ = np.linalg.svd(np.asarray(cov, np.float64))
+    # SVD leaves each column's sign arbitrary (M @ M.T is the same either way); make each
+    # column sum non-negative so the first column reads as luminance, as in Lucid's matrix.
+    u = u * np.where(u.sum(axis=0) < 0, -1.0, 1.0)
     return (u * np.sqrt(s + 1e-10)).astype(np.float32)
 
 

@@ -24,6 +24,20 @@ def to_mlx_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
 
 
+def linear_after_nchw_flatten(weight: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
+    """Reorder the columns of the first Linear after a flatten from torch's (C, H, W) order to NHWC's (H, W, C).
+
+    torch flattens NCHW feature maps channel-major, MLX ports flatten NHWC position-major; the
+    weight (out, C*H*W) becomes (out, H*W*C) so both compute the same dot products.
+    """
+    out = weight.shape[0]
+    if weight.shape != (out, channels * height * width):
+        raise ValueError(f"expected a ({out}, {channels * height * width}) linear weight after the flatten, "
+                         f"got {tuple(weight.shape)}")
+    reordered = weight.reshape(out, channels, height, width).transpose(0, 2, 3, 1).reshape(out, -1)
+    return np.ascontiguousarray(reordered)
+
+
 def convert_state_dict(state_dict: Mapping[str, Any],
                        rename: Callable[[str], str | None] = lambda key: key) -> dict[str, np.ndarray]:
     """Rename keys (None drops one), drop BN counters, convert tensors to numpy in MLX layout."""
@@ -81,6 +95,23 @@ def torchvision_model(name: str, pretrained: bool, num_classes: int = 1000):
     return builder(weights=None, num_classes=num_classes, **extra).eval()
 
 
+def _check_fits(name: str, arrays: Mapping[str, np.ndarray], num_classes: int) -> None:
+    """Refuse, before anything is written, a checkpoint that load_model would reject (e.g. vgg16 as vgg19)."""
+    from mlx.utils import tree_flatten
+
+    from .registry import build_model
+
+    # Shapes of a lazily built model are known without allocating its parameters.
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(build_model(name, num_classes=num_classes).parameters())}
+    missing = sorted(expected.keys() - arrays.keys())
+    unexpected = sorted(arrays.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & arrays.keys() if tuple(arrays[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        details = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                   for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise ValueError(f"the checkpoint is not a {name} state dict ({'; '.join(details)})")
+
+
 def export_model(name: str, out: str | Path | None = None, from_pth: str | Path | None = None,
                  random_init: bool = False, seed: int = 0, num_classes: int = 1000) -> Path:
     """Write the MLX weights file for ``name``; return its path.
@@ -107,7 +138,9 @@ def export_model(name: str, out: str | Path | None = None, from_pth: str | Path 
         state_dict = torchvision_model(name, pretrained=True).state_dict()
         source = spec.source
     arrays = getattr(arch, "convert_torch_state_dict", convert_state_dict)(state_dict)
-    classes = next(v for k, v in arrays.items() if k.endswith(arch.CLASSIFIER_WEIGHT)).shape[0]
+    classifier = next((v for k, v in arrays.items() if k.endswith(arch.CLASSIFIER_WEIGHT)), None)
+    classes = classifier.shape[0] if classifier is not None else num_classes
+    _check_fits(name, arrays, int(classes))  # also names a missing classifier
     if classes == 1000:
         class_names = imagenet_class_names()
     metadata = {"architecture": name, "source": source, "num_classes": int(classes),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import mlx.core as mx
 
@@ -25,6 +26,9 @@ class ModelSpec:
     exporter: str          # the command that makes the default weights file
     source: str            # where the pretrained weights come from (README / --info)
     torchvision: bool = True   # False: no torchvision counterpart (weights ship in a package)
+    # Keyword arguments ``build`` needs for this variant when one module serves several
+    # models (vgg16/vgg19 -> depth), so build_model(name) alone always builds the right one.
+    config: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -33,9 +37,9 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("googlenet", "models.googlenet", "python export_googlenet.py",
                   "torchvision GoogLeNet_Weights.IMAGENET1K_V1"),
         ModelSpec("vgg16", "models.vgg", "python export_vgg.py --model vgg16",
-                  "torchvision VGG16_Weights.IMAGENET1K_V1"),
+                  "torchvision VGG16_Weights.IMAGENET1K_V1", config={"depth": 16}),
         ModelSpec("vgg19", "models.vgg", "python export_vgg.py --model vgg19",
-                  "torchvision VGG19_Weights.IMAGENET1K_V1"),
+                  "torchvision VGG19_Weights.IMAGENET1K_V1", config={"depth": 19}),
         ModelSpec("resnet50", "models.resnet", "python export_resnet.py",
                   "torchvision ResNet50_Weights.IMAGENET1K_V1"),
         ModelSpec("alexnet", "models.alexnet", "python export_alexnet.py",
@@ -86,7 +90,7 @@ def weights_available(name: str) -> bool:
 
 def build_model(name: str, num_classes: int = 1000, **config) -> DreamModel:
     """An architecture with freshly initialised parameters (no weights loaded)."""
-    return architecture_module(name).build(num_classes=num_classes, **config)
+    return architecture_module(name).build(num_classes=num_classes, **{**get_spec(name).config, **config})
 
 
 def _fetch_default_weights(name: str, path: Path) -> None:

@@ -1,0 +1,164 @@
+"""Loading and saving images: float32 RGB (H, W, 3) in [0, 1] inside, any Pillow format outside."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.weights import atomic_write
+
+from .errors import DreamError
+
+#: JPEG quality of saved dreams: high, since DeepDream's fine textures suffer from compression.
+JPEG_QUALITY = 95
+#: Transparent regions are composited onto this colour (white, as viewers show them).
+BACKGROUND = (255, 255, 255)
+
+
+class ImageError(DreamError):
+    """An image that cannot be read or written; the message names the file and the fix."""
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> float32 RGB in [0, 1]: alpha composited on white, 16-bit and float scaled."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float64)
+        # 32-bit "I" images are usually 16-bit data widened by Pillow; scale by the range used.
+        top = 65535.0 if mode.startswith("I;16") or grey.max() <= 65535 else float(grey.max())
+        grey = np.clip(grey / top, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    if mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        top = grey.max()
+        grey = grey / top if top > 1.0 else grey
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or img.mode == "RGBA":
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike, max_size: int | None = None, what: str = "input image") -> np.ndarray:
+    """Read ``path`` as float32 RGB (H, W, 3) in [0, 1], EXIF orientation applied.
+
+    ``max_size`` downscales (never upscales) so the longest side is at most that many pixels;
+    ``what`` names the file's role in error messages ("guide image", ...).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{what} '{path}' not found; check the path")
+    if path.is_dir():
+        raise ImageError(f"{what} '{path}' is a folder; give an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{what} '{path}' is empty (0 bytes); give a valid image file")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF, not in the pixels
+            img.load()
+            rgb = _to_rgb_array(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"cannot read {what} '{path}': not an image format Pillow knows; convert it to PNG or JPEG") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{what} '{path}' is too large to open safely ({exc}); downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read {what} '{path}': the file is corrupt or truncated ({exc})") from None
+    if max_size is not None:
+        rgb = limit_size(rgb, max_size)
+    return rgb
+
+
+def limit_size(rgb: np.ndarray, max_size: int) -> np.ndarray:
+    """Downscale (Lanczos) so the longest side is at most ``max_size``; smaller images are returned unchanged."""
+    h, w = rgb.shape[:2]
+    longest = max(h, w)
+    if longest <= max_size:
+        return rgb
+    ratio = max_size / longest
+    size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+    small = Image.fromarray(to_uint8(rgb)).resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def noise_image(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """The start image when there is no input: mid grey with faint uniform noise (the 2015 notebook's
+    ``img_noise``), so the dream builds its own structures instead of amplifying a photo's."""
+    return (0.5 + 0.1 * (rng.random((height, width, 3)) - 0.5)).astype(np.float32)
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _pillow_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"cannot write '{path}': unknown image extension '{ext or '(none)'}'; use .png or .jpg")
+    return fmt
+
+
+def check_output_path(path: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
+    """Fail early (before any dreaming) if ``path`` cannot be written; return it as a Path.
+
+    Checks: a known image extension, not the input file, not a folder, and a writable
+    destination folder (the nearest existing ancestor, since missing folders are created).
+    """
+    path = Path(path)
+    _pillow_format(path)
+    if input_path is not None and path.exists() and Path(input_path).exists() \
+            and os.path.samefile(path, input_path):
+        raise ImageError(f"output '{path}' is the input image; choose another --output (the input is never overwritten)")
+    if path.is_dir():
+        raise ImageError(f"output '{path}' is a folder; give a file name such as {path / 'dream.png'}")
+    check_writable_folder(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ImageError(f"cannot write '{path}': the file is read-only; choose another --output")
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Raise ImageError unless ``folder`` exists and is writable, or could be created."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ImageError(f"cannot write into '{folder}': '{probe}' is a file, not a folder; choose another --output")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ImageError(f"cannot write into '{folder}': permission denied; choose another --output")
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write float RGB [0, 1] as 8-bit, atomically (a crash or Ctrl-C never leaves half a file)."""
+    path = Path(path)
+    fmt = _pillow_format(path)
+    img = Image.fromarray(to_uint8(rgb))
+    options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+
+    def write(tmp: str) -> None:
+        img.save(tmp, format=fmt, **options)
+
+    atomic_write(path, write)
+    return path
+
+
+def default_output_path(input_path: str | os.PathLike | None, model_name: str,
+                        folder: str | os.PathLike = "outputs") -> Path:
+    """``outputs/<input-stem>_<model>.<input ext, or png>`` (``dream_<model>.png`` for a noise dream)."""
+    if input_path is None:
+        return Path(folder) / f"dream_{model_name}.png"
+    src = Path(input_path)
+    ext = src.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE or fmt in ("GIF",):  # GIF would quantise the dream to 256 colours
+        ext = ".png"
+    return Path(folder) / f"{src.stem}_{model_name}{ext}"

@@ -1,0 +1,382 @@
+"""The dream itself: one gradient-ascent step (``make_step``) and the octave loop (``Dreamer``).
+
+The step follows pytorch-deepdream (whose recipes the presets reproduce): the image lives in
+the network's ImageNet-normalised input space; each step rolls it by a random jitter, takes
+the gradient of the objective, blurs it with a cascade of three Gaussians whose width grows
+over the octave, normalises it to zero mean / unit std, adds ``lr`` times it, rolls back and
+clamps to valid pixels. Alternatives: the 2015 Caffe normalisation (``g / mean|g|``), the
+Laplacian-pyramid normalisation of the 2015 TF notebook, TF-tutorial tiling for big images,
+and steps in a decorrelated colour space.
+
+Octaves follow the 2015 notebook: the image is shrunk ``octaves - 1`` times by ``scale``, the
+smallest is dreamed first, and only the *detail* (dreamed minus base) is upscaled and added
+to the next larger base, so the photo's own pixels are never blurred by resampling.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import mlx.core as mx
+import numpy as np
+from tqdm import tqdm
+
+from models import DreamModel
+
+from . import colour, transforms
+from .errors import DreamError
+from .image_io import load_image
+from .objectives import Objective, build_objective
+
+#: The guide image is analysed at most this large (longest side): its features are matched
+#: per position, so a bigger guide only costs time.
+GUIDE_MAX_SIZE = 512
+GRAD_NORMS = ("std", "mean-abs")
+
+
+@dataclass(frozen=True)
+class DreamSettings:
+    """Everything that shapes a dream, as plain values (what the command line resolves to).
+
+    ``layers=None`` means the model's default layers. ``decorrelate`` is ``"imagenet"``,
+    ``"model"`` (the matrix in the weights file's metadata) or the path of a 3x3 ``.npy``.
+    """
+
+    layers: tuple[str, ...] | None = None
+    channels: tuple[int, ...] | None = None
+    guide: str | None = None
+    octaves: int = 4
+    scale: float = 1.8
+    steps: int = 10
+    lr: float = 0.09
+    jitter: int = 32
+    smoothing: float = 0.5
+    lap_norm: bool = False
+    grad_norm: str = "std"
+    tile_size: int | None = None
+    seed: int | None = None
+    decorrelate: str | None = None
+
+    def validate(self) -> None:
+        """Raise DreamError for values no dream can use."""
+        if self.octaves < 1:
+            raise DreamError(f"--octaves must be at least 1 (got {self.octaves})")
+        if self.steps < 1:
+            raise DreamError(f"--steps must be at least 1 (got {self.steps})")
+        if not self.scale > 0 or not np.isfinite(self.scale):
+            raise DreamError(f"--scale must be a positive number (got {self.scale}); 1.3-2 is typical")
+        if self.octaves > 1 and self.scale <= 1.0:
+            raise DreamError(f"--scale must be above 1 when --octaves is more than 1 (got {self.scale}); "
+                             "1.3-2 is typical")
+        if not self.lr >= 0 or not np.isfinite(self.lr):
+            raise DreamError(f"--lr must be zero or positive (got {self.lr})")
+        if self.jitter < 0:
+            raise DreamError(f"--jitter must be zero or positive (got {self.jitter})")
+        if not self.smoothing >= 0 or not np.isfinite(self.smoothing):
+            raise DreamError(f"--smoothing must be zero or positive (got {self.smoothing})")
+        if self.grad_norm not in GRAD_NORMS:
+            raise DreamError(f"unknown gradient normalisation '{self.grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise DreamError(f"--tile-size must be positive (got {self.tile_size})")
+        if self.channels is not None and any(c < 0 for c in self.channels):
+            raise DreamError("--channels takes channel indices from 0 up; see the layer's channel count")
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# -- where the optimisation happens ------------------------------------------------------------
+
+class Space(Protocol):
+    """How the optimised array ("state") maps to pixels and to the network input."""
+
+    step_scale: float
+
+    def encode(self, rgb: np.ndarray) -> mx.array: ...
+    def decode(self, state: mx.array) -> np.ndarray: ...
+    def to_input(self, state: mx.array) -> mx.array: ...
+    def clamp(self, state: mx.array) -> mx.array: ...
+
+
+class PixelSpace:
+    """Steps on the network input itself (ImageNet-normalised pixels), as pytorch-deepdream does,
+    so ``lr`` means the same as in its recipes."""
+
+    step_scale = 1.0
+
+    def __init__(self, model: DreamModel) -> None:
+        self.mean = mx.array(model.mean, dtype=mx.float32)
+        self.std = mx.array(model.std, dtype=mx.float32)
+        self.low = -self.mean / self.std          # rgb 0 and 1 in normalised units
+        self.high = (1.0 - self.mean) / self.std
+
+    def encode(self, rgb: np.ndarray) -> mx.array:
+        return (mx.array(rgb[None]) - self.mean) / self.std
+
+    def decode(self, state: mx.array) -> np.ndarray:
+        return np.array(state * self.std + self.mean)[0]
+
+    def to_input(self, state: mx.array) -> mx.array:
+        return state
+
+    def clamp(self, state: mx.array) -> mx.array:
+        return mx.minimum(mx.maximum(state, self.low), self.high)
+
+
+class DecorrelatedSpace:
+    """Steps on a latent ``z`` with ``rgb = z @ M_n.T`` (M_n: the normalised colour matrix, NOTES §4).
+
+    The gradient w.r.t. ``z`` is the pixel gradient times ``M_n``: it is preconditioned by the
+    colour covariance, so steps follow the colour directions natural images have (mostly
+    brightness) instead of pushing every pixel toward one saturated hue.
+    """
+
+    def __init__(self, model: DreamModel, matrix: np.ndarray) -> None:
+        m_n = colour.normalise(colour.validate(matrix))
+        self.forward = mx.array(m_n.T)
+        self.inverse = mx.array(np.linalg.inv(m_n.T.astype(np.float64)).astype(np.float32))
+        self.model = model
+        # A unit step in z moves rgb about as much as a unit step in normalised pixels
+        # (lr * std) once scaled by the mean std, so the recipes' lr values carry over.
+        self.step_scale = float(np.mean(model.std))
+
+    def encode(self, rgb: np.ndarray) -> mx.array:
+        return mx.array(rgb[None]) @ self.inverse
+
+    def decode(self, state: mx.array) -> np.ndarray:
+        return np.array(state @ self.forward)[0]
+
+    def to_input(self, state: mx.array) -> mx.array:
+        return self.model.preprocess(state @ self.forward)
+
+    def clamp(self, state: mx.array) -> mx.array:
+        return mx.clip(state @ self.forward, 0.0, 1.0) @ self.inverse
+
+
+def resolve_colour_matrix(model: DreamModel, spec: str) -> np.ndarray:
+    """``"imagenet"``, ``"model"`` (the weights file's ``colour_matrix``) or a ``.npy`` path -> 3x3 matrix."""
+    if spec.lower() == "model":
+        matrix = model.metadata.get("colour_matrix")
+        if matrix is None:
+            raise DreamError(f"--decorrelate model: the {model.name} weights file has no colour_matrix in its "
+                             "metadata; use --decorrelate imagenet or a .npy made by calc_cm.py")
+        return colour.validate(np.asarray(matrix, dtype=np.float32), "the weights file's colour_matrix")
+    if spec.lower() != "imagenet" and not os.path.isfile(spec):
+        raise DreamError(f"colour matrix '{spec}' not found; use 'imagenet', 'model' or a .npy made by calc_cm.py")
+    return colour.load_colour_matrix(spec)
+
+
+def make_space(model: DreamModel, decorrelate: str | None = None) -> Space:
+    if decorrelate is None:
+        return PixelSpace(model)
+    return DecorrelatedSpace(model, resolve_colour_matrix(model, decorrelate))
+
+
+# -- one step --------------------------------------------------------------------------------------
+
+class DreamStep:
+    """One gradient-ascent step, compiled with ``mx.compile``.
+
+    Call as ``new_state, loss = step(state, shift, sigma, lr)``: ``shift`` (dy, dx) is the
+    jitter roll, ``sigma`` the smoothing width for this step, ``lr`` the step size. All three
+    are runtime inputs, so the compiled graph is reused across steps, octaves of the same
+    size, and video frames; only a new image (or tile) shape traces it again.
+    Without ``tile_size`` (or when the image fits in one tile) the whole step is one graph;
+    with it, the gradient is computed tile by tile (memory bounded by the tile) and summed.
+    """
+
+    def __init__(self, model: DreamModel, objective: Objective, space: Space | None = None, *,
+                 grad_norm: str = "std", lap_norm: bool = False, tile_size: int | None = None) -> None:
+        if grad_norm not in GRAD_NORMS:
+            raise DreamError(f"unknown gradient normalisation '{grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
+        self.model = model
+        self.objective = objective
+        self.space = space if space is not None else PixelSpace(model)
+        self.grad_norm = grad_norm
+        self.lap_norm = lap_norm
+        self.tile_size = tile_size
+        self._value_and_grad = mx.value_and_grad(self._loss)
+        self._whole = mx.compile(self._whole_step)
+        self._tile = mx.compile(self._value_and_grad)
+        self._roll = mx.compile(transforms.roll2d)
+        self._finish = mx.compile(self._finish_step)
+
+    # The pieces below are traced by mx.compile: MLX operations only, no host syncs.
+    def _loss(self, state: mx.array) -> mx.array:
+        activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
+        return self.objective(activations)
+
+    def _process(self, grad: mx.array, sigma: mx.array) -> mx.array:
+        """Smooth (or Laplacian-normalise) and normalise the raw gradient."""
+        if self.lap_norm:
+            grad = transforms.lap_normalize(grad)
+        else:
+            grad = transforms.cascade_smooth(grad, sigma)
+        if self.grad_norm == "mean-abs":
+            return transforms.normalize_mean_abs(grad)
+        return transforms.normalize_std(grad)
+
+    def _update(self, state: mx.array, grad: mx.array, sigma: mx.array, lr: mx.array) -> mx.array:
+        return self.space.clamp(state + (lr * self.space.step_scale) * self._process(grad, sigma))
+
+    def _whole_step(self, state: mx.array, shift: mx.array, sigma: mx.array,
+                    lr: mx.array) -> tuple[mx.array, mx.array]:
+        loss, grad = self._value_and_grad(transforms.roll2d(state, shift))
+        return self._update(state, transforms.roll2d(grad, -shift), sigma, lr), loss
+
+    def _finish_step(self, state: mx.array, rolled_grad: mx.array, shift: mx.array, sigma: mx.array,
+                     lr: mx.array) -> mx.array:
+        return self._update(state, transforms.roll2d(rolled_grad, -shift), sigma, lr)
+
+    def tiled(self, height: int, width: int) -> bool:
+        return self.tile_size is not None and (height > self.tile_size or width > self.tile_size)
+
+    def tiled_gradient(self, state: mx.array, shift: mx.array) -> tuple[mx.array, float]:
+        """TF tutorial's tiled gradient of the rolled image: one tile at a time, each evaluated
+        before the next, so peak memory is one tile's activations plus image-sized arrays.
+
+        Each tile's loss is weighted by its share of the image, so the sum approximates the
+        gradient of the whole image's mean objective.
+        """
+        rolled = self._roll(state, shift)
+        mx.eval(rolled)
+        _, height, width, _ = state.shape
+        total = height * width
+        rows, loss = [], 0.0
+        for y0, y1 in transforms.tile_bounds(height, self.tile_size):
+            row = []
+            for x0, x1 in transforms.tile_bounds(width, self.tile_size):
+                tile_loss, grad = self._tile(rolled[:, y0:y1, x0:x1])
+                weight = (y1 - y0) * (x1 - x0) / total
+                grad = grad * weight
+                mx.eval(grad, tile_loss)
+                loss += weight * tile_loss.item()
+                row.append(grad)
+            rows.append(mx.concatenate(row, axis=2) if len(row) > 1 else row[0])
+        grad = mx.concatenate(rows, axis=1) if len(rows) > 1 else rows[0]
+        return grad, loss
+
+    def __call__(self, state: mx.array, shift: tuple[int, int] | mx.array, sigma: float,
+                 lr: float) -> tuple[mx.array, float]:
+        shift_arr = mx.array(np.asarray(shift, dtype=np.int32))
+        sigma_arr, lr_arr = mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32)
+        if self.tiled(state.shape[1], state.shape[2]):
+            grad, loss = self.tiled_gradient(state, shift_arr)
+            new = self._finish(state, grad, shift_arr, sigma_arr, lr_arr)
+            mx.eval(new)
+            return new, loss
+        new, loss = self._whole(state, shift_arr, sigma_arr, lr_arr)
+        mx.eval(new, loss)
+        return new, loss.item()
+
+
+def make_step(model: DreamModel, objective: Objective, space: Space | None = None, *,
+              grad_norm: str = "std", lap_norm: bool = False, tile_size: int | None = None) -> DreamStep:
+    """The compiled dream step; time ``step(state, shift, sigma, lr)`` to benchmark one step."""
+    return DreamStep(model, objective, space, grad_norm=grad_norm, lap_norm=lap_norm, tile_size=tile_size)
+
+
+# -- the octave loop ------------------------------------------------------------------------------
+
+def _print_notice(message: str) -> None:
+    print(f"deepdream: {message}", file=sys.stderr)
+
+
+class Dreamer:
+    """A model + settings, ready to dream any number of images (video frames reuse the compiled step).
+
+    ``Dreamer(model, settings)(rgb)`` -> dreamed rgb, both float32 (H, W, 3) in [0, 1].
+    Construction validates everything (layers, channels, guide, colour matrix, tile size), so
+    errors surface before any work is done.
+    """
+
+    def __init__(self, model: DreamModel, settings: DreamSettings, *, quiet: bool = False,
+                 notify: Callable[[str], None] | None = None) -> None:
+        settings.validate()
+        self.model = model
+        self.settings = settings
+        self.quiet = quiet
+        self._notify = notify or (lambda message: None if quiet else _print_notice(message))
+        self._noticed: set[str] = set()
+        min_size = model.MIN_INPUT_SIZE
+        if settings.tile_size is not None and settings.tile_size < 2 * min_size:
+            # Tiles are split evenly, so some can be just over half the tile size.
+            raise DreamError(f"--tile-size {settings.tile_size} is too small for {model.name}; "
+                             f"use at least {2 * min_size} (512 is a good choice)")
+        layers = list(settings.layers) if settings.layers else model.default_layers
+        guide_rgb = None
+        if settings.guide is not None:
+            guide_rgb = load_image(settings.guide, max_size=GUIDE_MAX_SIZE, what="guide image")
+            if min(guide_rgb.shape[:2]) < min_size:
+                raise DreamError(f"guide image '{settings.guide}' is {guide_rgb.shape[1]}x{guide_rgb.shape[0]}; "
+                                 f"{model.name} needs at least {min_size} px on each side")
+        self.objective = build_objective(model, layers, settings.channels, guide_rgb)
+        self.space = make_space(model, settings.decorrelate)
+        self.step = make_step(model, self.objective, self.space, grad_norm=settings.grad_norm,
+                              lap_norm=settings.lap_norm, tile_size=settings.tile_size)
+
+    def notice(self, message: str) -> None:
+        """Tell the user once (video frames would otherwise repeat it every frame)."""
+        if message not in self._noticed:
+            self._noticed.add(message)
+            self._notify(message)
+
+    def octave_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Octave sizes, smallest first, with fewer octaves if the smallest would be below the model's minimum."""
+        s = self.settings
+        min_size = self.model.MIN_INPUT_SIZE
+        if min(height, width) < min_size:
+            raise DreamError(f"the image is {width}x{height} but {self.model.name} needs at least {min_size} px "
+                             "on each side; use a larger image (or a larger --max-size)")
+        count = transforms.max_octaves(height, width, s.scale, min_size, s.octaves)
+        if count < s.octaves:
+            self.notice(f"{s.octaves} octaves at scale {s.scale:g} would shrink {width}x{height} below "
+                        f"{self.model.name}'s minimum of {min_size} px; using {count}")
+        return transforms.octave_sizes(height, width, count, s.scale)
+
+    def __call__(self, image: np.ndarray, *, rng: np.random.Generator | None = None,
+                 progress: bool | None = None, description: str | None = None) -> np.ndarray:
+        """Dream ``image`` (float32 (H, W, 3) in [0, 1]); ``rng`` drives the jitter (seeded from settings if None)."""
+        s = self.settings
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise DreamError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+        rng = rng if rng is not None else np.random.default_rng(s.seed)
+        base = np.asarray(image, dtype=np.float32)
+        sizes = self.octave_sizes(base.shape[0], base.shape[1])
+        show = (not self.quiet) if progress is None else progress
+        detail = np.zeros(sizes[0] + (3,), np.float32)
+        result = base
+        with tqdm(total=len(sizes) * s.steps, desc=description or self.model.name, unit="step",
+                  disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
+            for index, (h, w) in enumerate(sizes):
+                octave_base = transforms.resize(base, h, w)
+                start = np.clip(octave_base + transforms.resize(detail, h, w), 0.0, 1.0)
+                state = self.space.encode(start)
+                bar.set_postfix_str(f"octave {index + 1}/{len(sizes)} {w}x{h}")
+                tiled = self.step.tiled(h, w)
+                for i in range(s.steps):
+                    shift = rng.integers(-s.jitter, s.jitter + 1, size=2) if s.jitter else np.zeros(2, np.int64)
+                    if tiled:
+                        # Move the tile seams anywhere (TF tutorial), or small jitters would leave them in place.
+                        shift = shift + rng.integers(0, self.step.tile_size, size=2)
+                    sigma = transforms.smoothing_sigma(i, s.steps, s.smoothing)
+                    state, _ = self.step(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
+                    bar.update(1)
+                result = self.space.decode(state)
+                detail = result - octave_base
+        return np.clip(result, 0.0, 1.0).astype(np.float32)
+
+
+def dream(model: DreamModel, image: np.ndarray, settings: DreamSettings | None = None, *,
+          quiet: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+    """One-call API: dream ``image`` (float32 RGB (H, W, 3) in [0, 1]) with ``settings``."""
+    return Dreamer(model, settings or DreamSettings(), quiet=quiet)(image, rng=rng)
+
+
+def with_overrides(settings: DreamSettings, **changes: object) -> DreamSettings:
+    """A copy of ``settings`` with some fields changed (ignores None values)."""
+    return replace(settings, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,571 @@
+"""Fine-tune a zoo model on an ImageFolder so that it dreams of the user's classes (native MLX).
+
+The pieces, in the order ``fit`` uses them:
+
+* ``prepare_model``: build the architecture with a new K-class classifier, copy every
+  pretrained array except the classifier, freeze the stages up to ``freeze_to``.
+* ``make_optimizer``: SGD with momentum or Adam(W), with a cosine or step schedule expressed
+  in optimizer steps, so the learning rate lives in the optimizer state and resumes with it.
+* ``make_train_step``: ``nn.value_and_grad`` + ``optimizer.update`` compiled with ``mx.compile``
+  over (model state, optimizer state, random state).
+* checkpoints (``save_checkpoint``/``load_checkpoint``): parameters + optimizer state + the
+  position (epoch, batch) + the configuration, written atomically.
+* ``export_dream_weights``: the file ``dream.py --weights`` loads (no aux heads, class names,
+  normalisation, colour matrix).
+
+Determinism: the split, each epoch's order, each sample's augmentation and each batch's dropout
+key derive from (seed, epoch, batch), so a run resumed at (epoch, batch) replays exactly what an
+uninterrupted run would have done, from nothing but the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+from tqdm import tqdm
+
+from deepdream.colour import colour_matrix
+from deepdream.dataset import (
+    Augment,
+    BatchLoader,
+    ChannelStats,
+    ImageFolder,
+    calibration_view,
+    epoch_order,
+    num_batches,
+    stratified_split,
+)
+from models import DreamModel, WeightsError, load_model
+from models.registry import architecture_module, default_weights_path, get_spec
+from models.weights import read_weights, save_weights
+
+CHECKPOINT_KIND = "deepdream-mlx training checkpoint"
+CHECKPOINT_NAME = "last.npz"
+
+#: Default ``--freeze-to`` per architecture: the low-level stages (edges, textures) stay as
+#: ImageNet learned them; the mid and high stages that dreams are made of adapt to the data.
+DEFAULT_FREEZE = {
+    "googlenet": "inception3b",
+    "inception_v3": "Mixed_5d",
+    "vgg16": "pool3",
+    "vgg19": "pool3",
+    "resnet50": "layer2_3",
+    "alexnet": "pool2",
+    "efficientnet_lite0": "block4",
+}
+DEFAULT_LR = {"sgd": 0.01, "adam": 3e-4}
+AUX_PREFIXES = ("aux1.", "aux2.")
+
+
+class TrainingError(ValueError):
+    """A training setup that cannot work; the one-line message says what to change."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the state was checkpointed (``saved`` says where, or None when there was nothing)."""
+
+    def __init__(self, saved: Path | None) -> None:
+        super().__init__(str(saved))
+        self.saved = saved
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the trained weights (stored in checkpoints, checked on resume)."""
+
+    model: str = "googlenet"
+    weights: str | None = None
+    freeze_to: str | None = None        # None: the architecture's default; "none": train everything
+    aux: bool = True                     # GoogLeNet's auxiliary classifiers during training
+    aux_weight: float = 0.3
+    optimizer: str = "sgd"
+    lr: float | None = None              # None: DEFAULT_LR[optimizer]
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    step_epochs: int | None = None       # step schedule: x0.1 every this many epochs (default epochs // 3)
+    epochs: int = 10
+    batch_size: int = 32
+    image_size: int = 224
+    min_crop_scale: float = 0.25
+    val_split: float = 0.2
+    balanced: bool = False
+    seed: int = 0
+
+    def resolved(self) -> "TrainConfig":
+        """Defaults that depend on other settings filled in (``freeze_to`` is resolved with the model)."""
+        return dataclasses.replace(self, lr=self.lr if self.lr is not None else DEFAULT_LR.get(self.optimizer, 0.01))
+
+    def validate(self) -> None:
+        checks = [
+            (self.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam (got {self.optimizer})"),
+            (self.schedule in ("cosine", "step"), f"--schedule must be cosine or step (got {self.schedule})"),
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.lr is None or self.lr > 0, f"--lr must be positive (got {self.lr})"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})"),
+            (self.aux_weight >= 0, f"--aux-weight must be >= 0 (got {self.aux_weight})"),
+            (self.step_epochs is None or self.step_epochs >= 1,
+             f"--step-epochs must be at least 1 (got {self.step_epochs})"),
+            (0 < self.min_crop_scale <= 1, f"--min-crop-scale must be in (0, 1] (got {self.min_crop_scale})"),
+            (0 <= self.val_split < 1, f"--val-split must be in [0, 1) (got {self.val_split})"),
+            (self.seed >= 0, f"--seed must be >= 0 (got {self.seed})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(message)
+
+
+# -- model preparation -------------------------------------------------------------------
+
+def trainable_stage_names(model: DreamModel) -> list[str]:
+    """Names ``--freeze-to`` accepts: every stage before the classifier."""
+    return [name for name, _ in model.stages() if name != "logits"]
+
+
+def default_freeze(model: DreamModel, arch: str) -> str:
+    """The architecture's default ``--freeze-to``; for a model without one, the stage a third of the way in."""
+    names = trainable_stage_names(model)
+    name = DEFAULT_FREEZE.get(arch)
+    return name if name in names else names[len(names) // 3]
+
+
+def freeze_up_to(model: DreamModel, layer: str) -> list[nn.Module]:
+    """Freeze every stage from the input up to and including ``layer``; return the frozen modules.
+
+    Zoo stages that hold parameters are the nn.Modules themselves, so freezing a stage is
+    ``module.freeze()``. Their BatchNorms must also stay in inference mode (``set_mode``):
+    frozen layers keep ImageNet's running statistics instead of drifting to small batches'.
+    """
+    names = trainable_stage_names(model)
+    if layer == "none":
+        return []
+    if layer not in names:
+        close = difflib.get_close_matches(layer, names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise TrainingError(f"unknown --freeze-to layer '{layer}' for {model.NAME}.{hint} "
+                            f"Use 'none' or one of: {', '.join(names)}")
+    frozen = []
+    for name, stage in model.stages():
+        if isinstance(stage, nn.Module):
+            stage.freeze()
+            frozen.append(stage)
+        if name == layer:
+            break
+    return frozen
+
+
+def set_mode(model: nn.Module, frozen: list[nn.Module], training: bool) -> None:
+    """Train/eval mode for the model, with the frozen stages always in eval (BN uses running stats)."""
+    model.train(training)
+    for module in frozen:
+        module.eval()
+
+
+def _classifier_keys(model: DreamModel, arch_name: str) -> set[str]:
+    weight = architecture_module(arch_name).CLASSIFIER_WEIGHT
+    keys = {k for k, _ in tree_flatten(model.parameters()) if k == weight or k.endswith("." + weight)}
+    if not keys:
+        raise TrainingError(f"{arch_name} has no classifier parameter '{weight}' (CLASSIFIER_WEIGHT)")
+    return keys | {k[: -len("weight")] + "bias" for k in keys if k.endswith("weight")}
+
+
+def load_base(config: TrainConfig) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
+    """The pretrained arrays to start from, their metadata and a phrase naming them."""
+    if config.weights is not None:
+        try:
+            pretrained = load_model(config.model, weights=config.weights)
+        except WeightsError as exc:
+            raise TrainingError(str(exc)) from None
+        origin = str(config.weights)
+    else:
+        spec = get_spec(config.model)
+        if spec.torchvision and not default_weights_path(config.model).exists():
+            raise TrainingError(
+                f"no ImageNet weights for {config.model} ({default_weights_path(config.model)} is missing): "
+                f"run `{spec.exporter}` first, or fine-tune the model that works offline with "
+                "`--model efficientnet_lite0`")
+        try:
+            pretrained = load_model(config.model)
+        except WeightsError as exc:
+            raise TrainingError(str(exc)) from None
+        origin = f"{config.model} ({pretrained.metadata.get('source', 'ImageNet weights')})"
+    arrays = {k: np.array(v) for k, v in tree_flatten(pretrained.parameters())}
+    meta = dict(pretrained.metadata)
+    meta["mean"], meta["std"] = list(pretrained.mean), list(pretrained.std)
+    return arrays, meta, origin
+
+
+def prepare_model(config: TrainConfig, num_classes: int, base: dict[str, np.ndarray],
+                  base_meta: dict[str, Any]) -> tuple[DreamModel, list[nn.Module], str, dict[str, Any], bool]:
+    """(model, frozen modules, the freeze layer used, dream config, uses aux heads), new K-class classifier.
+
+    Every pretrained array is copied except the classifier (a new, seeded initialisation) and
+    GoogLeNet's aux heads (torchvision's ImageNet file carries them untrained; exporters drop them).
+    """
+    arch = base_meta.get("architecture", config.model)
+    dream_config = {k: v for k, v in dict(base_meta.get("config") or {}).items() if k != "aux_logits"}
+    mx.random.seed(config.seed)  # the new classifier's initialisation is part of the run's identity
+    model = architecture_module(arch).build(num_classes=num_classes, **dream_config)
+    use_aux = config.aux and config.aux_weight > 0 and hasattr(model, "forward_with_aux")
+    if use_aux:
+        mx.random.seed(config.seed)
+        model = architecture_module(arch).build(num_classes=num_classes, aux_logits=True, **dream_config)
+    classifier = _classifier_keys(model, arch)
+    current = dict(tree_flatten(model.parameters()))
+    loaded, missing = [], []
+    for key, value in current.items():
+        if key in classifier or key.startswith(AUX_PREFIXES):
+            continue
+        if key in base and tuple(base[key].shape) == tuple(value.shape):
+            loaded.append((key, mx.array(base[key])))
+        else:
+            missing.append(key)
+    if missing:
+        raise TrainingError(f"the starting weights do not fit {arch}: {len(missing)} parameter(s) missing or "
+                            f"of another shape (e.g. {missing[0]}); pass weights made for {arch}")
+    model.load_weights(loaded, strict=False)
+    if config.image_size < model.MIN_INPUT_SIZE:
+        raise TrainingError(f"--image-size {config.image_size} is too small for {arch}; "
+                            f"use at least {model.MIN_INPUT_SIZE}")
+    freeze_to = config.freeze_to or default_freeze(model, arch)
+    frozen = freeze_up_to(model, freeze_to)
+    mx.eval(model.parameters())
+    return model, frozen, freeze_to, dream_config, use_aux
+
+
+# -- optimisation ------------------------------------------------------------------------
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optim.Optimizer:
+    """SGD (momentum, L2 weight decay) or AdamW (decoupled decay); the schedule counts optimizer steps."""
+    lr = float(config.lr)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        schedule = optim.cosine_decay(lr, max(total, 1))
+    else:
+        every = config.step_epochs or max(1, config.epochs // 3)
+        schedule = optim.step_decay(lr, 0.1, every * steps_per_epoch)
+    if config.optimizer == "sgd":
+        return optim.SGD(learning_rate=schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+def classification_loss(model: DreamModel, x: mx.array, y: mx.array, aux_weight: float,
+                        use_aux: bool) -> tuple[mx.array, mx.array]:
+    """(loss, logits): cross-entropy, plus ``aux_weight`` x each GoogLeNet aux head's (as in the paper)."""
+    if use_aux:
+        logits, aux1, aux2 = model.forward_with_aux(x)
+        loss = nn.losses.cross_entropy(logits, y, reduction="mean")
+        loss = loss + aux_weight * (nn.losses.cross_entropy(aux1, y, reduction="mean")
+                                    + nn.losses.cross_entropy(aux2, y, reduction="mean"))
+    else:
+        logits = model(x, outputs=["logits"])["logits"]
+        loss = nn.losses.cross_entropy(logits, y, reduction="mean")
+    return loss, logits
+
+
+def make_train_step(model: DreamModel, optimizer: optim.Optimizer, aux_weight: float,
+                    use_aux: bool) -> Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]:
+    """A compiled step: (normalised images, labels) -> (loss, number correct); updates model + optimizer.
+
+    The optimizer state must already exist (``optimizer.init``) so ``mx.compile`` sees every array
+    it updates; BN running statistics are part of ``model.state`` and are updated in place too.
+    """
+    loss_and_grad = nn.value_and_grad(model, partial(classification_loss, aux_weight=aux_weight, use_aux=use_aux))
+    state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x: mx.array, y: mx.array) -> tuple[mx.array, mx.array]:
+        (loss, logits), grads = loss_and_grad(model, x, y)
+        optimizer.update(model, grads)
+        return loss, (mx.argmax(logits, axis=1) == y).sum()
+
+    return step
+
+
+def batch_key(seed: int, epoch: int, batch: int) -> int:
+    """The random key (dropout) of one batch, from its position alone."""
+    return int(np.random.SeedSequence([seed, epoch, batch, 0xD50]).generate_state(1)[0])
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: optim.Optimizer, epoch: int, batch: int,
+                    config: TrainConfig, info: dict[str, Any]) -> Path:
+    """Atomically write params + optimizer state + position; ``(epoch, batch)`` is the next batch to run."""
+    arrays = {f"model.{k}": np.array(v) for k, v in tree_flatten(model.parameters())}
+    arrays.update({f"optimizer.{k}": np.array(v) for k, v in tree_flatten(optimizer.state)})
+    metadata = {"kind": CHECKPOINT_KIND, "epoch": epoch, "batch": batch,
+                "config": dataclasses.asdict(config), **info}
+    save_weights(path, arrays, metadata)
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """(model arrays, optimizer arrays, metadata) of a checkpoint, or TrainingError."""
+    try:
+        arrays, meta = read_weights(path)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot read checkpoint {path} ({exc}); start a new run without --resume") from None
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise TrainingError(f"{path} is not a train_dream.py checkpoint; pass the checkpoint folder or its {CHECKPOINT_NAME}")
+    model = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    opt = {k[len("optimizer."):]: v for k, v in arrays.items() if k.startswith("optimizer.")}
+    return model, opt, meta
+
+
+def restore(model: nn.Module, optimizer: optim.Optimizer, model_arrays: dict[str, np.ndarray],
+            opt_arrays: dict[str, np.ndarray]) -> None:
+    """Load checkpointed parameters and optimizer state (before the step is compiled)."""
+    try:
+        model.load_weights([(k, mx.array(v)) for k, v in model_arrays.items()], strict=True)
+    except ValueError as exc:
+        raise TrainingError(f"the checkpoint does not fit the model ({exc}); start a new run") from None
+    state = tree_unflatten([(k, mx.array(v)) for k, v in opt_arrays.items()])
+    optimizer.state = state
+    optimizer.init(model.trainable_parameters())  # fills anything absent, keeps what was loaded
+    mx.eval(model.parameters(), optimizer.state)
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------
+
+class StopRequest:
+    """Turns the first Ctrl-C into a flag checked between batches (a consistent state to save);
+    a second Ctrl-C raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float
+    seconds: float
+
+    def line(self, epochs: int) -> str:
+        val = (f"val loss {self.val_loss:.4f}  val acc {self.val_acc:.3f}" if self.val_acc is not None
+               else "val acc n/a (--val-split 0)")
+        return (f"epoch {self.epoch}/{epochs}  train loss {self.train_loss:.4f}  train acc {self.train_acc:.3f}  "
+                f"{val}  lr {self.lr:.3g}  {self.seconds:.1f}s")
+
+
+def evaluate(model: DreamModel, loader: BatchLoader, indices: np.ndarray, config: TrainConfig,
+             frozen: list[nn.Module], stop: StopRequest) -> tuple[float, float]:
+    """(mean loss, accuracy) on the validation images (centre view, eval mode)."""
+    set_mode(model, frozen, training=False)
+    total_loss, correct = 0.0, 0
+    aug = Augment(config.image_size)
+    for images, labels in loader.batches(indices, config.batch_size, aug, train=False):
+        logits = model(model.preprocess(mx.array(images)), outputs=["logits"])["logits"]
+        y = mx.array(labels)
+        loss = nn.losses.cross_entropy(logits, y, reduction="sum")
+        hits = (mx.argmax(logits, axis=1) == y).sum()
+        mx.eval(loss, hits)
+        total_loss += loss.item()
+        correct += hits.item()
+        if stop.requested:
+            break
+    set_mode(model, frozen, training=True)
+    return total_loss / max(len(indices), 1), correct / max(len(indices), 1)
+
+
+@dataclass
+class Run:
+    """A prepared training run: data, split, model, optimizer and where it stands."""
+
+    config: TrainConfig
+    data: ImageFolder
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    model: DreamModel
+    frozen: list[nn.Module]
+    dream_config: dict[str, Any]
+    use_aux: bool
+    optimizer: optim.Optimizer
+    base_meta: dict[str, Any]
+    origin: str
+    epoch: int = 0          # next epoch to run (0-based)
+    batch: int = 0          # next batch of that epoch
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Running sums of the epoch in progress (loss x samples, correct, samples), so an epoch
+    #: interrupted and resumed still reports its true training loss and accuracy.
+    partial: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0, 0])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(len(self.train_idx), self.config.batch_size)
+
+    def info(self) -> dict[str, Any]:
+        return {"architecture": self.base_meta.get("architecture", self.config.model),
+                "class_names": list(self.data.classes), "num_classes": len(self.data.classes),
+                "data": str(self.data.root), "train_images": int(len(self.train_idx)),
+                "val_images": int(len(self.val_idx)), "origin": self.origin,
+                "base_mean": self.base_meta["mean"], "base_std": self.base_meta["std"],
+                "dream_config": self.dream_config, "history": self.history, "partial": self.partial,
+                "data_fingerprint": fingerprint(self.data)}
+
+
+def fingerprint(data: ImageFolder) -> str:
+    """A digest of the file list and labels: resuming on a changed dataset would not replay the run."""
+    digest = hashlib.sha256()
+    for path, label in zip(data.paths, data.labels):
+        digest.update(f"{path.relative_to(data.root).as_posix()}\t{data.classes[label]}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_run(config: TrainConfig, data: ImageFolder) -> Run:
+    config = config.resolved()
+    config.validate()
+    if len(data.classes) < 2:
+        raise TrainingError(f"{data.root} has {len(data.classes)} class folder(s); fine-tuning needs at least 2")
+    train_idx, val_idx = stratified_split(data.labels, config.val_split, config.seed)
+    base, base_meta, origin = load_base(config)
+    model, frozen, freeze_to, dream_config, use_aux = prepare_model(config, len(data.classes), base, base_meta)
+    config = dataclasses.replace(config, freeze_to=freeze_to)
+    steps = num_batches(len(train_idx), config.batch_size)
+    optimizer = make_optimizer(config, steps)
+    optimizer.init(model.trainable_parameters())
+    return Run(config, data, train_idx, val_idx, model, frozen, dream_config, use_aux, optimizer, base_meta, origin)
+
+
+def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
+        stop_after_epochs: int | None = None, log: Callable[[str], None] = print) -> bool:
+    """Train from ``(run.epoch, run.batch)`` to ``config.epochs``; True when all epochs are done.
+
+    A checkpoint is written after every epoch; on a stop request (Ctrl-C) the current state is
+    written and ``Interrupted`` raised; ``stop_after_epochs`` ends early (checkpointed) after
+    that many epochs of this call.
+    """
+    config, model = run.config, run.model
+    set_mode(model, run.frozen, training=True)
+    step = make_train_step(model, run.optimizer, config.aux_weight, run.use_aux)
+    aug = Augment(config.image_size, min_scale=config.min_crop_scale)
+    done_here = 0
+    with BatchLoader(run.data) as loader:
+        while run.epoch < config.epochs:
+            epoch = run.epoch
+            started = time.perf_counter()
+            order = epoch_order(run.train_idx, run.data.labels, config.seed, epoch, config.balanced)
+            total_loss, correct, seen = run.partial if run.batch else (0.0, 0, 0)
+            bar = tqdm(total=run.steps_per_epoch, initial=run.batch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       unit="batch", disable=quiet, leave=False)
+            batches = loader.batches(order, config.batch_size, aug, train=True,
+                                     seed=config.seed, epoch=epoch, start=run.batch)
+            for b, (images, labels) in enumerate(batches, start=run.batch):
+                mx.random.seed(batch_key(config.seed, epoch, b))
+                loss, hits = step(model.preprocess(mx.array(images)), mx.array(labels))
+                mx.eval(loss, hits, model.state, run.optimizer.state)
+                total_loss += loss.item() * len(labels)
+                correct += hits.item()
+                seen += len(labels)
+                run.batch = b + 1
+                run.partial = [total_loss, correct, seen]
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+                if stop.requested:
+                    break
+            bar.close()
+            if stop.requested:
+                raise Interrupted(save_checkpoint(checkpoint, model, run.optimizer, run.epoch, run.batch,
+                                                  config, run.info()))
+            val_loss, val_acc = (None, None)
+            if len(run.val_idx):
+                val_loss, val_acc = evaluate(model, loader, run.val_idx, config, run.frozen, stop)
+                if stop.requested:  # training of this epoch is done; validation reruns on resume
+                    raise Interrupted(save_checkpoint(checkpoint, model, run.optimizer, run.epoch, run.batch,
+                                                      config, run.info()))
+            lr = float(run.optimizer.learning_rate.item())
+            result = EpochResult(epoch + 1, total_loss / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
+                                 lr, time.perf_counter() - started)
+            run.history.append(dataclasses.asdict(result))
+            log(result.line(config.epochs))
+            run.epoch, run.batch, run.partial = epoch + 1, 0, [0.0, 0, 0]
+            save_checkpoint(checkpoint, model, run.optimizer, run.epoch, 0, config, run.info())
+            done_here += 1
+            if stop_after_epochs is not None and done_here >= stop_after_epochs and run.epoch < config.epochs:
+                return False
+    return True
+
+
+# -- the dream file ----------------------------------------------------------------------
+
+def colour_statistics(run: Run, max_images: int = 1000) -> tuple[np.ndarray, list[float], list[float]]:
+    """Colour matrix and per-channel mean/std of (up to ``max_images``, evenly spread) training images."""
+    idx = run.train_idx
+    if len(idx) > max_images:
+        idx = idx[np.linspace(0, len(idx) - 1, max_images).round().astype(int)]
+    stats = ChannelStats()
+
+    def views() -> Iterator[np.ndarray]:
+        for i in idx:
+            view = calibration_view(run.data.paths[int(i)])
+            stats.add(view)
+            yield view
+
+    matrix = colour_matrix(views())
+    return matrix, stats.mean, stats.std
+
+
+def export_dream_weights(run: Run, out: Path) -> dict[str, Any]:
+    """Write the fine-tuned model as a weights file ``dream.py --weights`` and ``load_model`` read.
+
+    Normalisation: the file keeps the *base model's* mean/std (ImageNet's for the zoo), not the
+    dataset's. The frozen early layers were trained on inputs normalised that way and training
+    fed them the same, so dreaming must normalise identically; the dataset's own mean/std are
+    recorded under ``dataset_mean``/``dataset_std`` for information only.
+    """
+    matrix, data_mean, data_std = colour_statistics(run)
+    arrays = {k: np.array(v) for k, v in tree_flatten(run.model.parameters()) if not k.startswith(AUX_PREFIXES)}
+    last = run.history[-1] if run.history else {}
+    metadata = {
+        "architecture": run.base_meta.get("architecture", run.config.model),
+        "num_classes": len(run.data.classes),
+        "class_names": list(run.data.classes),
+        "source": f"fine-tuned from {run.origin} on {run.data.root}",
+        "mean": list(run.base_meta["mean"]),
+        "std": list(run.base_meta["std"]),
+        "config": run.dream_config,
+        "colour_matrix": matrix.astype(float).tolist(),
+        "dataset_mean": data_mean,
+        "dataset_std": data_std,
+        "training": {"epochs": run.epoch, "val_acc": last.get("val_acc"), "train_loss": last.get("train_loss"),
+                     "freeze_to": run.config.freeze_to, "image_size": run.config.image_size,
+                     "seed": run.config.seed},
+    }
+    save_weights(out, arrays, metadata)
+    return metadata

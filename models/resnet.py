@@ -1,0 +1,94 @@
+"""torchvision's ResNet50 (v1.5: the stride sits on the 3x3 conv) in MLX, NHWC.
+
+Parameter paths are torchvision's state-dict keys (``layer1.0.conv1.weight``,
+``layer1.0.downsample.0.weight``, ``bn1.running_mean``), so the conversion is the plain
+OIHW -> OHWI transpose of ``models.convert.convert_state_dict``. Each bottleneck block is a
+stage (``layer3_2`` = ``layer3[2]``), so a dream on layer3 never runs layer4.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .base import DreamModel, Stage
+from .layers import global_avg_pool, max_pool2d
+
+#: bottleneck blocks per stage and their inner widths (torchvision's resnet50: [3, 4, 6, 3]).
+LAYERS = (3, 4, 6, 3)
+WIDTHS = (64, 128, 256, 512)
+EXPANSION = 4
+CLASSIFIER_WEIGHT = "fc.weight"
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand, plus the identity or a projected shortcut."""
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * EXPANSION
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm(width)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm(width)
+        self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm(out_channels)
+        # A list, so its keys are torchvision's downsample.0 / downsample.1; empty when the
+        # shortcut is the identity (no parameters, nothing to convert).
+        self.downsample: list[nn.Module] = []
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = [nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                               nn.BatchNorm(out_channels)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        out = nn.relu(self.bn1(self.conv1(x)))
+        out = nn.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x
+        for layer in self.downsample:
+            shortcut = layer(shortcut)
+        return nn.relu(out + shortcut)
+
+
+def _maxpool(x: mx.array) -> mx.array:
+    return max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+class ResNet50(DreamModel):
+    NAME = "resnet50"
+    LAYER_NAMES = ("conv1", "bn1", "relu", "maxpool") + tuple(
+        f"layer{s}_{b}" for s, blocks in enumerate(LAYERS, start=1) for b in range(blocks))
+    DEFAULT_LAYERS = ("layer3_2", "layer3_5")
+    # Any side >= 1 runs (torchvision's meta says (1, 1)), but below 32 px layer4 is already a
+    # single cell and the deep layers see almost only padding: too small to dream on.
+    MIN_INPUT_SIZE = 32
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm(64)
+        in_channels = 64
+        for s, (blocks, width) in enumerate(zip(LAYERS, WIDTHS), start=1):
+            stride = 1 if s == 1 else 2
+            layer = []
+            for b in range(blocks):
+                layer.append(Bottleneck(in_channels, width, stride if b == 0 else 1))
+                in_channels = width * EXPANSION
+            setattr(self, f"layer{s}", layer)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def stages(self) -> list[Stage]:
+        out: list[Stage] = [("conv1", self.conv1), ("bn1", self.bn1), ("relu", nn.relu), ("maxpool", _maxpool)]
+        for s, blocks in enumerate(LAYERS, start=1):
+            layer = getattr(self, f"layer{s}")
+            out += [(f"layer{s}_{b}", layer[b]) for b in range(blocks)]
+        out += [("avgpool", global_avg_pool), ("logits", self.fc)]
+        return out
+
+
+def build(num_classes: int = 1000, **config: Any) -> DreamModel:
+    if config:
+        raise TypeError(f"unexpected ResNet50 options: {', '.join(sorted(config))}")
+    return ResNet50(num_classes=num_classes)

@@ -1,0 +1,157 @@
+"""torchvision's VGG16 and VGG19 (no batch norm) in MLX, NHWC, one stage per conv / ReLU / pool.
+
+The MLX modules are named by their classic dream-layer names (``conv4_2``) rather than by
+torchvision's ``features.N`` indices, so parameter paths read like the layers users ask for.
+``convert_torch_state_dict`` renames the keys; for VGG16 the table is
+
+    torch key            MLX key        torch key            MLX key
+    features.0           conv1_1        features.17          conv4_1
+    features.2           conv1_2        features.19          conv4_2
+    features.5           conv2_1        features.21          conv4_3
+    features.7           conv2_2        features.24          conv5_1
+    features.10          conv3_1        features.26          conv5_2
+    features.12          conv3_2        features.28          conv5_3
+    features.14          conv3_3        classifier.0         fc6
+                                        classifier.3         fc7
+                                        classifier.6         fc8
+
+and for VGG19 (four convs in blocks 3-5): conv3_1..conv3_4 = features.10/12/14/16,
+conv4_1..conv4_4 = 19/21/23/25, conv5_1..conv5_4 = 28/30/32/34. Both follow torchvision's
+``make_layers`` rule (every conv is followed by its ReLU, every block ends in a max pool),
+which ``feature_keys`` reproduces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .base import DreamModel, Stage
+from .layers import adaptive_avg_pool2d, max_pool2d
+
+#: convs per block for each depth (torchvision's cfgs "D" and "E"); the widths are shared.
+BLOCKS: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+WIDTHS = (64, 128, 256, 512, 512)
+POOL_SIZE = 7   # torchvision's AdaptiveAvgPool2d((7, 7)) before the classifier
+CLASSIFIER_WEIGHT = "fc8.weight"
+
+
+def _block_layer_names(blocks: tuple[int, ...]) -> tuple[str, ...]:
+    names: list[str] = []
+    for b, convs in enumerate(blocks, start=1):
+        for i in range(1, convs + 1):
+            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
+        names.append(f"pool{b}")
+    return tuple(names)
+
+
+def feature_keys(depth: int) -> dict[str, str]:
+    """torchvision ``features.N`` prefix -> MLX conv name, following ``make_layers``' indexing."""
+    mapping: dict[str, str] = {}
+    index = 0
+    for b, convs in enumerate(BLOCKS[depth], start=1):
+        for i in range(1, convs + 1):
+            mapping[f"features.{index}"] = f"conv{b}_{i}"
+            index += 2          # Conv2d, ReLU
+        index += 1              # MaxPool2d
+    return mapping
+
+
+def _pool(x: mx.array) -> mx.array:
+    return max_pool2d(x, kernel_size=2, stride=2)
+
+
+class VGG(DreamModel):
+    """VGG without batch norm; subclasses fix the depth so NAME and LAYER_NAMES are class constants."""
+
+    DEPTH: int = 16
+    MIN_INPUT_SIZE = 32   # five 2x2 pools: 32 px leaves pool5 at 1x1, 31 px at 0x0
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        in_channels = 3
+        for b, (convs, width) in enumerate(zip(BLOCKS[self.DEPTH], WIDTHS), start=1):
+            for i in range(1, convs + 1):
+                setattr(self, f"conv{b}_{i}", nn.Conv2d(in_channels, width, kernel_size=3, padding=1))
+                in_channels = width
+        self.fc6 = nn.Linear(WIDTHS[-1] * POOL_SIZE * POOL_SIZE, 4096)
+        self.drop6 = nn.Dropout(0.5)
+        self.fc7 = nn.Linear(4096, 4096)
+        self.drop7 = nn.Dropout(0.5)
+        self.fc8 = nn.Linear(4096, num_classes)
+
+    @staticmethod
+    def _avgpool_flatten(x: mx.array) -> mx.array:
+        # Adaptive pooling makes non-224 inputs match torchvision; flattening is NHWC (H, W, C)
+        # order, which the converter accounts for by reordering fc6's columns.
+        x = adaptive_avg_pool2d(x, (POOL_SIZE, POOL_SIZE))
+        return x.reshape(x.shape[0], -1)
+
+    def stages(self) -> list[Stage]:
+        out: list[Stage] = []
+        for name in _block_layer_names(BLOCKS[self.DEPTH]):
+            if name.startswith("conv"):
+                out.append((name, getattr(self, name)))
+            elif name.startswith("relu"):
+                out.append((name, nn.relu))
+            else:
+                out.append((name, _pool))
+        out += [
+            ("avgpool", self._avgpool_flatten),
+            ("fc6", self.fc6), ("relu6", nn.relu), ("drop6", self.drop6),
+            ("fc7", self.fc7), ("relu7", nn.relu), ("drop7", self.drop7),
+            ("logits", self.fc8),
+        ]
+        return out
+
+
+class VGG16(VGG):
+    NAME = "vgg16"
+    DEPTH = 16
+    LAYER_NAMES = _block_layer_names(BLOCKS[16])
+    DEFAULT_LAYERS = ("relu4_2",)
+
+
+class VGG19(VGG):
+    NAME = "vgg19"
+    DEPTH = 19
+    LAYER_NAMES = _block_layer_names(BLOCKS[19])
+    DEFAULT_LAYERS = ("relu4_2",)
+
+
+_BY_DEPTH: dict[int, type[VGG]] = {16: VGG16, 19: VGG19}
+
+
+def build(num_classes: int = 1000, depth: int = 16, **config: Any) -> DreamModel:
+    """VGG16 or VGG19; the registry passes ``depth`` from the model name (vgg16 / vgg19)."""
+    if config:
+        raise TypeError(f"unexpected VGG options: {', '.join(sorted(config))}")
+    if depth not in _BY_DEPTH:
+        raise ValueError(f"VGG depth must be 16 or 19, not {depth}")
+    return _BY_DEPTH[depth](num_classes=num_classes)
+
+
+def convert_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
+    """torchvision VGG16/VGG19 keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
+    from .convert import convert_state_dict, linear_after_nchw_flatten
+
+    convs = {k for k in state_dict if k.startswith("features.") and k.endswith(".weight")}
+    depth = next((d for d in BLOCKS if len(convs) == sum(BLOCKS[d])), None)
+    if depth is None:
+        raise ValueError(f"found {len(convs)} conv layers, a torchvision VGG16 has 13 and VGG19 16 "
+                         "(batch-norm variants are not supported)")
+    prefixes = {**feature_keys(depth), "classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
+
+    def rename(key: str) -> str:
+        prefix, _, param = key.rpartition(".")
+        if prefix not in prefixes:
+            raise ValueError(f"unexpected key '{key}' for a torchvision VGG{depth} state dict")
+        return f"{prefixes[prefix]}.{param}"
+
+    arrays = convert_state_dict(state_dict, rename)
+    if "fc6.weight" in arrays:  # when absent, export_model reports the missing key
+        arrays["fc6.weight"] = linear_after_nchw_flatten(arrays["fc6.weight"], WIDTHS[-1], POOL_SIZE, POOL_SIZE)
+    return arrays

@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Fine-tune a zoo model on your own classes so that it dreams of them (native MLX).
+
+    python prepare_dataset.py --data dataset/                 # check the data first
+    python train_dream.py --data dataset/ --model efficientnet_lite0 --epochs 10 --out weights/mine.npz
+    python dream.py --weights weights/mine.npz --input photo.jpg --decorrelate model
+
+``dataset/<class name>/*.jpg``: at least two classes. A checkpoint is written after every epoch
+(``checkpoints/<dataset>_<model>/last.npz``); ``--resume`` continues it; Ctrl-C saves the
+current state first and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import models  # noqa: F401  (fast BLAS before mlx is imported)
+from deepdream.colour import ColourMatrixError
+from deepdream.dataset import DatasetError, scan_image_folder
+from deepdream.training import (
+    CHECKPOINT_NAME,
+    Interrupted,
+    StopRequest,
+    TrainConfig,
+    TrainingError,
+    export_dream_weights,
+    fingerprint,
+    fit,
+    prepare_run,
+    read_checkpoint,
+    restore,
+)
+from models import UnknownLayerError, WeightsError, list_models
+from models.registry import default_weights_path, get_spec, weights_dir
+from models.weights import read_metadata
+
+#: Command-line options that are TrainConfig fields (argparse dest -> field). Their defaults
+#: are None here so that "given on the command line" can be told apart on --resume.
+CONFIG_FLAGS = {f.name for f in TrainConfig.__dataclass_fields__.values()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Fine-tune a DeepDream model on an ImageFolder (dataset/<class>/*.jpg) with MLX.",
+        argument_default=None)
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder with one sub-folder per class")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help=f"base model (default googlenet): {', '.join(list_models())}")
+    g.add_argument("--weights", metavar="PATH", help="start from this weights file instead of the ImageNet ones")
+    g.add_argument("--freeze-to", metavar="LAYER",
+                   help="freeze the stages up to and including LAYER ('none' trains all; "
+                        "default: googlenet inception3b, efficientnet_lite0 block4, ...)")
+    g.add_argument("--no-aux", dest="aux", action="store_false", default=None,
+                   help="GoogLeNet: train without the auxiliary classifiers")
+    g.add_argument("--aux-weight", type=float, help="GoogLeNet: weight of each aux classifier's loss (default 0.3)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), help="SGD with momentum (default) or Adam (AdamW)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default 0.01 for sgd, 3e-4 for adam)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default 1e-4)")
+    g.add_argument("--schedule", choices=("cosine", "step"), help="learning-rate schedule (default cosine)")
+    g.add_argument("--step-epochs", type=int, metavar="N", help="step schedule: x0.1 every N epochs (default epochs/3)")
+    g.add_argument("--epochs", type=int, help="epochs (default 10)")
+    g.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    g.add_argument("--seed", type=int, help="seed for split, order, augmentation, init (default 0)")
+    g = p.add_argument_group("data")
+    g.add_argument("--image-size", type=int, help="training crop size in pixels (default 224)")
+    g.add_argument("--min-crop-scale", type=float, help="random resized crop: smallest area fraction (default 0.25)")
+    g.add_argument("--val-split", type=float, help="fraction of each class held out for validation (default 0.2)")
+    g.add_argument("--balanced", action="store_true", default=None, help="sample classes equally often")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="PATH", help="fine-tuned weights for dream.py --weights (default weights/<run>.npz)")
+    g.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default checkpoints/<dataset>_<model>)")
+    g.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                   help="continue the last checkpoint (of --checkpoint-dir, or the given file/folder)")
+    g.add_argument("--stop-after-epochs", type=int, metavar="N",
+                   help="stop (checkpointed) after N epochs of this invocation; continue later with --resume")
+    g.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    return p
+
+
+def explicit_config(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given on the command line."""
+    return {k: v for k, v in vars(args).items() if k in CONFIG_FLAGS and v is not None}
+
+
+def model_name(args: argparse.Namespace) -> str:
+    if args.model:
+        try:
+            get_spec(args.model)
+        except ValueError as exc:  # the registry's message lists the models
+            raise TrainingError(str(exc)) from None
+        return args.model
+    if args.weights:
+        path = Path(args.weights)
+        if not path.is_file():
+            raise TrainingError(f"--weights file {path} not found")
+        try:
+            arch = read_metadata(path).get("architecture")
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"cannot read --weights file {path} ({exc})") from None
+        if not arch:
+            raise TrainingError(f"{path} is not a DeepDream-MLX weights file; convert it with an export_*.py script")
+        return arch
+    return "googlenet"
+
+
+def checkpoint_file(args: argparse.Namespace, default_dir: Path) -> Path:
+    if args.resume:  # an explicit file or folder
+        path = Path(args.resume).expanduser()
+        path = path / CHECKPOINT_NAME if path.is_dir() else path
+        if not path.is_file():
+            raise TrainingError(f"no checkpoint at {path}; pass a checkpoint file or its folder")
+        return path
+    return (Path(args.checkpoint_dir).expanduser() if args.checkpoint_dir else default_dir) / CHECKPOINT_NAME
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before training when ``path`` cannot be written (a run can take hours)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create {path.parent} for {what} ({exc.strerror}); choose another path") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise TrainingError(f"cannot write {what} {path}; choose another path")
+
+
+def resumed_config(meta: dict, explicit: dict) -> TrainConfig:
+    """The checkpoint's configuration; the command line may only extend ``--epochs``."""
+    saved = TrainConfig(**meta["config"])
+    for key, value in explicit.items():
+        if key == "epochs":
+            continue
+        if getattr(saved, key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise TrainingError(f"{flag} {value} differs from the checkpoint's {getattr(saved, key)}; "
+                                f"drop {flag} to resume, or start a new run with another --checkpoint-dir")
+    if "epochs" in explicit:
+        if explicit["epochs"] < meta["epoch"]:
+            raise TrainingError(f"--epochs {explicit['epochs']} is fewer than the {meta['epoch']} epochs "
+                                "already trained; pass a larger value or drop --epochs")
+        saved.epochs = explicit["epochs"]
+    return saved
+
+
+def run(args: argparse.Namespace) -> int:
+    data = scan_image_folder(args.data, min_classes=2)
+    name = model_name(args)
+    explicit = explicit_config(args)
+    if args.resume is None or args.model or args.weights:
+        explicit["model"] = name
+    run_name = f"{data.root.name}_{name}"
+    ckpt = checkpoint_file(args, Path("checkpoints") / run_name)
+    if args.resume is not None:
+        if not ckpt.is_file():
+            raise TrainingError(f"no checkpoint to resume in {ckpt.parent}; start without --resume "
+                                "(or pass --checkpoint-dir / --resume PATH)")
+        model_arrays, opt_arrays, meta = read_checkpoint(ckpt)
+        if meta.get("class_names") != list(data.classes) or meta.get("data_fingerprint") != fingerprint(data):
+            raise TrainingError(f"{args.data} is not the dataset the checkpoint was trained on (classes or files "
+                                "changed); restore it, or start a new run with another --checkpoint-dir")
+        config = resumed_config(meta, explicit)
+    else:
+        if ckpt.exists():
+            raise TrainingError(f"{ckpt} already holds a checkpoint; continue it with --resume, or pass another "
+                                "--checkpoint-dir to start a new run")
+        config = TrainConfig(**explicit)
+    out = Path(args.out).expanduser() if args.out else weights_dir() / f"{run_name}.npz"
+    if out.suffix != ".npz":
+        raise TrainingError(f"--out {out} must end in .npz")
+    protected = {default_weights_path(m).resolve() for m in list_models()}
+    if config.weights:
+        protected.add(Path(config.weights).resolve())
+    if out.resolve() in protected:
+        raise TrainingError(f"--out {out} would overwrite the starting weights; choose another file")
+    check_writable(out, "--out")
+    check_writable(ckpt, "the checkpoint")
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        raise TrainingError(f"--stop-after-epochs must be at least 1 (got {args.stop_after_epochs})")
+
+    run = prepare_run(config, data)
+    if args.resume is not None:
+        restore(run.model, run.optimizer, model_arrays, opt_arrays)
+        run.epoch, run.batch = int(meta["epoch"]), int(meta["batch"])
+        run.history = list(meta.get("history", []))
+        run.partial = list(meta.get("partial", [0.0, 0, 0]))
+        print(f"resuming {ckpt} at epoch {run.epoch + 1}, batch {run.batch}")
+    c = run.config
+    frozen = f"frozen up to {c.freeze_to}" if c.freeze_to != "none" else "nothing frozen"
+    aux = f", aux heads x{c.aux_weight}" if run.use_aux else ""
+    print(f"{c.model}: {len(data.classes)} classes ({', '.join(data.classes)}), {len(run.train_idx)} train / "
+          f"{len(run.val_idx)} val images, {frozen}{aux}; {c.optimizer} lr {c.lr} {c.schedule}, "
+          f"{c.epochs} epochs x {run.steps_per_epoch} batches of {c.batch_size} at {c.image_size} px")
+
+    stop = StopRequest()
+    with stop.installed():
+        finished = fit(run, ckpt, stop, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs)
+    if not finished:
+        print(f"stopped after epoch {run.epoch}/{c.epochs}; checkpoint {ckpt}. "
+              f"Continue with: python train_dream.py --data {args.data} --resume {ckpt}")
+        return 0
+    meta = export_dream_weights(run, out)
+    acc = meta["training"]["val_acc"]
+    print(f"wrote {out} ({c.model}, {len(data.classes)} classes" + (f", val acc {acc:.3f})" if acc is not None else ")"))
+    print(f"dream with: python dream.py --weights {out} --decorrelate model")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except Interrupted as exc:
+        where = f"; checkpoint saved to {exc.saved}, continue with --resume" if exc.saved else ""
+        print(f"interrupted{where}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted; the last completed epoch's checkpoint (if any) is kept", file=sys.stderr)
+        return 130
+    except (TrainingError, DatasetError, WeightsError, UnknownLayerError, ColourMatrixError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
