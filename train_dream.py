@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the last checkpoint (of --checkpoint-dir, or the given file/folder)")
     g.add_argument("--stop-after-epochs", type=int, metavar="N",
                    help="stop (checkpointed) after N epochs of this invocation; continue later with --resume")
+    g.add_argument("--no-compile", dest="compile", action="store_false", default=True,
+                   help="run the training step eagerly (skips mx.compile's one-time kernel build; slower steps)")
     g.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
     return p
 
@@ -119,13 +121,18 @@ def checkpoint_file(args: argparse.Namespace, default_dir: Path) -> Path:
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Fail before training when ``path`` cannot be written (a run can take hours)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingError(f"cannot create {path.parent} for {what} ({exc.strerror}); choose another path") from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
-        raise TrainingError(f"cannot write {what} {path}; choose another path")
+    """Fail before training when ``path`` cannot be written (a run can take hours).
+
+    Nothing is created here: the nearest existing ancestor must be a writable folder, and the
+    files themselves are written (atomically, folders included) only when there is something to save.
+    """
+    if path.is_dir():
+        raise TrainingError(f"{what} {path} is a folder; give a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise TrainingError(f"cannot write {what} {path} ({folder} is not a writable folder); choose another path")
 
 
 def resumed_config(meta: dict, explicit: dict) -> TrainConfig:
@@ -146,14 +153,13 @@ def resumed_config(meta: dict, explicit: dict) -> TrainConfig:
     return saved
 
 
-def run(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace) -> int:
     data = scan_image_folder(args.data, min_classes=2)
     name = model_name(args)
     explicit = explicit_config(args)
     if args.resume is None or args.model or args.weights:
         explicit["model"] = name
-    run_name = f"{data.root.name}_{name}"
-    ckpt = checkpoint_file(args, Path("checkpoints") / run_name)
+    ckpt = checkpoint_file(args, Path("checkpoints") / f"{data.root.name}_{name}")
     if args.resume is not None:
         if not ckpt.is_file():
             raise TrainingError(f"no checkpoint to resume in {ckpt.parent}; start without --resume "
@@ -168,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
             raise TrainingError(f"{ckpt} already holds a checkpoint; continue it with --resume, or pass another "
                                 "--checkpoint-dir to start a new run")
         config = TrainConfig(**explicit)
-    out = Path(args.out).expanduser() if args.out else weights_dir() / f"{run_name}.npz"
+    config.resolved().validate()  # bad numbers fail before any model is loaded
+    out = Path(args.out).expanduser() if args.out else weights_dir() / f"{data.root.name}_{config.model}.npz"
     if out.suffix != ".npz":
         raise TrainingError(f"--out {out} must end in .npz")
     protected = {default_weights_path(m).resolve() for m in list_models()}
@@ -183,10 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
     run = prepare_run(config, data)
     if args.resume is not None:
-        restore(run.model, run.optimizer, model_arrays, opt_arrays)
-        run.epoch, run.batch = int(meta["epoch"]), int(meta["batch"])
-        run.history = list(meta.get("history", []))
-        run.partial = list(meta.get("partial", [0.0, 0, 0]))
+        restore(run, model_arrays, opt_arrays, meta)
         print(f"resuming {ckpt} at epoch {run.epoch + 1}, batch {run.batch}")
     c = run.config
     frozen = f"frozen up to {c.freeze_to}" if c.freeze_to != "none" else "nothing frozen"
@@ -197,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
 
     stop = StopRequest()
     with stop.installed():
-        finished = fit(run, ckpt, stop, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs)
+        finished = fit(run, ckpt, stop, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs,
+                       compile=args.compile)
     if not finished:
         print(f"stopped after epoch {run.epoch}/{c.epochs}; checkpoint {ckpt}. "
               f"Continue with: python train_dream.py --data {args.data} --resume {ckpt}")
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return train(args)
     except Interrupted as exc:
         where = f"; checkpoint saved to {exc.saved}, continue with --resume" if exc.saved else ""
         print(f"interrupted{where}", file=sys.stderr)

@@ -295,6 +295,17 @@ def epoch_order(indices: np.ndarray, labels: Sequence[int], seed: int, epoch: in
     return rng.choice(indices, size=len(indices), replace=True, p=weights / weights.sum())
 
 
+def fill_batches(order: np.ndarray, batch_size: int) -> np.ndarray:
+    """Extend ``order`` with its own start so every batch is full.
+
+    A compiled training step is traced once per input shape (and the first trace on a fresh
+    machine JIT-compiles its kernels); a ragged last batch would cost a second trace. Every
+    image is still seen each epoch, a few of them twice.
+    """
+    short = -len(order) % batch_size
+    return np.concatenate([order, np.resize(order, short)]) if short else order
+
+
 @dataclass(frozen=True)
 class Augment:
     size: int

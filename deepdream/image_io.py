@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,12 +112,12 @@ def check_output_path(path: str | os.PathLike, input_path: str | os.PathLike | N
     destination folder (the nearest existing ancestor, since missing folders are created).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"output '{path}' is a folder; give a file name such as {path / 'dream.png'}")
     _pillow_format(path)
     if input_path is not None and path.exists() and Path(input_path).exists() \
             and os.path.samefile(path, input_path):
         raise ImageError(f"output '{path}' is the input image; choose another --output (the input is never overwritten)")
-    if path.is_dir():
-        raise ImageError(f"output '{path}' is a folder; give a file name such as {path / 'dream.png'}")
     check_writable_folder(path.parent)
     if path.exists() and not os.access(path, os.W_OK):
         raise ImageError(f"cannot write '{path}': the file is read-only; choose another --output")
@@ -124,17 +125,21 @@ def check_output_path(path: str | os.PathLike, input_path: str | os.PathLike | N
 
 
 def check_writable_folder(folder: str | os.PathLike) -> None:
-    """Raise ImageError unless ``folder`` exists and is writable, or could be created."""
+    """Raise ImageError unless files can be created in ``folder`` (created if missing).
+
+    Probing with a real temporary file is the only reliable test (permissions, read-only
+    mounts, /proc, running as root all defeat ``os.access``).
+    """
     folder = Path(folder)
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ImageError(f"cannot write into '{folder}': '{probe}' is a file, not a folder; choose another --output")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ImageError(f"cannot write into '{folder}': permission denied; choose another --output")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise ImageError(f"cannot write into '{folder}': a file is in the way of that folder; "
+                         "choose another --output") from None
+    except OSError as exc:
+        raise ImageError(f"cannot write into '{folder}' ({exc.strerror or exc}); choose another --output") from None
 
 
 def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
@@ -147,7 +152,10 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     def write(tmp: str) -> None:
         img.save(tmp, format=fmt, **options)
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise ImageError(f"cannot write '{path}' ({exc.strerror or exc}); choose another --output") from None
     return path
 
 

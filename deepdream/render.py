@@ -182,11 +182,13 @@ class DreamStep:
     """One gradient-ascent step, compiled with ``mx.compile``.
 
     Call as ``new_state, loss = step(state, shift, sigma, lr)``: ``shift`` (dy, dx) is the
-    jitter roll, ``sigma`` the smoothing width for this step, ``lr`` the step size. All three
-    are runtime inputs, so the compiled graph is reused across steps, octaves of the same
-    size, and video frames; only a new image (or tile) shape traces it again.
-    Without ``tile_size`` (or when the image fits in one tile) the whole step is one graph;
-    with it, the gradient is computed tile by tile (memory bounded by the tile) and summed.
+    jitter roll, ``sigma`` the smoothing width for this step, ``lr`` the step size.
+    Two compiled graphs: the objective's gradient (of the whole rolled image, or of one tile
+    at a time when ``tile_size`` is set and the image is larger: memory bounded by the tile),
+    and the update (unroll, smooth or Laplacian-normalise, normalise, step, clamp).
+    Everything that changes between calls (roll indices, sigma, lr, 1/size) is an input, so
+    nothing size- or step-specific is baked into the generated kernels: a new image size
+    only re-traces, it does not re-run the CPU backend's C++ compiler.
     """
 
     def __init__(self, model: DreamModel, objective: Objective, space: Space | None = None, *,
@@ -199,79 +201,78 @@ class DreamStep:
         self.grad_norm = grad_norm
         self.lap_norm = lap_norm
         self.tile_size = tile_size
-        self._value_and_grad = mx.value_and_grad(self._loss)
-        self._whole = mx.compile(self._whole_step)
-        self._tile = mx.compile(self._value_and_grad)
-        self._roll = mx.compile(transforms.roll2d)
-        self._finish = mx.compile(self._finish_step)
+        self._gradient = mx.compile(mx.value_and_grad(self._loss))
+        self._rolled_gradient = mx.compile(self._rolled_value_and_grad)
+        self._update = mx.compile(self._update_step)
 
-    # The pieces below are traced by mx.compile: MLX operations only, no host syncs.
+    # The three functions below are traced by mx.compile: MLX operations only, no host syncs.
     def _loss(self, state: mx.array) -> mx.array:
         activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
         return self.objective(activations)
 
-    def _process(self, grad: mx.array, sigma: mx.array) -> mx.array:
-        """Smooth (or Laplacian-normalise) and normalise the raw gradient."""
+    def _rolled_value_and_grad(self, state: mx.array, rows: mx.array, cols: mx.array) -> tuple[mx.array, mx.array]:
+        return mx.value_and_grad(self._loss)(transforms.take2d(state, rows, cols))
+
+    def _update_step(self, state: mx.array, rolled_grad: mx.array, back_rows: mx.array, back_cols: mx.array,
+                     sigma: mx.array, lr: mx.array, inv_count: mx.array,
+                     lap_counts: list[mx.array]) -> mx.array:
+        grad = transforms.take2d(rolled_grad, back_rows, back_cols)
         if self.lap_norm:
-            grad = transforms.lap_normalize(grad)
+            grad = transforms.lap_normalize(grad, inv_counts=lap_counts)
         else:
             grad = transforms.cascade_smooth(grad, sigma)
         if self.grad_norm == "mean-abs":
-            return transforms.normalize_mean_abs(grad)
-        return transforms.normalize_std(grad)
-
-    def _update(self, state: mx.array, grad: mx.array, sigma: mx.array, lr: mx.array) -> mx.array:
-        return self.space.clamp(state + (lr * self.space.step_scale) * self._process(grad, sigma))
-
-    def _whole_step(self, state: mx.array, shift: mx.array, sigma: mx.array,
-                    lr: mx.array) -> tuple[mx.array, mx.array]:
-        loss, grad = self._value_and_grad(transforms.roll2d(state, shift))
-        return self._update(state, transforms.roll2d(grad, -shift), sigma, lr), loss
-
-    def _finish_step(self, state: mx.array, rolled_grad: mx.array, shift: mx.array, sigma: mx.array,
-                     lr: mx.array) -> mx.array:
-        return self._update(state, transforms.roll2d(rolled_grad, -shift), sigma, lr)
+            grad = transforms.normalize_mean_abs(grad, inv_count)
+        else:
+            grad = transforms.normalize_std(grad, inv_count)
+        return self.space.clamp(state + (lr * self.space.step_scale) * grad)
 
     def tiled(self, height: int, width: int) -> bool:
         return self.tile_size is not None and (height > self.tile_size or width > self.tile_size)
 
-    def tiled_gradient(self, state: mx.array, shift: mx.array) -> tuple[mx.array, float]:
+    def tiled_gradient(self, state: mx.array, rows: mx.array, cols: mx.array) -> tuple[mx.array, float]:
         """TF tutorial's tiled gradient of the rolled image: one tile at a time, each evaluated
         before the next, so peak memory is one tile's activations plus image-sized arrays.
 
         Each tile's loss is weighted by its share of the image, so the sum approximates the
         gradient of the whole image's mean objective.
         """
-        rolled = self._roll(state, shift)
+        rolled = transforms.take2d(state, rows, cols)
         mx.eval(rolled)
         _, height, width, _ = state.shape
         total = height * width
-        rows, loss = [], 0.0
+        grad_rows, loss = [], 0.0
         for y0, y1 in transforms.tile_bounds(height, self.tile_size):
             row = []
             for x0, x1 in transforms.tile_bounds(width, self.tile_size):
-                tile_loss, grad = self._tile(rolled[:, y0:y1, x0:x1])
+                tile_loss, grad = self._gradient(rolled[:, y0:y1, x0:x1])
                 weight = (y1 - y0) * (x1 - x0) / total
                 grad = grad * weight
                 mx.eval(grad, tile_loss)
                 loss += weight * tile_loss.item()
                 row.append(grad)
-            rows.append(mx.concatenate(row, axis=2) if len(row) > 1 else row[0])
-        grad = mx.concatenate(rows, axis=1) if len(rows) > 1 else rows[0]
+            grad_rows.append(mx.concatenate(row, axis=2) if len(row) > 1 else row[0])
+        grad = mx.concatenate(grad_rows, axis=1) if len(grad_rows) > 1 else grad_rows[0]
         return grad, loss
 
-    def __call__(self, state: mx.array, shift: tuple[int, int] | mx.array, sigma: float,
+    def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
                  lr: float) -> tuple[mx.array, float]:
-        shift_arr = mx.array(np.asarray(shift, dtype=np.int32))
-        sigma_arr, lr_arr = mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32)
-        if self.tiled(state.shape[1], state.shape[2]):
-            grad, loss = self.tiled_gradient(state, shift_arr)
-            new = self._finish(state, grad, shift_arr, sigma_arr, lr_arr)
-            mx.eval(new)
-            return new, loss
-        new, loss = self._whole(state, shift_arr, sigma_arr, lr_arr)
-        mx.eval(new, loss)
-        return new, loss.item()
+        _, height, width, channels = state.shape
+        rows, cols, back_rows, back_cols = transforms.roll_indices(height, width, shift)
+        if self.tiled(height, width):
+            grad, loss = self.tiled_gradient(state, rows, cols)
+        else:
+            loss_arr, grad = self._rolled_gradient(state, rows, cols)
+            loss = None
+        lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
+        new = self._update(state, grad, back_rows, back_cols, mx.array(sigma, dtype=mx.float32),
+                           mx.array(lr, dtype=mx.float32), mx.array(1.0 / (height * width * channels)),
+                           lap_counts)
+        if loss is None:
+            mx.eval(new, loss_arr)
+            return new, loss_arr.item()
+        mx.eval(new)
+        return new, loss
 
 
 def make_step(model: DreamModel, objective: Objective, space: Space | None = None, *,

@@ -47,6 +47,7 @@ from deepdream.dataset import (
     ImageFolder,
     calibration_view,
     epoch_order,
+    fill_batches,
     num_batches,
     stratified_split,
 )
@@ -280,23 +281,25 @@ def classification_loss(model: DreamModel, x: mx.array, y: mx.array, aux_weight:
     return loss, logits
 
 
-def make_train_step(model: DreamModel, optimizer: optim.Optimizer, aux_weight: float,
-                    use_aux: bool) -> Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]:
+def make_train_step(model: DreamModel, optimizer: optim.Optimizer, aux_weight: float, use_aux: bool,
+                    compile: bool = True) -> Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]:
     """A compiled step: (normalised images, labels) -> (loss, number correct); updates model + optimizer.
 
     The optimizer state must already exist (``optimizer.init``) so ``mx.compile`` sees every array
     it updates; BN running statistics are part of ``model.state`` and are updated in place too.
+    ``compile=False`` runs the same step eagerly: the first compiled call on a fresh machine
+    JIT-builds the fused CPU kernels (tens of seconds, cached on disk afterwards), which a short
+    run may not win back.
     """
     loss_and_grad = nn.value_and_grad(model, partial(classification_loss, aux_weight=aux_weight, use_aux=use_aux))
     state = [model.state, optimizer.state, mx.random.state]
 
-    @partial(mx.compile, inputs=state, outputs=state)
     def step(x: mx.array, y: mx.array) -> tuple[mx.array, mx.array]:
         (loss, logits), grads = loss_and_grad(model, x, y)
         optimizer.update(model, grads)
         return loss, (mx.argmax(logits, axis=1) == y).sum()
 
-    return step
+    return mx.compile(step, inputs=state, outputs=state) if compile else step
 
 
 def batch_key(seed: int, epoch: int, batch: int) -> int:
@@ -330,17 +333,20 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nda
     return model, opt, meta
 
 
-def restore(model: nn.Module, optimizer: optim.Optimizer, model_arrays: dict[str, np.ndarray],
-            opt_arrays: dict[str, np.ndarray]) -> None:
-    """Load checkpointed parameters and optimizer state (before the step is compiled)."""
+def restore(run: "Run", model_arrays: dict[str, np.ndarray], opt_arrays: dict[str, np.ndarray],
+            meta: dict[str, Any]) -> None:
+    """Put a prepared run where the checkpoint left it (before ``fit`` compiles the step)."""
+    model, optimizer = run.model, run.optimizer
     try:
         model.load_weights([(k, mx.array(v)) for k, v in model_arrays.items()], strict=True)
     except ValueError as exc:
         raise TrainingError(f"the checkpoint does not fit the model ({exc}); start a new run") from None
-    state = tree_unflatten([(k, mx.array(v)) for k, v in opt_arrays.items()])
-    optimizer.state = state
+    optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in opt_arrays.items()])
     optimizer.init(model.trainable_parameters())  # fills anything absent, keeps what was loaded
     mx.eval(model.parameters(), optimizer.state)
+    run.epoch, run.batch = int(meta["epoch"]), int(meta["batch"])
+    run.history = list(meta.get("history", []))
+    run.epoch_sums = list(meta.get("epoch_sums", [0.0, 0, 0]))
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------
@@ -424,7 +430,7 @@ class Run:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: Running sums of the epoch in progress (loss x samples, correct, samples), so an epoch
     #: interrupted and resumed still reports its true training loss and accuracy.
-    partial: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0, 0])
+    epoch_sums: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0, 0])
 
     @property
     def steps_per_epoch(self) -> int:
@@ -436,7 +442,7 @@ class Run:
                 "data": str(self.data.root), "train_images": int(len(self.train_idx)),
                 "val_images": int(len(self.val_idx)), "origin": self.origin,
                 "base_mean": self.base_meta["mean"], "base_std": self.base_meta["std"],
-                "dream_config": self.dream_config, "history": self.history, "partial": self.partial,
+                "dream_config": self.dream_config, "history": self.history, "epoch_sums": self.epoch_sums,
                 "data_fingerprint": fingerprint(self.data)}
 
 
@@ -454,6 +460,9 @@ def prepare_run(config: TrainConfig, data: ImageFolder) -> Run:
     if len(data.classes) < 2:
         raise TrainingError(f"{data.root} has {len(data.classes)} class folder(s); fine-tuning needs at least 2")
     train_idx, val_idx = stratified_split(data.labels, config.val_split, config.seed)
+    if config.batch_size > len(train_idx):
+        raise TrainingError(f"--batch-size {config.batch_size} is larger than the {len(train_idx)} training images; "
+                            "use a smaller batch or add images")
     base, base_meta, origin = load_base(config)
     model, frozen, freeze_to, dream_config, use_aux = prepare_model(config, len(data.classes), base, base_meta)
     config = dataclasses.replace(config, freeze_to=freeze_to)
@@ -464,7 +473,8 @@ def prepare_run(config: TrainConfig, data: ImageFolder) -> Run:
 
 
 def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
-        stop_after_epochs: int | None = None, log: Callable[[str], None] = print) -> bool:
+        stop_after_epochs: int | None = None, log: Callable[[str], None] | None = None,
+        compile: bool = True) -> bool:
     """Train from ``(run.epoch, run.batch)`` to ``config.epochs``; True when all epochs are done.
 
     A checkpoint is written after every epoch; on a stop request (Ctrl-C) the current state is
@@ -472,16 +482,18 @@ def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
     that many epochs of this call.
     """
     config, model = run.config, run.model
+    log = log or (lambda line: print(line, flush=True))  # flushed: progress must show when piped
     set_mode(model, run.frozen, training=True)
-    step = make_train_step(model, run.optimizer, config.aux_weight, run.use_aux)
+    step = make_train_step(model, run.optimizer, config.aux_weight, run.use_aux, compile=compile)
     aug = Augment(config.image_size, min_scale=config.min_crop_scale)
     done_here = 0
     with BatchLoader(run.data) as loader:
         while run.epoch < config.epochs:
             epoch = run.epoch
             started = time.perf_counter()
-            order = epoch_order(run.train_idx, run.data.labels, config.seed, epoch, config.balanced)
-            total_loss, correct, seen = run.partial if run.batch else (0.0, 0, 0)
+            order = fill_batches(epoch_order(run.train_idx, run.data.labels, config.seed, epoch, config.balanced),
+                                 config.batch_size)
+            total_loss, correct, seen = run.epoch_sums if run.batch else (0.0, 0, 0)
             bar = tqdm(total=run.steps_per_epoch, initial=run.batch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        unit="batch", disable=quiet, leave=False)
             batches = loader.batches(order, config.batch_size, aug, train=True,
@@ -494,7 +506,7 @@ def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
                 correct += hits.item()
                 seen += len(labels)
                 run.batch = b + 1
-                run.partial = [total_loss, correct, seen]
+                run.epoch_sums = [total_loss, correct, seen]
                 bar.update(1)
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}")
                 if stop.requested:
@@ -514,7 +526,7 @@ def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
                                  lr, time.perf_counter() - started)
             run.history.append(dataclasses.asdict(result))
             log(result.line(config.epochs))
-            run.epoch, run.batch, run.partial = epoch + 1, 0, [0.0, 0, 0]
+            run.epoch, run.batch, run.epoch_sums = epoch + 1, 0, [0.0, 0, 0]
             save_checkpoint(checkpoint, model, run.optimizer, run.epoch, 0, config, run.info())
             done_here += 1
             if stop_after_epochs is not None and done_here >= stop_after_epochs and run.epoch < config.epochs:

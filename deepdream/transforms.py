@@ -24,16 +24,28 @@ LAP_LEVELS = 4
 
 # -- jitter -----------------------------------------------------------------------------------
 
-def roll2d(x: mx.array, shift: mx.array) -> mx.array:
-    """Circularly shift (N, H, W, C) by ``shift = [dy, dx]`` (an int array).
+def roll_indices(height: int, width: int, shift: tuple[int, int]) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """Gather indices that roll an (H, W) image by ``shift = (dy, dx)`` and that undo it.
 
-    ``mx.roll`` takes Python ints, which a compiled step would bake in (one recompile per
-    jitter offset); a gather with computed indices keeps the offset a runtime input.
+    Built on the host and passed to the compiled step as inputs: ``mx.roll`` (or ``% height``
+    inside the graph) would bake the offset or the size into the compiled kernels, and on CPU
+    every new kernel costs seconds of C++ compilation.
     """
-    h, w = x.shape[1], x.shape[2]
-    rows = (mx.arange(h) - shift[0]) % h
-    cols = (mx.arange(w) - shift[1]) % w
+    dy, dx = int(shift[0]), int(shift[1])
+    rows, cols = np.arange(height), np.arange(width)
+    return (mx.array((rows - dy) % height, dtype=mx.int32), mx.array((cols - dx) % width, dtype=mx.int32),
+            mx.array((rows + dy) % height, dtype=mx.int32), mx.array((cols + dx) % width, dtype=mx.int32))
+
+
+def take2d(x: mx.array, rows: mx.array, cols: mx.array) -> mx.array:
+    """``x[:, rows][:, :, cols]`` for (N, H, W, C): a roll when the indices come from ``roll_indices``."""
     return mx.take(mx.take(x, rows, axis=1), cols, axis=2)
+
+
+def roll2d(x: mx.array, shift: tuple[int, int]) -> mx.array:
+    """Circularly shift (N, H, W, C) by ``shift = (dy, dx)`` (like ``np.roll`` on axes 1, 2)."""
+    rows, cols, _, _ = roll_indices(x.shape[1], x.shape[2], shift)
+    return take2d(x, rows, cols)
 
 
 def smoothing_sigma(step: int, steps: int, smoothing: float) -> float:
@@ -127,12 +139,18 @@ def _lap_up(x: mx.array, height: int, width: int) -> mx.array:
     return _blur5(up[:, :height, :width], gain=2.0)  # 2 per axis: the 2-D kernel gets 4x
 
 
-def lap_normalize(grad: mx.array, levels: int = LAP_LEVELS, eps: float = 1e-10) -> mx.array:
+def lap_normalize(grad: mx.array, levels: int = LAP_LEVELS, eps: float = 1e-10,
+                  inv_counts: list[mx.array] | None = None) -> mx.array:
     """Split (N, H, W, C) into ``levels`` band-pass layers + a low-pass residual, scale each to unit RMS, merge.
 
     Equalising the bands stops the high frequencies (which dominate raw gradients) from
     turning the dream into noise, so larger structures appear at every scale.
+    ``inv_counts`` (from ``lap_inverse_counts``) keeps a compiled caller size-independent.
     """
+    def rms(x: mx.array, level: int) -> mx.array:
+        inv = None if inv_counts is None else inv_counts[level]
+        return mx.maximum(mx.sqrt(_mean(x * x, inv)), eps)
+
     bands = []
     current = grad
     for _ in range(levels):
@@ -141,22 +159,40 @@ def lap_normalize(grad: mx.array, levels: int = LAP_LEVELS, eps: float = 1e-10) 
         low = _lap_down(current)
         bands.append(current - _lap_up(low, current.shape[1], current.shape[2]))
         current = low
-    merged = current / mx.maximum(mx.sqrt(mx.mean(current * current)), eps)
-    for band in reversed(bands):
-        band = band / mx.maximum(mx.sqrt(mx.mean(band * band)), eps)
-        merged = _lap_up(merged, band.shape[1], band.shape[2]) + band
+    merged = current / rms(current, len(bands))
+    for level in range(len(bands) - 1, -1, -1):
+        band = bands[level]
+        merged = _lap_up(merged, band.shape[1], band.shape[2]) + band / rms(band, level)
     return merged
 
 
-def normalize_std(grad: mx.array, eps: float = 1e-8) -> mx.array:
+def _mean(x: mx.array, inv_count: mx.array | None) -> mx.array:
+    # Inside mx.compile a plain mean bakes 1/size into the generated kernel (one C++ compile per
+    # image size on CPU); passing the reciprocal in keeps the compiled step size-independent.
+    return mx.mean(x) if inv_count is None else mx.sum(x) * inv_count
+
+
+def normalize_std(grad: mx.array, inv_count: mx.array | None = None, eps: float = 1e-8) -> mx.array:
     """pytorch-deepdream: zero mean, unit standard deviation over the whole gradient."""
-    centred = grad - grad.mean()
-    return centred / (mx.sqrt(mx.mean(centred * centred)) + eps)
+    centred = grad - _mean(grad, inv_count)
+    return centred / (mx.sqrt(_mean(centred * centred, inv_count)) + eps)
 
 
-def normalize_mean_abs(grad: mx.array, eps: float = 1e-8) -> mx.array:
+def normalize_mean_abs(grad: mx.array, inv_count: mx.array | None = None, eps: float = 1e-8) -> mx.array:
     """2015 Caffe notebook: ``g / mean(|g|)`` (its step is then ``step_size * g / mean|g|``)."""
-    return grad / (mx.mean(mx.abs(grad)) + eps)
+    return grad / (_mean(mx.abs(grad), inv_count) + eps)
+
+
+def lap_inverse_counts(height: int, width: int, channels: int = 3, levels: int = LAP_LEVELS) -> list[mx.array]:
+    """1 / element count of each band of ``lap_normalize`` (finest first, the low-pass residual last)."""
+    counts = []
+    for _ in range(levels):
+        if min(height, width) < 2:
+            break
+        counts.append(height * width * channels)
+        height, width = (height + 1) // 2, (width + 1) // 2
+    counts.append(height * width * channels)
+    return [mx.array(1.0 / c, dtype=mx.float32) for c in counts]
 
 
 # -- resizing (host side, once per octave) ------------------------------------------------------

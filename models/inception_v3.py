@@ -130,10 +130,11 @@ class InceptionE(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         b1 = self.branch1x1(x)
         b3 = self.branch3x3_1(x)
+        b3 = [self.branch3x3_2a(b3), self.branch3x3_2b(b3)]
         b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        b3d = [self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)]
         bp = self.branch_pool(_branch_pool(x))
-        return mx.concatenate([b1, self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-                               self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d), bp], axis=-1)
+        return mx.concatenate([b1, *b3, *b3d, bp], axis=-1)
 
 
 class InceptionV3(DreamModel):

@@ -1,4 +1,16 @@
-"""VGG16/VGG19 ports against torchvision with random weights, through our exporter script."""
+"""VGG16/VGG19 ports against torchvision with random weights, through our exporter script.
+
+Activations and logits: float32, relative error (max |ours - torch| / max |torch|) < 1e-4.
+
+Input gradients: < 1e-3, with torch linearised at OUR forward pass. A ReLU/max-pool network is
+piecewise linear; float32 rounding (~1e-6) puts a few of its ~2 million ReLU units and pool
+windows that sit within 1e-6 of a kink on opposite sides in the two frameworks, and each such
+flip moves the input gradient locally by a few percent of its maximum (measured: one flipped
+unit of conv2_1 made 1.9 % at relu3_3). Both gradients are right, for slightly different
+inputs. So for the gradient the torch reference takes each conv/linear output's value from our
+model (``out + (ours - out).detach()``, after checking they agree to 1e-4): every ReLU mask and
+pool choice is then shared, while all derivatives still come from torch's own modules.
+"""
 
 from __future__ import annotations
 
@@ -6,92 +18,129 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import models  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
+import mlx.nn as nn
 
 torch = pytest.importorskip("torch")
 
 from models import UnknownLayerError, load_model  # noqa: E402
-from models.convert import torchvision_model  # noqa: E402
+from models.convert import export_main, torchvision_model  # noqa: E402
 from models.vgg import feature_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (96, 128)   # non-square, and pool5 (3x4) must be adaptively pooled up to 7x7
-# The layers the product's recipes and defaults dream on, per model.
-CHECKED_LAYERS = {"vgg16": ["relu4_2", "relu5_1", "pool5"], "vgg19": ["relu4_2", "relu5_2"]}
+# Recipe layers (vgg16 --layers relu4_2 / relu5_1, vgg19 --layers relu5_2) plus pool5, the
+# input of the adaptive pooling; the default layers are added in the test.
+CHECKED_LAYERS = {"vgg16": ["relu4_2", "relu5_1", "pool5"], "vgg19": ["relu5_2"]}
 
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-def torch_module(tv, layer: str):
-    """The torchvision module whose forward output is our stage ``layer``."""
-    depth = 16 if len(feature_keys(16)) == sum(isinstance(m, torch.nn.Conv2d) for m in tv.features) else 19
-    conv_index = {mlx_name: int(key.split(".")[1]) for key, mlx_name in feature_keys(depth).items()}
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def _nchw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+def torch_paths(tv: Any) -> dict[str, str]:
+    """Our module path -> torchvision's, for every conv and hidden linear (the gradient's anchors)."""
+    depth = 16 if sum(isinstance(m, torch.nn.Conv2d) for m in tv.features) == 13 else 19
+    return {**{ours: theirs for theirs, ours in feature_keys(depth).items()},
+            "fc6": "classifier.0", "fc7": "classifier.3"}
+
+
+def torch_module(tv: Any, layer: str) -> Any:
+    """The torchvision module whose output is our stage ``layer`` (None: the logits)."""
+    if layer == "logits":
+        return None
+    conv_index = {ours: int(theirs.split(".")[1]) for ours, theirs in torch_paths(tv).items() if ours[0] == "c"}
     if layer.startswith("relu"):
         return tv.features[conv_index["conv" + layer[4:]] + 1]
     if layer.startswith("pool"):
-        block = int(layer[4:])
-        last_conv = max(i for name, i in conv_index.items() if name.startswith(f"conv{block}_"))
+        last_conv = max(i for name, i in conv_index.items() if name.startswith(f"conv{layer[4:]}_"))
         return tv.features[last_conv + 2]
     return tv.features[conv_index[layer]]
 
 
 class _Stop(Exception):
-    pass
+    """Raised by a forward hook once the wanted activation exists: torch need not run further."""
 
 
-def torch_activation_and_grad(tv, layer: str, x: np.ndarray, w: np.ndarray
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Activation of ``layer`` (forward stopped there by a hook), d(sum(w' * act))/d(input) and w'.
+def torch_output(tv: Any, layer: str, x: Any, anchors: dict[str, np.ndarray] | None = None) -> Any:
+    """torchvision's output at ``layer``; ``anchors`` (torch path -> our value) replace module outputs."""
+    handles = []
 
-    w' is ``w`` with the units at ReLU's kink (|act| below 1e-4 of the maximum) zeroed: there
-    float32 rounding (1e-6) may put a unit on either side of zero in the two frameworks, and
-    the gradient of that one unit is then either w or 0, a real but meaningless disagreement.
-    """
-    xt = torch.tensor(x, requires_grad=True)
-    if layer == "logits":
-        act = tv(xt)
-    else:
-        captured = {}
+    def anchor(value: np.ndarray):
+        def hook(_module, _inputs, output):
+            assert rel_err(output.detach().numpy(), value) < 1e-4  # anchoring never hides a real difference
+            return output + (torch.from_numpy(value) - output).detach()
+        return hook
 
-        def hook(module, inputs, output):
-            captured["act"] = output
-            raise _Stop
+    for path, value in (anchors or {}).items():
+        handles.append(tv.get_submodule(path).register_forward_hook(anchor(value)))
+    captured = {}
 
-        handle = torch_module(tv, layer).register_forward_hook(hook)
-        try:
-            tv(xt)
-        except _Stop:
-            pass
-        finally:
+    def stop(_module, _inputs, output):
+        captured["act"] = output
+        raise _Stop
+
+    module = torch_module(tv, layer)
+    if module is not None:
+        handles.append(module.register_forward_hook(stop))
+    try:
+        captured["act"] = tv(x)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
             handle.remove()
-        act = captured["act"]
-    act_np = act.detach().numpy().copy()
-    w = w * (np.abs(act_np) > 1e-4 * np.abs(act_np).max())
-    (act * torch.tensor(w)).sum().backward()
-    return act_np, xt.grad.numpy(), w
+    return captured["act"]
 
 
-def ours_activation_and_grad(model, layer: str, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same for our model, with NCHW <-> NHWC at the boundary."""
-    to_nhwc = (0, 2, 3, 1) if x.ndim == 4 else None
-    xm = mx.array(x.transpose(to_nhwc))
-    wm = mx.array(w.transpose(0, 2, 3, 1) if w.ndim == 4 else w)
-    act = model(xm, outputs=[layer])[layer]
-    grad = mx.grad(lambda inp: (model(inp, outputs=[layer])[layer] * wm).sum())(xm)
-    act_np = np.array(act)
-    return (act_np.transpose(0, 3, 1, 2) if act_np.ndim == 4 else act_np), np.array(grad).transpose(0, 3, 1, 2)
+def ours_outputs(model: Any, layer: str, x: np.ndarray, paths: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Our activation at ``layer`` and the outputs (NCHW) of the stages in ``paths`` up to it."""
+    order = [name for name, _ in model.stages()]
+    earlier = [p for p in paths if p in order[:order.index(layer) + 1]]
+    out = model(mx.array(_nhwc(x)), outputs=[layer, *earlier])
+    return _nchw(np.array(out[layer])), {p: _nchw(np.array(out[p])) for p in earlier}
+
+
+def check_layer(pair: dict[str, Any], layer: str, x: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """Assert activation and input-gradient parity at ``layer``; return both relative errors."""
+    tv, model = pair["tv"], pair["model"]
+    with torch.no_grad():
+        ref = torch_output(tv, layer, torch.from_numpy(x)).numpy()
+    paths = torch_paths(tv)
+    ours, values = ours_outputs(model, layer, x, list(paths))
+    assert ours.shape == ref.shape, layer
+    assert np.abs(ref).max() > 1e-3, layer  # a meaningful scale for the relative error
+    act_err = rel_err(ours, ref)
+    assert act_err < 1e-4, layer
+
+    w = rng.standard_normal(ref.shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    anchors = {paths[p]: v for p, v in values.items()}
+    (torch_output(tv, layer, xt, anchors) * torch.from_numpy(w)).sum().backward()
+    wm = mx.array(_nhwc(w))
+    grad = mx.grad(lambda inp: (model(inp, outputs=[layer])[layer] * wm).sum())(mx.array(_nhwc(x)))
+    grad_err = rel_err(_nchw(np.array(grad)), xt.grad.numpy())
+    assert grad_err < 1e-3, layer
+    return act_err, grad_err
 
 
 @pytest.fixture(scope="module", params=["vgg16", "vgg19"])
-def pair(request, weights_dir, tmp_path_factory) -> Iterator[tuple[str, object, object]]:
-    """(name, torchvision model, our model loaded from the file our exporter wrote)."""
+def pair(request, weights_dir, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """torchvision's model and ours, loaded from the file our exporter wrote."""
     name = request.param
     torch.manual_seed(0)
     tv = torchvision_model(name, pretrained=False)
@@ -100,61 +149,47 @@ def pair(request, weights_dir, tmp_path_factory) -> Iterator[tuple[str, object, 
         for module in tv.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
                 module.bias.normal_(0.0, 0.05)
+    tv.requires_grad_(False)  # only input gradients are compared
     pth = tmp_path_factory.mktemp(name) / f"{name}.pth"
     torch.save(tv.state_dict(), pth)
     out = weights_dir / f"{name}_parity.npz"
     proc = subprocess.run([sys.executable, str(ROOT / "export_vgg.py"), "--model", name, "--from-pth", str(pth),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
-    pth.unlink()  # 0.5 GB each: do not keep it in pytest's retained temp folders
+    pth.unlink()  # 0.5 GB: keep it out of pytest's retained temp folders
     assert proc.returncode == 0, proc.stderr
     model = load_model(name, weights=out)
-    yield name, tv, model
     out.unlink()
+    yield {"name": name, "tv": tv, "model": model}
 
 
 def test_logits_and_input_gradient_match_torchvision(pair) -> None:
-    name, tv, model = pair
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 3, *SIZE)).astype(np.float32)
-    w = rng.standard_normal((1, 1000)).astype(np.float32)
-    ref, ref_grad, w = torch_activation_and_grad(tv, "logits", x, w)
-    ours, grad = ours_activation_and_grad(model, "logits", x, w)
-    assert ours.shape == ref.shape == (1, 1000)
-    assert np.abs(ref).max() > 1e-3  # a meaningful scale for the relative error
-    assert rel_err(ours, ref) < 1e-4
-    assert rel_err(grad, ref_grad) < 1e-3
+    check_layer(pair, "logits", rng.standard_normal((1, 3, *SIZE)).astype(np.float32), rng)
 
 
 def test_dream_layers_match_torchvision(pair) -> None:
-    name, tv, model = pair
-    layers = sorted(set(CHECKED_LAYERS[name]) | set(model.default_layers))
+    model = pair["model"]
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 3, *SIZE)).astype(np.float32)
-    for layer in layers:
-        out_shape = model(mx.array(x.transpose(0, 2, 3, 1)), outputs=[layer])[layer].shape
-        w = rng.standard_normal((out_shape[0], out_shape[3], out_shape[1], out_shape[2])).astype(np.float32)
-        ref, ref_grad, w = torch_activation_and_grad(tv, layer, x, w)
-        ours, grad = ours_activation_and_grad(model, layer, x, w)
-        assert ours.shape == ref.shape, layer
-        assert rel_err(ours, ref) < 1e-4, layer
-        assert rel_err(grad, ref_grad) < 1e-3, layer
+    for layer in sorted(set(CHECKED_LAYERS[pair["name"]]) | set(model.default_layers)):
+        check_layer(pair, layer, x, rng)
 
 
 def test_layer_names_and_errors(pair) -> None:
-    name, _, model = pair
-    last = "relu5_3" if name == "vgg16" else "relu5_4"
+    model = pair["model"]
+    last = "relu5_3" if pair["name"] == "vgg16" else "relu5_4"
     assert model.layer_names[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
     assert model.layer_names[-2:] == [last, "pool5"]
     assert [n for n, _ in model.stages()][-1] == "logits"
-    x = mx.zeros((1, 64, 64, 3))
+    assert set(model.default_layers) <= set(model.layer_names)
     with pytest.raises(UnknownLayerError, match=f"Did you mean 'relu4_2'.*{last}"):
-        model(x, outputs=["relu4-2"])
-    with pytest.raises(UnknownLayerError):
+        model(mx.zeros((1, 64, 64, 3)), outputs=["relu4-2"])
+    with pytest.raises(UnknownLayerError, match="conv1_1"):
         model.check_layers(["inception4c"])
 
 
 def test_forward_stops_at_the_deepest_requested_layer(pair) -> None:
-    _, _, model = pair
+    model = pair["model"]
     ran: list[str] = []
     stages = model.stages
 
@@ -163,7 +198,7 @@ def test_forward_stops_at_the_deepest_requested_layer(pair) -> None:
 
     model.stages = recording_stages
     try:
-        # 8 px: deeper stages would fail (pool4 of 8 px is empty), so stopping is required.
+        # 8 px: later stages could not even run (pool4 of 8 px is empty).
         out = model(mx.zeros((1, 8, 8, 3)), outputs=["relu1_2", "conv2_1"])
     finally:
         del model.stages
@@ -172,33 +207,32 @@ def test_forward_stops_at_the_deepest_requested_layer(pair) -> None:
 
 
 def test_parameter_stages_are_modules(pair) -> None:
-    _, _, model = pair
-    import mlx.nn as nn
-
-    for name, fn in model.stages():
+    for name, fn in pair["model"].stages():
         if name.startswith(("conv", "fc")) or name == "logits":
             assert isinstance(fn, nn.Module), name
+        else:
+            assert not isinstance(fn, nn.Module) or not fn.parameters(), name
 
 
 def test_min_input_size(pair) -> None:
-    name, tv, model = pair
-    size = model.MIN_INPUT_SIZE
+    model, size = pair["model"], pair["model"].MIN_INPUT_SIZE
     logits = model(mx.zeros((1, size, size, 3)))["logits"]
     assert logits.shape == (1, 1000) and bool(mx.isfinite(logits).all())
-    with torch.no_grad(), pytest.raises(RuntimeError):  # one pixel less: torchvision fails too
-        tv(torch.zeros(1, 3, size - 1, size - 1))
+    assert model(mx.zeros((1, size - 1, size - 1, 3)), outputs=["pool5"])["pool5"].size == 0
+    with torch.no_grad(), pytest.raises(RuntimeError):  # torchvision fails one pixel below, too
+        pair["tv"](torch.zeros(1, 3, size - 1, size - 1))
 
 
-def test_exporter_rejects_the_other_depth(pair, tmp_path) -> None:
-    name, tv, _ = pair
-    if name != "vgg16":
+def test_exporter_refuses_a_checkpoint_of_the_other_depth(pair, tmp_path, capsys) -> None:
+    if pair["name"] != "vgg16":
         pytest.skip("one direction is enough")
-    pth = tmp_path / "small.pth"
-    # A VGG16 state dict, features only (cheap to write): the exporter must refuse it as vgg19.
-    torch.save({k: v for k, v in tv.state_dict().items() if k.startswith("features.")}, pth)
+    pth = tmp_path / "vgg16_features.pth"
+    # VGG16's conv weights (small to write): not a VGG19, and nothing may be written.
+    torch.save({k: v for k, v in pair["tv"].state_dict().items() if k.startswith("features.")}, pth)
     out = tmp_path / "vgg19.npz"
-    proc = subprocess.run([sys.executable, str(ROOT / "export_vgg.py"), "--model", "vgg19", "--from-pth", str(pth),
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        export_main(argv=["--model", "vgg19", "--from-pth", str(pth), "--out", str(out)], choices=["vgg16", "vgg19"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a vgg19 state dict" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

@@ -1,0 +1,126 @@
+"""Timers, the machine's sgemm rate, FLOP counts and peak memory of a child process."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import mlx.core as mx
+import torch
+from torch import nn
+
+
+def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of each callable, ``repeats`` times after ``warmup`` untimed calls.
+
+    The callables take turns (A, B, A, B, ...), so a change in machine load during the
+    measurement hits both sides alike instead of whichever ran second.
+    """
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """MLX's float32 matmul rate on an n x n x n product (through the fast BLAS), GFLOP/s."""
+    a = mx.random.normal((n, n))
+    b = mx.random.normal((n, n))
+    mx.eval(a, b)
+    times = interleaved_times({"sgemm": lambda: mx.eval(a @ b)}, warmup=1, repeats=repeats)["sgemm"]
+    return 2.0 * n ** 3 / median(times) / 1e9
+
+
+def forward_flops(run_forward: Callable[[], object], net: nn.Module) -> float:
+    """FLOPs of the convolutions and linear layers that one forward pass executes (2 per multiply-add).
+
+    Counted from the shapes each Conv2d/Linear sees (forward hooks), so a pass that stops at
+    a layer counts only what ran.
+    """
+    total = 0.0
+
+    def conv_hook(module: nn.Conv2d, inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += 2.0 * output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        total += 2.0 * output.numel() * module.in_features
+
+    handles = []
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def peak_rss_of(command: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str, str, int]:
+    """Run ``command``; return (its peak resident set size in bytes, stdout, stderr, exit status).
+
+    ``os.wait4`` returns the resource usage (getrusage's ``ru_maxrss``) of exactly that child,
+    unlike RUSAGE_CHILDREN, which would also count every compiler this process ever spawned.
+    Output goes to temporary files, not pipes, so a chatty child cannot block on a full pipe.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(list(command), stdout=out, stderr=err, text=True,
+                                env=dict(env) if env is not None else None)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
+        out.seek(0)
+        err.seek(0)
+        # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+        scale = 1 if platform.system() == "Darwin" else 1024
+        return usage.ru_maxrss * scale, out.read(), err.read(), proc.returncode
+
+
+def machine_description() -> dict[str, str]:
+    """CPU model, core count, OS and library versions for the table's header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import models
+
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "mlx": mx.__version__,
+        "blas": models.ensure_fast_blas(),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,101 @@
+"""One model on both sides of the benchmark: our MLX port and the PyTorch network, same weights.
+
+The torch side's state dict goes through our own exporter into a temporary folder and our side
+loads that file, so both run exactly the same numbers (random init for the torchvision models,
+which cannot be downloaded here; the real ImageNet weights for efficientnet_lite0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models import DreamModel, get_spec, load_model
+from models.convert import export_model, torchvision_model
+from models.registry import architecture_module
+
+#: Every zoo model, in the order the table lists them.
+BENCH_MODELS = ("googlenet", "vgg16", "vgg19", "resnet50", "alexnet", "inception_v3", "efficientnet_lite0")
+
+#: torchvision's AlexNet ``features`` indices, in our layer names.
+_ALEXNET_FEATURES = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3",
+                     "conv4", "relu4", "conv5", "relu5", "pool5")
+
+
+class ModelUnavailable(RuntimeError):
+    """A model whose port (or reference) is not importable; the benchmark skips it with this message."""
+
+
+@dataclass
+class ModelPair:
+    name: str
+    ours: DreamModel
+    net: nn.Module                      # the torch network, eval mode
+    weights_path: Path                  # our weights file (the memory benchmark's child loads it)
+    source: str                         # where the weights came from
+    layers: list[str] = field(default_factory=list)
+
+    def torch_modules(self, layers: list[str]) -> dict[str, nn.Module]:
+        """The torch module whose output is each of our layers (for forward hooks)."""
+        return {layer: torch_layer(self.name, self.net, layer) for layer in layers}
+
+
+def torch_layer(name: str, net: nn.Module, layer: str) -> nn.Module:
+    """The torch module behind our layer ``layer`` of model ``name``."""
+    if name in ("googlenet", "inception_v3"):
+        return getattr(net, layer)              # same names as torchvision's attributes
+    if name == "resnet50":
+        if layer.startswith("layer"):           # layer3_2 -> layer3[2]
+            stage, block = layer.split("_")
+            return getattr(net, stage)[int(block)]
+        return getattr(net, layer)
+    if name == "alexnet":
+        return net.features[_ALEXNET_FEATURES.index(layer)]
+    if name in ("vgg16", "vgg19"):
+        from models.vgg import feature_keys
+
+        conv_index = {ours: int(key.split(".")[1]) for key, ours in feature_keys(int(name[3:])).items()}
+        kind, position = layer[:4], layer[4:]      # relu4_2 -> ("relu", "4_2")
+        if kind == "pool":
+            block = int(layer[4:])
+            last_conv = max(i for conv, i in conv_index.items() if conv.startswith(f"conv{block}_"))
+            return net.features[last_conv + 2]
+        return net.features[conv_index["conv" + position] + (1 if kind == "relu" else 0)]
+    if name == "efficientnet_lite0":
+        if layer.startswith("block"):
+            return net._blocks[int(layer[5:])]
+        raise ValueError(f"the torch reference of {name} exposes blocks only, not '{layer}'")
+    raise ValueError(f"no torch layer mapping for {name}")
+
+
+def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
+    """Both sides of ``name`` with identical weights, exported into ``workdir``."""
+    spec = get_spec(name)
+    try:
+        architecture_module(name)
+    except ImportError as exc:
+        raise ModelUnavailable(f"{name}: the port is not importable ({exc})") from None
+    path = workdir / f"{name}_mlx.npz"
+    if spec.torchvision:
+        torch.manual_seed(seed)
+        net = torchvision_model(name, pretrained=False)
+        pth = workdir / f"{name}.pth"
+        torch.save(net.state_dict(), pth)
+        export_model(name, out=path, from_pth=pth)
+        source = f"random init (torch seed {seed})"
+    else:
+        try:
+            from models.efficientnet_lite_torch import EfficientNetLite0Torch
+        except ImportError as exc:
+            raise ModelUnavailable(f"{name}: the torch reference is not importable ({exc})") from None
+        state_dict, source = architecture_module(name).reference_state_dict()
+        net = EfficientNetLite0Torch()
+        net.load_state_dict(state_dict)
+        export_model(name, out=path)
+    net.eval()
+    ours = load_model(name, weights=path)
+    return ModelPair(name=name, ours=ours, net=net, weights_path=path, source=source,
+                     layers=ours.default_layers)

@@ -1,0 +1,330 @@
+"""The dream options, defined once for every script that dreams (dream.py, dream_video.py).
+
+Use::
+
+    parser = DreamArgumentParser(description="...")
+    add_dream_arguments(parser)             # model, layers, octaves, steps, ..., --info, --list-layers
+    parser.add_argument("--input", ...)     # the script's own I/O flags
+    args = parser.parse_args()
+
+    def main() -> int:
+        if handle_info_flags(args):         # --info / --list-layers print and stop
+            return 0
+        model, settings = model_and_settings(args)
+        dreamer = Dreamer(model, settings, quiet=args.quiet)
+        ...
+
+    run_main(main)                          # one-line `error: ...`, exit 1; Ctrl-C exits 130
+
+Every dream option defaults to ``None`` so that ``model_and_settings`` can tell an explicit
+flag (which wins) from a preset's value (which wins over the generic default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from models import (
+    MODELS,
+    DreamModel,
+    UnknownLayerError,
+    WeightsError,
+    build_model,
+    default_weights_path,
+    get_spec,
+    list_models,
+    load_model,
+    weights_available,
+)
+
+from .colour import ColourMatrixError
+from .errors import DreamError
+from .presets import GENERIC, PRESETS, get_preset, recipe_for_model
+from .render import GRAD_NORMS, DreamSettings
+
+DEFAULT_MODEL = "googlenet"
+OFFLINE_MODEL = "efficientnet_lite0"
+ALL_MODELS = "all"
+
+Notify = Callable[[str], None]
+
+# Exit statuses.
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+class DreamArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (``error: ... (see --help)``) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
+def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every dream option (model choice, objective, step, octaves, presets, info) to ``parser``."""
+    presets = ", ".join(PRESETS)
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME",
+                   help=f"network to dream with: {', '.join(list_models())}, or 'all' (default: googlenet when its "
+                        f"weights are present, else {OFFLINE_MODEL}, which works offline)")
+    g.add_argument("--weights", metavar="PATH",
+                   help="a weights file (e.g. fine-tuned by train_dream.py); its metadata names the model")
+    g.add_argument("--preset", metavar="NAME",
+                   help=f"a named recipe ({presets}); explicit flags override its values. Without it the "
+                        "model's own recipe is used when it has one")
+    g.add_argument("--list-layers", action="store_true", help="print the model's layer names and exit")
+    g.add_argument("--info", action="store_true",
+                   help="print MLX version, device, BLAS and which model weights are present, and exit")
+
+    g = parser.add_argument_group("objective")
+    g.add_argument("--layers", nargs="+", metavar="LAYER", help="layer(s) whose activations to amplify")
+    g.add_argument("--channels", nargs="+", type=_int, metavar="C",
+                   help="only these channel indices of the layer(s)")
+    g.add_argument("--guide", metavar="IMAGE",
+                   help="guide image: steer each feature toward its best match in this image's features")
+
+    g = parser.add_argument_group("dream")
+    g.add_argument("--octaves", type=_int, metavar="N", help="number of scales (default from recipe, 4)")
+    g.add_argument("--scale", type=float, metavar="S", help="size ratio between octaves (e.g. 1.4-2)")
+    g.add_argument("--steps", type=_int, metavar="N", help="gradient steps per octave")
+    g.add_argument("--lr", type=float, metavar="LR", help="step size (in ImageNet-normalised pixel units)")
+    g.add_argument("--jitter", type=_int, metavar="PX",
+                   help="random shift of up to PX pixels before each step (hides grid artefacts)")
+    g.add_argument("--smoothing", type=float, metavar="S",
+                   help="gradient smoothing coefficient (Gaussian cascade; larger is smoother)")
+    g.add_argument("--lap-norm", action="store_true", default=None,
+                   help="Laplacian-pyramid gradient normalisation instead of smoothing (larger, calmer structures)")
+    g.add_argument("--grad-norm", choices=GRAD_NORMS, default=None,
+                   help="gradient normalisation: std (default, pytorch-deepdream) or mean-abs (2015 Caffe notebook)")
+    g.add_argument("--tile-size", type=_int, metavar="PX",
+                   help="compute gradients in tiles of PX pixels: big images with bounded memory (512 is good)")
+    g.add_argument("--decorrelate", metavar="MATRIX",
+                   help="step in a decorrelated colour space: 'imagenet', 'model' (the weights file's matrix) or a "
+                        ".npy from calc_cm.py")
+    g.add_argument("--seed", type=_int, metavar="N", help="random seed: same arguments, same output bytes")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or notices")
+
+
+def make_notify(quiet: bool) -> Notify:
+    """Notices go to stderr as ``deepdream: ...`` lines, unless quiet."""
+    def notify(message: str) -> None:
+        if not quiet:
+            print(f"deepdream: {message}", file=sys.stderr)
+    return notify
+
+
+def _is_all(args: argparse.Namespace) -> bool:
+    return getattr(args, "model", None) == ALL_MODELS
+
+
+def check_model_name(name: str) -> str:
+    try:
+        get_spec(name)
+    except ValueError as exc:
+        raise DreamError(f"{exc} (or '{ALL_MODELS}')") from None
+    return name
+
+
+def weights_architecture(path: str) -> str:
+    """The architecture a weights file was made for (its metadata), or a clear error."""
+    from models.weights import read_metadata
+
+    if not Path(path).is_file():
+        raise DreamError(f"weights file '{path}' not found; check the path")
+    try:
+        arch = read_metadata(path).get("architecture")
+    except Exception as exc:  # numpy raises several types for a file that is not an .npz
+        raise DreamError(f"cannot read weights file '{path}' ({type(exc).__name__}); "
+                         "give a .npz written by an exporter or train_dream.py") from None
+    if not arch:
+        raise DreamError(f"'{path}' is not a DeepDream-MLX weights file (no metadata); convert it with an exporter")
+    return str(arch)
+
+
+def default_model_name(notify: Notify) -> str:
+    """googlenet when its weights are present, else the model that works offline (with a notice)."""
+    if weights_available(DEFAULT_MODEL):
+        return DEFAULT_MODEL
+    notify(f"googlenet weights not found, using {OFFLINE_MODEL} (works offline); "
+           f"for googlenet run `{MODELS[DEFAULT_MODEL].exporter}`")
+    return OFFLINE_MODEL
+
+
+def model_name_from_args(args: argparse.Namespace, notify: Notify | None = None) -> str:
+    """Which architecture the arguments ask for: --model, else the --weights file's, else the preset's, else default."""
+    notify = notify or make_notify(getattr(args, "quiet", False))
+    if args.model is not None:
+        if args.model == ALL_MODELS:
+            raise DreamError("--model all is not supported here; name one model")
+        name = check_model_name(args.model)
+        if args.weights is not None:
+            arch = weights_architecture(args.weights)
+            if arch != name:
+                raise DreamError(f"'{args.weights}' holds {arch} weights, not {name}; use --model {arch} or drop --model")
+        return name
+    if args.weights is not None:
+        return weights_architecture(args.weights)
+    if args.preset is not None:
+        return get_preset(args.preset).model
+    return default_model_name(notify)
+
+
+def load_dream_model(name: str, weights: str | None = None) -> DreamModel:
+    """Load a model, turning "no weights" into an error that names the exporter command."""
+    if weights is None and not weights_available(name):
+        spec = MODELS[name]
+        # load_model would try the exporter's download, which imports torch and needs internet;
+        # say what to run instead of attempting it mid-dream.
+        raise WeightsError(f"no weights for {name}: {default_weights_path(name)} is missing. Run `{spec.exporter}` "
+                           f"(or `{spec.exporter} --from-pth PATH` for a local checkpoint)")
+    return load_model(name, weights=weights)
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks that need no model (so they fail before anything slow happens)."""
+    if args.model is not None and args.model != ALL_MODELS:
+        check_model_name(args.model)
+    if args.preset is not None:
+        get_preset(args.preset)
+    if _is_all(args):
+        if args.weights is not None:
+            raise DreamError("--model all dreams with each model's own weights; drop --weights or name one model")
+        if args.layers is not None:
+            raise DreamError("--layers names layers of one model; drop it with --model all (each model uses its recipe)")
+    # The numbers alone, with generic values for whatever is not given.
+    checks = {k: getattr(args, k) for k in ("octaves", "scale", "steps", "lr", "jitter", "smoothing", "tile_size")
+              if getattr(args, k) is not None}
+    DreamSettings(**{**GENERIC, **checks}).validate()
+
+
+def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Notify | None = None) -> DreamSettings:
+    """Resolve the settings for ``model``: explicit flags > --preset (or the model's recipe) > generic defaults."""
+    notify = notify or make_notify(getattr(args, "quiet", False))
+    values: dict[str, object] = dict(GENERIC)
+    preset = get_preset(args.preset) if args.preset is not None else recipe_for_model(model.name)
+    if preset is not None:
+        recipe = preset.values()
+        layers = recipe.pop("layers")
+        values.update(recipe)
+        if preset.model == model.name:
+            values["layers"] = layers
+        elif args.layers is None:
+            notify(f"preset '{args.preset}' is for {preset.model}; using its step settings with {model.name}'s "
+                   f"default layers ({' '.join(model.default_layers)})")
+    explicit = {
+        "layers": tuple(args.layers) if args.layers is not None else None,
+        "channels": tuple(args.channels) if args.channels is not None else None,
+        "guide": args.guide, "octaves": args.octaves, "scale": args.scale, "steps": args.steps, "lr": args.lr,
+        "jitter": args.jitter, "smoothing": args.smoothing, "lap_norm": args.lap_norm, "grad_norm": args.grad_norm,
+        "tile_size": args.tile_size, "seed": args.seed, "decorrelate": args.decorrelate,
+    }
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    settings = DreamSettings(**values)
+    settings.validate()
+    model.check_layers(settings.layers or model.default_layers)
+    return settings
+
+
+def model_and_settings(args: argparse.Namespace, notify: Notify | None = None) -> tuple[DreamModel, DreamSettings]:
+    """Parsed arguments -> the loaded model and its resolved ``DreamSettings`` (raises DreamError & co.)."""
+    notify = notify or make_notify(getattr(args, "quiet", False))
+    validate_args(args)
+    name = model_name_from_args(args, notify)
+    model = load_dream_model(name, args.weights)
+    return model, settings_for_model(args, model, notify)
+
+
+def available_models(notify: Notify) -> list[str]:
+    """For --model all: the models whose weights are present; a notice names the exporter for each other one."""
+    names = []
+    for name in list_models():
+        if weights_available(name):
+            names.append(name)
+        else:
+            notify(f"skipping {name}: no weights (run `{MODELS[name].exporter}`)")
+    return names
+
+
+# -- --info and --list-layers ----------------------------------------------------------------------
+
+def info_text() -> str:
+    import mlx.core as mx
+
+    from models import _blas
+
+    lines = [
+        f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
+        f"mlx {mx.__version__}, device {mx.default_device()}",
+        f"blas: {_blas.blas_in_use}",
+        "models:",
+    ]
+    for name, spec in MODELS.items():
+        if weights_available(name):
+            path = default_weights_path(name)
+            where = str(path) if path.exists() else f"converted on first use from {spec.source}"
+            lines.append(f"  {name:<20} weights present ({where})")
+        else:
+            lines.append(f"  {name:<20} weights missing: run `{spec.exporter}`")
+    return "\n".join(lines)
+
+
+def layer_listing(model: DreamModel) -> str:
+    defaults = set(model.default_layers)
+    return "\n".join(f"{name}  (default)" if name in defaults else name for name in model.layer_names)
+
+
+def handle_info_flags(args: argparse.Namespace) -> bool:
+    """Print --info / --list-layers output; True when the script should stop there."""
+    if args.info:
+        print(info_text())
+        return True
+    if args.list_layers:
+        if _is_all(args):
+            for name in list_models():
+                print(f"{name}: {' '.join(build_model(name).layer_names)}")
+            return True
+        validate_args(args)
+        name = model_name_from_args(args, make_notify(True))
+        # The layer names come from the architecture: no weights needed, unless a file was given.
+        model = load_dream_model(name, args.weights) if args.weights else build_model(name)
+        print(layer_listing(model))
+        return True
+    return False
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+#: Exceptions whose message is written for the user (one line naming the problem and the fix).
+USER_ERRORS: tuple[type[BaseException], ...] = (DreamError, WeightsError, UnknownLayerError, ColourMatrixError)
+
+
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """Run a script's ``main``: user errors -> ``error: ...`` on stderr and exit 1; Ctrl-C -> exit 130.
+
+    Output files are written atomically at the end, so leaving here early never leaves a partial file.
+    """
+    try:
+        code = main() or 0
+    except KeyboardInterrupt:
+        print("\nerror: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split())  # always a single line
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    except MemoryError:
+        print("error: out of memory; dream a smaller image (--max-size) or use --tile-size 512", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    sys.exit(code)

