@@ -48,28 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=None)
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder with one sub-folder per class")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help=f"base model (default googlenet): {', '.join(list_models())}")
+    g.add_argument("--model", metavar="NAME", help=f"base model (default googlenet): {', '.join(list_models())}")
     g.add_argument("--weights", metavar="PATH", help="start from this weights file instead of the ImageNet ones")
     g.add_argument("--freeze-to", metavar="LAYER",
                    help="freeze the stages up to and including LAYER ('none' trains all; "
                         "default: googlenet inception3b, efficientnet_lite0 block4, ...)")
     g.add_argument("--no-aux", dest="aux", action="store_false", default=None,
                    help="GoogLeNet: train without the auxiliary classifiers")
-    g.add_argument("--aux-weight", type=float, help="GoogLeNet: weight of each aux classifier's loss (default 0.3)")
+    g.add_argument("--aux-weight", type=float, metavar="W", help="GoogLeNet: weight of each aux classifier's loss (default 0.3)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("sgd", "adam"), help="SGD with momentum (default) or Adam (AdamW)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default 0.01 for sgd, 3e-4 for adam)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, help="weight decay (default 1e-4)")
+    g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default 0.01 for sgd, 3e-4 for adam)")
+    g.add_argument("--momentum", type=float, metavar="M", help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay (default 1e-4)")
     g.add_argument("--schedule", choices=("cosine", "step"), help="learning-rate schedule (default cosine)")
     g.add_argument("--step-epochs", type=int, metavar="N", help="step schedule: x0.1 every N epochs (default epochs/3)")
-    g.add_argument("--epochs", type=int, help="epochs (default 10)")
-    g.add_argument("--batch-size", type=int, help="batch size (default 32)")
-    g.add_argument("--seed", type=int, help="seed for split, order, augmentation, init (default 0)")
+    g.add_argument("--epochs", type=int, metavar="N", help="epochs (default 10)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="batch size (default 32)")
+    g.add_argument("--seed", type=int, metavar="N", help="seed for split, order, augmentation, init (default 0)")
     g = p.add_argument_group("data")
-    g.add_argument("--image-size", type=int, help="training crop size in pixels (default 224)")
-    g.add_argument("--min-crop-scale", type=float, help="random resized crop: smallest area fraction (default 0.25)")
-    g.add_argument("--val-split", type=float, help="fraction of each class held out for validation (default 0.2)")
+    g.add_argument("--image-size", type=int, metavar="PX", help="training crop size in pixels (default 224)")
+    g.add_argument("--min-crop-scale", type=float, metavar="F", help="random resized crop: smallest area fraction (default 0.25)")
+    g.add_argument("--val-split", type=float, metavar="F", help="fraction of each class held out for validation (default 0.2)")
     g.add_argument("--balanced", action="store_true", default=None, help="sample classes equally often")
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="PATH", help="fine-tuned weights for dream.py --weights (default weights/<run>.npz)")
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(args)
     except Interrupted as exc:
-        where = f"; checkpoint saved to {exc.saved}, continue with --resume" if exc.saved else ""
-        print(f"interrupted{where}", file=sys.stderr)
+        print(f"interrupted; checkpoint saved to {exc.saved}, continue with --resume", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("interrupted; the last completed epoch's checkpoint (if any) is kept", file=sys.stderr)

@@ -25,6 +25,10 @@ _ALEXNET_FEATURES = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv
                      "conv4", "relu4", "conv5", "relu5", "pool5")
 
 
+#: Side of the random batch that sets the BatchNorm statistics of a random-init network.
+CALIBRATION_SIZE = 128
+
+
 class ModelUnavailable(RuntimeError):
     """A model whose port (or reference) is not importable; the benchmark skips it with this message."""
 
@@ -71,6 +75,29 @@ def torch_layer(name: str, net: nn.Module, layer: str) -> nn.Module:
     raise ValueError(f"no torch layer mapping for {name}")
 
 
+@torch.no_grad()
+def calibrate_batchnorm(net: nn.Module, seed: int = 0) -> None:
+    """Give a random-init network's BatchNorms the statistics of a random batch.
+
+    Fresh BatchNorms (mean 0, variance 1) let activations shrink or grow layer after layer:
+    torchvision's random GoogLeNet reaches inception4c at ~1e-8, its gradients at ~1e-19, where
+    timings would measure denormal arithmetic and the step comparison would compare zeros.
+    With measured statistics every BN outputs unit scale, like a trained network.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None            # cumulative average: after one batch, exactly its statistics
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    net(torch.randn(2, 3, CALIBRATION_SIZE, CALIBRATION_SIZE, generator=generator))
+    net.eval()
+    for norm in norms:
+        norm.momentum = 0.1
+
+
 def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
     """Both sides of ``name`` with identical weights, exported into ``workdir``."""
     spec = get_spec(name)
@@ -82,10 +109,11 @@ def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
     if spec.torchvision:
         torch.manual_seed(seed)
         net = torchvision_model(name, pretrained=False)
+        calibrate_batchnorm(net, seed)
         pth = workdir / f"{name}.pth"
         torch.save(net.state_dict(), pth)
         export_model(name, out=path, from_pth=pth)
-        source = f"random init (torch seed {seed})"
+        source = f"random init (torch seed {seed}), BatchNorm statistics of a random batch"
     else:
         try:
             from models.efficientnet_lite_torch import EfficientNetLite0Torch

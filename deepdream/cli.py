@@ -111,8 +111,8 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tile-size", type=_int, metavar="PX",
                    help="compute gradients in tiles of PX pixels: big images with bounded memory (512 is good)")
     g.add_argument("--decorrelate", metavar="MATRIX",
-                   help="step in a decorrelated colour space: 'imagenet', 'model' (the weights file's matrix) or a "
-                        ".npy from calc_cm.py")
+                   help="step in a decorrelated colour space: 'imagenet', 'model' (the weights file's matrix), a "
+                        ".npy from calc_cm.py, or 'none' to switch off a preset's")
     g.add_argument("--seed", type=_int, metavar="N", help="random seed: same arguments, same output bytes")
     g.add_argument("--quiet", action="store_true", help="no progress bars or notices")
 
@@ -231,6 +231,8 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
         "tile_size": args.tile_size, "seed": args.seed, "decorrelate": args.decorrelate,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
+    if str(values.get("decorrelate")).lower() == "none":  # lets a flag switch off a preset's decorrelation
+        values["decorrelate"] = None
     settings = DreamSettings(**values)
     settings.validate()
     model.check_layers(settings.layers or model.default_layers)

@@ -17,23 +17,31 @@ TEXT = (235, 235, 235)
 
 
 def contact_sheet(items: Sequence[tuple[str, np.ndarray]], cell: int = 256, columns: int | None = None) -> Image.Image:
-    """Fit each (label, float RGB image) into a ``cell``-sized box, label it underneath, lay out in a grid."""
+    """Fit each (label, float RGB image) into a ``cell``-pixel box, label it underneath, lay out in a grid.
+
+    Rows are as tall as their tallest thumbnail, so landscape images leave no empty bands.
+    """
     if not items:
         raise ValueError("a contact sheet needs at least one image")
     columns = columns or min(len(items), max(1, math.ceil(math.sqrt(len(items)))))
-    rows = math.ceil(len(items) / columns)
+    thumbs = []
+    for label, rgb in items:
+        img = Image.fromarray(to_uint8(rgb))
+        img.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+        thumbs.append((label, img))
+    rows = [thumbs[i:i + columns] for i in range(0, len(thumbs), columns)]
+    row_heights = [max(img.height for _, img in row) for row in rows]
     width = columns * (cell + PADDING) + PADDING
-    height = rows * (cell + LABEL_HEIGHT + PADDING) + PADDING
+    height = sum(h + LABEL_HEIGHT + PADDING for h in row_heights) + PADDING
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=14)
-    for index, (label, rgb) in enumerate(items):
-        img = Image.fromarray(to_uint8(rgb))
-        img.thumbnail((cell, cell), Image.Resampling.LANCZOS)
-        col, row = index % columns, index // columns
-        x0 = PADDING + col * (cell + PADDING)
-        y0 = PADDING + row * (cell + LABEL_HEIGHT + PADDING)
-        sheet.paste(img, (x0 + (cell - img.width) // 2, y0 + (cell - img.height) // 2))
-        text_width = draw.textlength(label, font=font)
-        draw.text((x0 + max(0, (cell - text_width) / 2), y0 + cell + 3), label, fill=TEXT, font=font)
+    y0 = PADDING
+    for row, row_height in zip(rows, row_heights):
+        for col, (label, img) in enumerate(row):
+            x0 = PADDING + col * (cell + PADDING)
+            sheet.paste(img, (x0 + (cell - img.width) // 2, y0 + (row_height - img.height) // 2))
+            text_width = draw.textlength(label, font=font)
+            draw.text((x0 + max(0, (cell - text_width) / 2), y0 + row_height + 3), label, fill=TEXT, font=font)
+        y0 += row_height + LABEL_HEIGHT + PADDING
     return sheet

@@ -308,6 +308,8 @@ def fill_batches(order: np.ndarray, batch_size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Augment:
+    """How training views are made: output side, smallest crop area fraction, horizontal flips."""
+
     size: int
     min_scale: float = 0.25
     flip: bool = True

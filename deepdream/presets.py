@@ -2,8 +2,9 @@
 
 The googlenet, vgg16, vgg16_relu5, vgg19 and resnet50 recipes are the published settings of a
 tool built on pytorch-deepdream's step (``--smoothing`` is its "smoothing coefficient"), run
-here unchanged. efficientnet_lite0's was tuned by looking at dreams of assets/chelsea.png
-and assets/coffee.png with its real weights; inception_v3's is chosen by analogy with
+here unchanged. The efficientnet_lite0 ones were tuned by looking at dreams of
+assets/chelsea.png and assets/coffee.png with its real weights (blocks 9-10 grow eyes and dog
+snouts; block 5-7 give woven textures, 12-14 busy small patterns); inception_v3's is chosen by analogy with
 googlenet (no real weights could be loaded here to look at).
 """
 
@@ -24,12 +25,17 @@ class Preset:
     scale: float
     jitter: int
     smoothing: float
+    decorrelate: str | None = None
     description: str = ""
 
     def values(self) -> dict[str, object]:
         """The settings this preset fixes (``DreamSettings`` field names)."""
-        return {"layers": self.layers, "steps": self.steps, "lr": self.lr, "octaves": self.octaves,
-                "scale": self.scale, "jitter": self.jitter, "smoothing": self.smoothing}
+        values: dict[str, object] = {"layers": self.layers, "steps": self.steps, "lr": self.lr,
+                                     "octaves": self.octaves, "scale": self.scale, "jitter": self.jitter,
+                                     "smoothing": self.smoothing}
+        if self.decorrelate is not None:
+            values["decorrelate"] = self.decorrelate
+        return values
 
 
 PRESETS: dict[str, Preset] = {
@@ -44,9 +50,12 @@ PRESETS: dict[str, Preset] = {
                     description="VGG19 deep layer, gentle: objects emerge from the photo"),
     "resnet50": Preset("resnet50", ("layer3_2", "layer3_5"), steps=22, lr=0.13, octaves=4, scale=2.0, jitter=83,
                        smoothing=0.47, description="ResNet50 stage 3: swirling animal parts"),
-    "efficientnet_lite0": Preset("efficientnet_lite0", ("block9", "block10"), steps=20, lr=0.08,
+    "efficientnet_lite0": Preset("efficientnet_lite0", ("block9", "block10"), steps=12, lr=0.07,
                                  octaves=4, scale=1.5, jitter=32, smoothing=0.3,
-                                 description="the offline model: eyes, snouts and fur"),
+                                 description="the offline model: eyes, snouts and fur in psychedelic colours"),
+    "efficientnet_lite0_natural": Preset("efficientnet_lite0", ("block10",), steps=12, lr=0.07, octaves=4,
+                                         scale=1.5, jitter=32, smoothing=0.3, decorrelate="imagenet",
+                                         description="the same in decorrelated colour: dogs in natural fur tones"),
     "inception_v3": Preset("inception_v3", ("Mixed_5d", "Mixed_6b"), steps=20, lr=0.065, octaves=4, scale=1.6,
                            jitter=30, smoothing=0.2,
                            description="by analogy with googlenet (not tuned on real weights)"),

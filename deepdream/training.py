@@ -8,7 +8,7 @@ The pieces, in the order ``fit`` uses them:
   in optimizer steps, so the learning rate lives in the optimizer state and resumes with it.
 * ``make_train_step``: ``nn.value_and_grad`` + ``optimizer.update`` compiled with ``mx.compile``
   over (model state, optimizer state, random state).
-* checkpoints (``save_checkpoint``/``load_checkpoint``): parameters + optimizer state + the
+* checkpoints (``save_checkpoint``/``read_checkpoint``/``restore``): parameters + optimizer state + the
   position (epoch, batch) + the configuration, written atomically.
 * ``export_dream_weights``: the file ``dream.py --weights`` loads (no aux heads, class names,
   normalisation, colour matrix).
@@ -78,9 +78,9 @@ class TrainingError(ValueError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C: the state was checkpointed (``saved`` says where, or None when there was nothing)."""
+    """Ctrl-C during training: the current state was checkpointed to ``saved``."""
 
-    def __init__(self, saved: Path | None) -> None:
+    def __init__(self, saved: Path) -> None:
         super().__init__(str(saved))
         self.saved = saved
 

@@ -16,6 +16,9 @@ whose VJP uses the same shifted multiply-adds:
   (needed for fine-tuning, computed lazily: dreaming asks only for the input gradient, and
   MLX never evaluates an output nothing depends on).
 
+An optional per-channel bias rides along (a folded BatchNorm shift). On other devices
+(Metal) MLX's own grouped convolution is used: it is fast there.
+
 It works under ``mx.compile``, ``mx.grad`` and ``nn.value_and_grad``. Results equal
 ``mx.conv2d(..., groups=C)`` up to float32 summation order.
 """
@@ -127,7 +130,7 @@ def _weight_grad(xp: mx.array, g: mx.array, kh: int, kw: int, stride: int) -> mx
 
 
 @lru_cache(maxsize=256)
-def _depthwise_fn(stride: int, pads: Pads) -> Callable[[mx.array, mx.array], mx.array]:
+def _depthwise_fn(stride: int, pads: Pads) -> Callable[[mx.array, mx.array, mx.array], mx.array]:
     """The custom function for one (stride, padding) pair: the VJP needs them as constants."""
     top, bottom, left, right = pads
 
@@ -139,34 +142,48 @@ def _depthwise_fn(stride: int, pads: Pads) -> Callable[[mx.array, mx.array], mx.
                 (x.shape[2] + left + right - taps.shape[1]) // stride + 1)
 
     @mx.custom_function
-    def conv(x: mx.array, taps: mx.array) -> mx.array:
-        return _correlate(padded(x), taps, *out_size(x, taps), stride=stride)
+    def conv(x: mx.array, taps: mx.array, bias: mx.array) -> mx.array:
+        # the bias joins the first tap, so under mx.compile it costs no extra pass
+        return _correlate(padded(x), taps, *out_size(x, taps), stride=stride) + bias
 
     @conv.vjp
-    def conv_vjp(primals: list[mx.array], cotangent: mx.array, output: mx.array) -> tuple[mx.array, mx.array]:
-        x, taps = primals
-        g = cotangent
+    def conv_vjp(primals: list[mx.array], cotangent: mx.array,
+                 output: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        x, taps, _ = primals
+        g = cotangent[0] if isinstance(cotangent, (list, tuple)) else cotangent
         dx = _input_grad(g, taps, (x.shape[1], x.shape[2]), pads, stride)
         dtaps = _weight_grad(padded(x), g, taps.shape[0], taps.shape[1], stride)
-        return dx, dtaps
+        return dx, dtaps, g.sum(axis=(0, 1, 2))
 
     return conv
 
 
-def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Padding = "same") -> mx.array:
-    """Depthwise conv of x (N, H, W, C) with ``weight`` in MLX's grouped-conv layout (C, kh, kw, 1).
+def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Padding = "same",
+                     bias: mx.array | None = None) -> mx.array:
+    """Depthwise conv of x (N, H, W, C) with ``weight`` in MLX's grouped-conv layout (C, kh, kw, 1),
+    plus an optional per-channel ``bias`` (C,).
 
-    Same result as ``mx.conv2d(mx.pad(x, ...), weight, stride=stride, groups=C)``.
+    Same result as ``mx.conv2d(mx.pad(x, ...), weight, stride=stride, groups=C) + bias``.
     """
     if x.ndim != 4 or weight.ndim != 4 or weight.shape[3] != 1 or weight.shape[0] != x.shape[3]:
         raise ValueError(f"depthwise_conv2d needs x (N, H, W, C) and weight (C, kh, kw, 1); "
                          f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
     c, kh, kw, _ = weight.shape
+    if bias is not None and bias.shape != (c,):
+        raise ValueError(f"depthwise_conv2d bias must have shape ({c},), got {tuple(bias.shape)}")
+    stride = int(stride)
     pads = _resolve_padding(padding, x.shape[1], x.shape[2], kh, kw, stride)
     if x.shape[1] + pads[0] + pads[1] < kh or x.shape[2] + pads[2] + pads[3] < kw:
         raise ValueError(f"input {x.shape[1]}x{x.shape[2]} is smaller than the {kh}x{kw} kernel after padding")
+    if mx.default_device().type != mx.DeviceType.cpu:
+        # Metal has real depthwise kernels; the shifted multiply-adds are a CPU workaround.
+        out = mx.conv2d(_pad_hw(x, *pads), weight, stride=stride, groups=c)
+        return out + bias if bias is not None else out
     # (C, kh, kw, 1) -> (kh, kw, C): each tap becomes a contiguous (C,) vector that broadcasts
     # over NHWC slices. The transpose is outside the custom function, so autograd maps the
-    # taps' gradient back to the parameter layout.
+    # taps' gradient back to the parameter layout. mx.contiguous also keeps mx.compile from
+    # fusing whatever computed the weight (e.g. a folded BatchNorm scale) into the big
+    # per-pixel kernel, where it would be recomputed for every pixel.
     taps = mx.contiguous(weight.reshape(c, kh, kw).transpose(1, 2, 0))
-    return _depthwise_fn(int(stride), pads)(x, taps)
+    bias = mx.contiguous(bias) if bias is not None else mx.zeros((c,), x.dtype)
+    return _depthwise_fn(stride, pads)(x, taps, bias)

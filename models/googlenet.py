@@ -105,7 +105,7 @@ class GoogLeNet(DreamModel):
         "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
         "inception5a", "inception5b",
     )
-    # The 2015 DeepDream notebook's classic layer (dogs, eyes, pagodas at mid scale).
+    # The 2015 DeepDream notebook's classic layer.
     DEFAULT_LAYERS = ("inception4c",)
     # The smallest side for which every pooling window still fits (torchvision's meta min_size).
     MIN_INPUT_SIZE = 15

@@ -1,20 +1,213 @@
-"""Pooling ops with torchvision's exact semantics (NHWC), shared by the architectures.
+"""Convolution and pooling with torchvision's exact semantics (NHWC), fast on MLX's CPU backend.
 
 MLX's nn.MaxPool2d has no ``ceil_mode`` and its padding differs; torchvision's GoogLeNet and
 Inception rely on ``ceil_mode=True`` and VGG/AlexNet on adaptive average pooling, so the
 ports need these to match torchvision on any input size.
+
+Dreaming differentiates every layer w.r.t. its input, and on CPU MLX's own gradients of these
+ops are slow (measured with ``bench.py``): the input gradient of a strided convolution takes
+MLX's naive convolution loop (56x56x128 3x3/2: 0.6 s vs torch's 0.01 s), the gradient of a
+pooling window view is a scatter (a 3x3 max pool of 28x28x480: 0.15 s vs 0.02 s), and even a
+plain 3x3 convolution spends more time building its im2col matrix than in the matrix product.
+So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx.custom_function``):
+
+- A stride-1 convolution is a sum of kh*kw matrix products over *shifted views* of the padded
+  input flattened to (pixels, channels): shifting the flat view by one row of the padded image
+  (or one pixel) is a contiguous slice, so no im2col copy is made (the few outputs that wrap
+  around the padded width are computed and dropped).
+- The input gradient is the same shifted-product correlation with the flipped kernel, or, when
+  the layer widens (out >= 2 x in channels, 1x1 and strided layers), one product with the
+  whole kernel followed by a gather-form col2im: every input pixel sums the kernel taps that
+  read it, as strided views of one padded array, which ``mx.compile`` fuses into one pass.
+- Pooling gradients use the same gather form; max pooling routes each window's gradient to
+  its first maximal element, as torch does.
+Forward values are unchanged (``mx.conv2d`` / the window views); other devices (Metal) keep
+MLX's own convolution, which is fast there.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import lru_cache
 
 import mlx.core as mx
+import mlx.nn as nn
+
+Pair = tuple[int, int]
+
+#: Below this many input channels a shifted-product convolution does k*k thin products; MLX's
+#: im2col (k*k*C columns, one product) is faster there (the RGB input layer).
+_MIN_SHIFTED_CHANNELS = 16
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else v
 
+
+def _one(value: object) -> mx.array:
+    """custom_function hands a single array, or a one-element list, depending on the arity."""
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def _on_cpu() -> bool:
+    return mx.default_device().type == mx.DeviceType.cpu
+
+
+# -- the gather form of "scatter every window tap back to the pixel it read" -------------------
+
+def _interleave(phases: list[list[mx.array]], s: Pair) -> mx.array:
+    """phases[a][b] (N, T, U, C) -> (N, T*sh, U*sw, C) whose pixel (s*t + a, s*u + b) is phases[a][b][t, u]."""
+    sh, sw = s
+    if (sh, sw) == (1, 1):
+        return phases[0][0]
+    n, t, u, c = phases[0][0].shape
+    rows = [mx.stack(row, axis=3) for row in phases]                   # (N, T, U, sw, C)
+    return mx.stack(rows, axis=2).reshape(n, t * sh, u * sw, c)      # (N, T, sh, U, sw, C)
+
+
+def _scatter_taps(term: Callable[[int, int, slice, slice], mx.array], k: Pair, s: Pair,
+                  out_hw: Pair, padded_hw: Pair, like: mx.array) -> mx.array:
+    """Sum, over the taps (i, j) of every window, of that tap's value put back at the pixel it read.
+
+    Window (o, o') reads padded pixel (s*o + i, s*o' + j) through tap (i, j). Pixel s*t + a (one
+    "phase" a per row offset) is read by taps i = a + s*q of windows t - q, so each phase is a
+    plain sum of shifted views. ``term(i, j, rows, cols)`` returns tap (i, j)'s values at windows
+    (rows, cols) of arrays padded by ``_gather_padding``. ``like`` is any array with the result's
+    batch size, channel count and dtype. Returns (N, Hp, Wp, C).
+    """
+    (kh, kw), (sh, sw) = k, s
+    (oh, ow), (hp, wp) = out_hw, padded_hw
+    qh, qw = -(-kh // sh), -(-kw // sw)
+    t0, u0 = -(-hp // sh), -(-wp // sw)
+    phases = []
+    for a in range(sh):
+        row = []
+        for b in range(sw):
+            total = None
+            for q, i in enumerate(range(a, kh, sh)):
+                for r, j in enumerate(range(b, kw, sw)):
+                    value = term(i, j, slice(qh - 1 - q, qh - 1 - q + t0), slice(qw - 1 - r, qw - 1 - r + u0))
+                    total = value if total is None else total + value
+            row.append(total if total is not None else mx.zeros((like.shape[0], t0, u0, like.shape[-1]), like.dtype))
+        phases.append(row)
+    return _interleave(phases, s)[:, :hp, :wp, :]
+
+
+def _gather_padding(k: Pair, s: Pair, out_hw: Pair, padded_hw: Pair) -> list[tuple[int, int]]:
+    """Spatial pad widths that ``_scatter_taps`` expects on window-grid arrays (N, oh, ow, ...)."""
+    qh, qw = -(-k[0] // s[0]), -(-k[1] // s[1])
+    t0, u0 = -(-padded_hw[0] // s[0]), -(-padded_hw[1] // s[1])
+    return [(qh - 1, max(0, t0 - out_hw[0])), (qw - 1, max(0, u0 - out_hw[1]))]
+
+
+def _pad_window_grid(x: mx.array, widths: list[tuple[int, int]], value: float = 0.0) -> mx.array:
+    if not any(a or b for a, b in widths):
+        return x
+    return mx.pad(x, [(0, 0), *widths] + [(0, 0)] * (x.ndim - 3), constant_values=value)
+
+
+# -- convolution ----------------------------------------------------------------------------------
+
+def _shifted_correlation(x: mx.array, tap: Callable[[int, int], mx.array], k: Pair,
+                         pad_lo: Pair, pad_hi: Pair) -> mx.array:
+    """Stride-1 ``out[y, x] = sum_ij pad(x)[y + i, x + j] @ tap(i, j)`` (tap: (C_in, C_out)) without im2col.
+
+    With the padded image flattened to (pixels, C), the rows read by tap (i, j) for all outputs
+    of one image row-major on the *padded* width are one contiguous slice starting at
+    i * Wp + j, so each tap is a single matrix product on a view, accumulated with addmm.
+    Outputs in the last kw - 1 columns of each padded row wrap around and are dropped.
+    """
+    kh, kw = k
+    n, h, w, c = x.shape
+    oh = h + pad_lo[0] + pad_hi[0] - kh + 1
+    ow = w + pad_lo[1] + pad_hi[1] - kw + 1
+    extra = 1 if kw > 1 else 0      # the last tap's slice runs kw - 1 pixels past the last row
+    widths = [(0, 0), (pad_lo[0], pad_hi[0] + extra), (pad_lo[1], pad_hi[1]), (0, 0)]
+    xp = mx.pad(x, widths) if any(a or b for a, b in widths) else x
+    hp, wp = xp.shape[1], xp.shape[2]
+    rows = oh * wp
+    outputs = []
+    for image in range(n):
+        flat = xp[image].reshape(hp * wp, c)
+        acc = None
+        for i in range(kh):
+            for j in range(kw):
+                view = flat[i * wp + j: i * wp + j + rows]
+                acc = view @ tap(i, j) if acc is None else mx.addmm(acc, view, tap(i, j))
+        outputs.append(acc.reshape(oh, wp, -1))
+    out = outputs[0][None] if n == 1 else mx.stack(outputs)
+    return out[:, :, :ow, :] if ow != wp else out
+
+
+def _conv_forward(x: mx.array, w: mx.array, stride: Pair, padding: Pair) -> mx.array:
+    co, kh, kw, ci = w.shape
+    if (kh, kw) == (1, 1) and padding == (0, 0):
+        if stride != (1, 1):
+            x = x[:, ::stride[0], ::stride[1], :]
+        n, h, wd, _ = x.shape
+        return (x.reshape(-1, ci) @ w.reshape(co, ci).T).reshape(n, h, wd, co)
+    if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS:
+        return _shifted_correlation(x, lambda i, j: w[:, i, j, :].T, (kh, kw), padding, padding)
+    return mx.conv2d(x, w, stride=stride, padding=padding)
+
+
+def _conv_input_grad(g: mx.array, w: mx.array, stride: Pair, padding: Pair, in_hw: Pair) -> mx.array:
+    """Gradient of ``conv2d(x, w, stride, padding)`` w.r.t. x, given the output gradient g."""
+    n, oh, ow, co = g.shape
+    _, kh, kw, ci = w.shape
+    (h, wd), (ph, pw) = in_hw, padding
+    if stride == (1, 1) and co < 2 * ci and kh > ph and kw > pw and (kh, kw) != (1, 1):
+        # Full correlation of g with the flipped kernel: the forward machinery again.
+        return _shifted_correlation(g, lambda i, j: w[:, kh - 1 - i, kw - 1 - j, :], (kh, kw),
+                                    (kh - 1 - ph, kw - 1 - pw), (kh - 1 - ph, kw - 1 - pw))
+    # One product gives every tap's contribution (N, oh, ow, kh, kw, C_in); col2im sums them.
+    cols = (g.reshape(-1, co) @ w.reshape(co, -1)).reshape(n, oh, ow, kh, kw, ci)
+    padded_hw = (h + 2 * ph, wd + 2 * pw)
+    colsp = _pad_window_grid(cols, _gather_padding((kh, kw), stride, (oh, ow), padded_hw))
+    dxp = _scatter_taps(lambda i, j, rows, cols_: colsp[:, rows, cols_, i, j, :],
+                        (kh, kw), stride, (oh, ow), padded_hw, like=cols[:, :, :, 0, 0, :])
+    return dxp[:, ph:ph + h, pw:pw + wd, :]
+
+
+@lru_cache(maxsize=None)
+def _conv_function(stride: Pair, padding: Pair) -> Callable[[mx.array, mx.array], mx.array]:
+    @mx.custom_function
+    def conv(x: mx.array, w: mx.array) -> mx.array:
+        return _conv_forward(x, w, stride, padding)
+
+    @conv.vjp
+    def conv_vjp(primals: list[mx.array], cotangent: mx.array, output: mx.array) -> tuple[mx.array, mx.array]:
+        x, w = primals
+        g = _one(cotangent)
+        dx = _conv_input_grad(g, w, stride, padding, (x.shape[1], x.shape[2]))
+        # The weight gradient (training only; lazily skipped when dreaming) is MLX's own.
+        _, (dw,) = mx.vjp(lambda w_: mx.conv2d(x, w_, stride=stride, padding=padding), [w], [g])
+        return dx, dw
+
+    return conv
+
+
+def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int | Pair = 0) -> mx.array:
+    """``mx.conv2d`` (groups 1, dilation 1; x NHWC, weight (C_out, kh, kw, C_in)), fast forward and
+    input gradient on CPU (see the module docstring). Same values and gradients as ``mx.conv2d``."""
+    stride, padding = _pair(stride), _pair(padding)
+    if not _on_cpu():
+        return mx.conv2d(x, weight, stride=stride, padding=padding)
+    return _conv_function(stride, padding)(x, weight)
+
+
+class Conv2d(nn.Conv2d):
+    """Drop-in ``nn.Conv2d`` (same parameters and keys) that runs through ``conv2d``."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.groups != 1 or self.dilation not in (1, (1, 1)):
+            return super().__call__(x)
+        y = conv2d(x, self.weight, self.stride, self.padding)
+        return y + self.bias if "bias" in self else y
+
+
+# -- pooling --------------------------------------------------------------------------------------
 
 def _pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     num = size + 2 * p - k
@@ -48,14 +241,82 @@ def _strided_windows(x: mx.array, k: tuple[int, int], s: tuple[int, int], oh: in
     return mx.as_strided(x, (n, oh, ow, k[0], k[1], c), strides)
 
 
+@lru_cache(maxsize=None)
+def _max_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> Callable[[mx.array], mx.array]:
+    def windows(x: mx.array) -> tuple[mx.array, mx.array]:
+        xp, oh, ow = _windows(x, k, s, p, ceil_mode, -float("inf"))
+        return xp, _strided_windows(xp, k, s, oh, ow)
+
+    @mx.custom_function
+    def pool(x: mx.array) -> mx.array:
+        return windows(x)[1].max(axis=(3, 4))
+
+    @pool.vjp
+    def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
+        x, g, out = _one(primals), _one(cotangent), _one(output)
+        kh, kw = k
+        xp, win = windows(x)
+        # The tap holding each window's maximum, the first in row-major order on ties (torch's rule).
+        first = mx.full(out.shape, kh * kw, mx.int32)
+        for t in reversed(range(kh * kw)):
+            first = mx.where(win[:, :, :, t // kw, t % kw, :] == out, t, first)
+        widths = _gather_padding(k, s, out.shape[1:3], xp.shape[1:3])
+        gp, firstp = _pad_window_grid(g, widths), _pad_window_grid(first, widths, -1)
+        dxp = _scatter_taps(lambda i, j, rows, cols: mx.where(firstp[:, rows, cols] == i * kw + j,
+                                                              gp[:, rows, cols], 0.0),
+                            k, s, out.shape[1:3], xp.shape[1:3], g)
+        return dxp[:, p[0]:p[0] + x.shape[1], p[1]:p[1] + x.shape[2], :]
+
+    return pool
+
+
 def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False) -> mx.array:
     """torch.nn.functional.max_pool2d on NHWC input (padding counts as -inf)."""
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
-    x, oh, ow = _windows(x, k, s, p, ceil_mode, -float("inf"))
-    return _strided_windows(x, k, s, oh, ow).max(axis=(3, 4))
+    return _max_pool_function(k, s, p, ceil_mode)(x)
+
+
+def _avg_divisor(h: int, w: int, oh: int, ow: int, k: Pair, s: Pair, p: Pair,
+                 count_include_pad: bool, dtype: mx.Dtype) -> mx.array:
+    """Divisor per output cell, as torch computes it: the window clipped to the padded input
+    (count_include_pad) or to the real input (not). Shape (1, oh, ow, 1)."""
+    lo_h = mx.arange(oh) * s[0] - p[0]
+    lo_w = mx.arange(ow) * s[1] - p[1]
+    if count_include_pad:
+        cnt_h = mx.minimum(lo_h + k[0], h + p[0]) - lo_h
+        cnt_w = mx.minimum(lo_w + k[1], w + p[1]) - lo_w
+    else:
+        cnt_h = mx.minimum(lo_h + k[0], h) - mx.maximum(lo_h, 0)
+        cnt_w = mx.minimum(lo_w + k[1], w) - mx.maximum(lo_w, 0)
+    return (cnt_h[:, None] * cnt_w[None, :]).astype(dtype)[None, :, :, None]
+
+
+@lru_cache(maxsize=None)
+def _avg_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool,
+                       count_include_pad: bool) -> Callable[[mx.array], mx.array]:
+    @mx.custom_function
+    def pool(x: mx.array) -> mx.array:
+        n, h, w, c = x.shape
+        xp, oh, ow = _windows(x, k, s, p, ceil_mode, 0.0)
+        total = _strided_windows(xp, k, s, oh, ow).sum(axis=(3, 4))
+        return total / _avg_divisor(h, w, oh, ow, k, s, p, count_include_pad, x.dtype)
+
+    @pool.vjp
+    def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
+        x, g = _one(primals), _one(cotangent)
+        n, h, w, c = x.shape
+        oh, ow = g.shape[1:3]
+        # the forward's padded size (``_windows``): windows never read past it
+        padded_hw = (max(h + p[0], (oh - 1) * s[0] + k[0]), max(w + p[1], (ow - 1) * s[1] + k[1]))
+        share = g / _avg_divisor(h, w, oh, ow, k, s, p, count_include_pad, g.dtype)
+        sharep = _pad_window_grid(share, _gather_padding(k, s, (oh, ow), padded_hw))
+        dxp = _scatter_taps(lambda i, j, rows, cols: sharep[:, rows, cols], k, s, (oh, ow), padded_hw, g)
+        return dxp[:, p[0]:p[0] + h, p[1]:p[1] + w, :]
+
+    return pool
 
 
 def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
@@ -65,21 +326,7 @@ def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
-    n, h, w, c = x.shape
-    xp, oh, ow = _windows(x, k, s, p, ceil_mode, 0.0)
-    total = _strided_windows(xp, k, s, oh, ow).sum(axis=(3, 4))
-    # Divisor per output cell, as torch computes it: the window clipped to the padded
-    # input (count_include_pad) or to the real input (not).
-    lo_h = mx.arange(oh) * s[0] - p[0]
-    lo_w = mx.arange(ow) * s[1] - p[1]
-    if count_include_pad:
-        cnt_h = mx.minimum(lo_h + k[0], h + p[0]) - lo_h
-        cnt_w = mx.minimum(lo_w + k[1], w + p[1]) - lo_w
-    else:
-        cnt_h = mx.minimum(lo_h + k[0], h) - mx.maximum(lo_h, 0)
-        cnt_w = mx.minimum(lo_w + k[1], w) - mx.maximum(lo_w, 0)
-    divisor = (cnt_h[:, None] * cnt_w[None, :]).astype(x.dtype)
-    return total / divisor[None, :, :, None]
+    return _avg_pool_function(k, s, p, ceil_mode, count_include_pad)(x)
 
 
 def adaptive_avg_pool2d(x: mx.array, output_size: int | tuple[int, int]) -> mx.array:

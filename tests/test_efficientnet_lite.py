@@ -18,6 +18,10 @@ from models.efficientnet_lite import EfficientNetLite0, convert_torch_state_dict
 torch = pytest.importorskip("torch")
 from models.efficientnet_lite_torch import EfficientNetLite0Torch  # noqa: E402
 
+# One torch thread: on a busy 2-core machine torch's spinning worker threads make a 160x224
+# forward/backward take seconds instead of ~0.3 s.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 

@@ -130,7 +130,8 @@ class TorchDecisions:
         self._signs.append((output > 0).numpy())  # before torch's in-place ReLU overwrites it
 
     # our side
-    def _replaying_pool(self, x: mx.array, kernel_size, stride=None, padding=0, ceil_mode: bool = False) -> mx.array:
+    def _replaying_pool(self, x: mx.array, kernel_size, stride=None, padding=0,
+                        ceil_mode: bool = False) -> mx.array:
         real = max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
         idx = self._next("pool")  # (N, C, oh, ow): flat indices into H*W
         n, h, w, c = x.shape
@@ -171,10 +172,10 @@ class TorchDecisions:
 _BASIC_CONV_CALL = gnet.BasicConv2d.__call__
 
 
-def torch_output_and_grad(model, layer: str, x: np.ndarray, weight: np.ndarray | None = None,
-                          seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """torch activation of ``layer`` (forward hook; "logits" = model output), and the input
-    gradient of sum(w * activation) for a random ``w``; returns (activation, w, gradient)."""
+def torch_output_and_grad(model, layer: str, x: np.ndarray,
+                          seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torch's activation of ``layer`` ("logits": the output) and the input gradient of
+    sum(w * activation) for a random ``w``; returns (activation, w, gradient)."""
     captured = {}
     xt = torch.from_numpy(x).requires_grad_(True)
     hook = None
@@ -186,10 +187,9 @@ def torch_output_and_grad(model, layer: str, x: np.ndarray, weight: np.ndarray |
         if hook is not None:
             hook.remove()
     act = captured.get("a", out)
-    if weight is None:
-        weight = torch.randn(act.shape, generator=torch.Generator().manual_seed(seed)).numpy()
-    (torch.from_numpy(weight) * act).sum().backward()
-    return act.detach().numpy(), weight, xt.grad.numpy()
+    weight = torch.randn(act.shape, generator=torch.Generator().manual_seed(seed))
+    (weight * act).sum().backward()
+    return act.detach().numpy(), weight.numpy(), xt.grad.numpy()
 
 
 def mlx_input_grad(model: models.DreamModel, layer: str, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -200,7 +200,8 @@ def mlx_input_grad(model: models.DreamModel, layer: str, x: np.ndarray, weight: 
 
 def check_parity(ours: models.DreamModel, ref, arch_modules: Sequence[ModuleType], layers: Sequence[str],
                  x: np.ndarray) -> dict[str, tuple[float, float]]:
-    """(activation error, input-gradient error) per layer; activations use our real pools."""
+    """(activation error, input-gradient error) per layer. Activations come from our model as it
+    is; gradients with torch's decisions replayed (see the module docstring)."""
     errors = {}
     acts = ours(nhwc(x), outputs=list(layers))
     with TorchDecisions(ref, arch_modules) as decisions:
@@ -407,7 +408,7 @@ def test_unknown_layer_lists_valid_names(setup):
 
 def test_missing_weights_without_network_names_the_exporter(weights_dir, monkeypatch, tmp_path):
     empty = weights_dir / "googlenet_offline"  # our own corner of the shared folder
-    empty.mkdir()
+    empty.mkdir(exist_ok=True)
     monkeypatch.setenv("DEEPDREAM_WEIGHTS_DIR", str(empty))
     force_offline(monkeypatch, tmp_path)
     with pytest.raises(models.WeightsError) as err:

@@ -148,7 +148,7 @@ def test_unknown_layer_lists_valid_names(setup):
 
 def test_missing_weights_without_network_names_the_exporter(weights_dir: Path, monkeypatch, tmp_path):
     empty = weights_dir / "inception_v3_offline"  # our own corner of the shared folder
-    empty.mkdir()
+    empty.mkdir(exist_ok=True)
     monkeypatch.setenv("DEEPDREAM_WEIGHTS_DIR", str(empty))
     force_offline(monkeypatch, tmp_path)
     with pytest.raises(models.WeightsError) as err:

@@ -231,6 +231,20 @@ def test_googlenet_aux_heads_train_and_are_stripped(weights_dir: Path, tmp_path:
     assert not any(k.startswith("aux") for k, _ in tree_flatten(no_aux.model.parameters()))
 
 
+def test_adam_step_schedule_and_balanced_sampling(weights_dir: Path, tmp_path: Path) -> None:
+    """The other optimiser/schedule/sampling options train, and the step schedule decays per epoch."""
+    data = scan_image_folder(make_shapes(tmp_path / "tiny", per_class=3, seed=2))
+    config = TrainConfig(model="efficientnet_lite0", optimizer="adam", schedule="step", step_epochs=1, epochs=2,
+                         batch_size=4, image_size=32, val_split=0.0, balanced=True, freeze_to="block10")
+    run = prepare_run(config, data)
+    assert run.config.lr == 3e-4 and len(run.frozen) == 12  # stem + block0..block10
+    before = np.array(run.model.fc.weight)
+    assert fit(run, tmp_path / "ck" / "last.npz", StopRequest(), quiet=True, compile=False, log=lambda _: None)
+    lrs = [h["lr"] for h in run.history]
+    np.testing.assert_allclose(lrs, [3e-4, 3e-5], rtol=1e-5)  # x0.1 after each epoch
+    assert not np.allclose(np.array(run.model.fc.weight), before)
+
+
 # -- the data pipeline's determinism --------------------------------------------------------
 
 def test_split_and_sampling() -> None:

@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""Speed benchmark: our MLX dream step next to a PyTorch implementation of the same step.
+
+For each model, one dream step (the engine's own compiled step from ``deepdream.render``:
+jitter roll, forward to the model's default layers, gradient w.r.t. the input, smoothing,
+normalisation, update) is timed at each size, side by side with the same step in PyTorch on
+the torchvision network with identical weights. Then one end-to-end recipe (googlenet preset,
+4 octaves, 1024 px) on both sides, and the peak memory of a tiled 4000x3000 dream.
+
+    python bench.py                      # the full table (several minutes on 2 cores)
+    python bench.py --models googlenet vgg16 --sizes 224 --repeats 3
+    python bench.py --quick              # tiny sizes, one model: checks that it all runs (CI)
+
+Needs torch and torchvision (the reference side); dreaming itself never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_SIZES = (224, 512)
+MEMORY_LIMIT_BYTES = 4 * 2 ** 30
+E2E_RECIPE = "googlenet"
+
+
+def _size_pair(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not WIDTHxHEIGHT (e.g. 4000x3000)") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': both sides must be positive")
+    return width, height
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="models to time (default: all seven)")
+    parser.add_argument("--sizes", nargs="+", type=_positive, metavar="PX",
+                        help=f"square image sides (default: {' '.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument("--repeats", type=_positive, help="timed steps per side, median reported (default 5)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per side first (default 2; compiles the step)")
+    parser.add_argument("--threads", type=_positive,
+                        help="threads for both sides (torch.set_num_threads and the BLAS; default: all cores)")
+    parser.add_argument("--e2e-size", type=_positive, metavar="PX",
+                        help="longest side of the end-to-end recipe's image (default 1024)")
+    parser.add_argument("--e2e-steps", type=_positive, metavar="N", help="steps per octave (default: the preset's)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end recipe")
+    parser.add_argument("--memory-size", type=_size_pair, metavar="WxH",
+                        help="image of the tiled-dream memory test (default 4000x3000)")
+    parser.add_argument("--tile-size", type=_positive, metavar="PX", help="tile of the memory test (default 512)")
+    parser.add_argument("--memory-steps", type=_positive, metavar="N", help="steps of the memory test (default 1)")
+    parser.add_argument("--memory-model", metavar="NAME", help="model of the memory test (default googlenet)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory test")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one model, one repeat: only checks that everything runs (CI)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--memory-child", metavar="WEIGHTS", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "models": ["googlenet"] if quick else None,
+        "sizes": [64] if quick else list(DEFAULT_SIZES),
+        "repeats": 1 if quick else 5,
+        "warmup": 1 if quick else 2,
+        "e2e_size": 128 if quick else 1024,
+        "e2e_steps": 2 if quick else None,
+        "memory_size": (640, 480) if quick else (4000, 3000),
+        "tile_size": 256 if quick else 512,
+        "memory_steps": 1,
+        "memory_model": "googlenet",
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.warmup < 0:
+        parser.error("--warmup must be zero or positive")
+    return args
+
+
+class BenchError(Exception):
+    """Bad input the user can fix; the message is one line."""
+
+
+# -- the memory child: a tiled dream, nothing else in the process -------------------------------------
+
+def memory_child(args: argparse.Namespace) -> int:
+    """Dream a large random image with tiling; print seconds as JSON. Never imports torch."""
+    import models  # noqa: F401  (fast BLAS before mlx)
+    import numpy as np
+
+    from deepdream.render import Dreamer, DreamSettings
+
+    model = models.load_model(weights=args.memory_child)
+    width, height = args.memory_size
+    rgb = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+    settings = DreamSettings(octaves=1, steps=args.memory_steps, tile_size=args.tile_size, seed=0)
+    start = time.perf_counter()
+    Dreamer(model, settings, quiet=True)(rgb)
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+    return 0
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+
+def _notice(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _test_image(height: int, width: int):
+    """The sample photo resized to (height, width), float32 RGB in [0, 1] (noise if it is missing)."""
+    import numpy as np
+    from PIL import Image
+
+    path = ROOT / "assets" / "chelsea.png"
+    if not path.exists():
+        return np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+    with Image.open(path) as image:
+        image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        return np.asarray(image, np.float32) / 255.0
+
+
+def time_steps(pair, sizes: list[int], warmup: int, repeats: int) -> list:
+    """Our engine's step vs the torch step for one model at each size."""
+    import mlx.core as mx
+    import numpy as np
+
+    from benchmarks.measure import forward_flops, interleaved_times, median
+    from benchmarks.report import StepResult
+    from benchmarks.torch_dream import TorchDreamStep
+    from deepdream.objectives import build_objective
+    from deepdream.render import make_step
+    from deepdream.transforms import smoothing_sigma
+
+    model = pair.ours
+    step = make_step(model, build_objective(model, pair.layers))
+    tstep = TorchDreamStep(pair.net, pair.torch_modules(pair.layers), model.mean, model.std)
+    shift, sigma, lr = (7, -5), smoothing_sigma(0, 10, 0.5), 0.09
+    results = []
+    try:
+        for size in sizes:
+            if size < model.MIN_INPUT_SIZE:
+                _notice(f"{pair.name}: skipping {size} px, below its minimum input of {model.MIN_INPUT_SIZE} px")
+                continue
+            rgb = _test_image(size, size)
+            state = step.space.encode(rgb)
+            tstate = tstep.encode(rgb)
+            ours_new, _ = step(state, shift, sigma, lr)
+            torch_new = tstep(tstate, shift, sigma, lr)
+            ours_delta = np.array(ours_new - state)[0]
+            torch_delta = (torch_new - tstate)[0].permute(1, 2, 0).numpy()
+            agreement = float(np.abs(ours_delta - torch_delta).max() / max(np.abs(torch_delta).max(), 1e-12))
+            flops = 2.0 * forward_flops(lambda: tstep.tap(tstate), pair.net)
+            times = interleaved_times({"ours": lambda: step(state, shift, sigma, lr),
+                                       "torch": lambda: tstep(tstate, shift, sigma, lr)}, warmup, repeats)
+            result = StepResult(pair.name, pair.layers, size, median(times["ours"]), median(times["torch"]),
+                                flops, agreement, repeats)
+            _notice(f"{pair.name} {size} px: ours {result.ours_s * 1000:.0f} ms, torch {result.torch_s * 1000:.0f} ms "
+                    f"(ours/torch {result.ratio:.2f})")
+            results.append(result)
+            del state, ours_new
+            mx.clear_cache()
+    finally:
+        tstep.close()
+    return results
+
+
+def time_end_to_end(pair, size: int, steps: int | None):
+    """The googlenet preset (4 octaves) on the sample photo, long side ``size``: ours vs torch."""
+    import numpy as np
+
+    from benchmarks.report import EndToEndResult
+    from benchmarks.torch_dream import TorchDreamStep, torch_dream
+    from deepdream.presets import PRESETS
+    from deepdream.render import Dreamer, DreamSettings
+
+    preset = PRESETS[E2E_RECIPE]
+    values = dict(preset.values())
+    if steps is not None:
+        values["steps"] = steps
+    settings = DreamSettings(**values, seed=0)
+    height = round(size * 300 / 451)        # chelsea.png's aspect ratio, long side ``size``
+    rgb = _test_image(height, size)
+    start = time.perf_counter()
+    Dreamer(pair.ours, settings, quiet=True)(rgb, rng=np.random.default_rng(0))
+    ours_s = time.perf_counter() - start
+    tstep = TorchDreamStep(pair.net, pair.torch_modules(list(settings.layers)), pair.ours.mean, pair.ours.std)
+    try:
+        start = time.perf_counter()
+        torch_dream(tstep, rgb, octaves=settings.octaves, scale=settings.scale, steps=settings.steps, lr=settings.lr,
+                    jitter=settings.jitter, smoothing=settings.smoothing, rng=np.random.default_rng(0))
+        torch_s = time.perf_counter() - start
+    finally:
+        tstep.close()
+    return EndToEndResult(f"{E2E_RECIPE} preset ({', '.join(settings.layers)})", size, height, settings.octaves,
+                          settings.steps, ours_s, torch_s)
+
+
+def measure_memory(pair, size: tuple[int, int], tile: int, steps: int):
+    from benchmarks.measure import peak_rss_of
+    from benchmarks.report import MemoryResult
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(pair.weights_path),
+               "--memory-size", f"{size[0]}x{size[1]}", "--tile-size", str(tile), "--memory-steps", str(steps)]
+    rss, out, err, status = peak_rss_of(command)
+    if status != 0:
+        tail = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
+        raise RuntimeError(f"the tiled dream child failed: {tail}")
+    seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
+    return MemoryResult(pair.name, size[0], size[1], tile, steps, rss, seconds, MEMORY_LIMIT_BYTES)
+
+
+def run(args: argparse.Namespace) -> int:
+    import models  # noqa: F401  (first: puts the fast BLAS under MLX)
+    from models import MODELS
+
+    unknown = [m for m in (args.models or []) + [args.memory_model] if m not in MODELS]
+    if unknown:
+        raise BenchError(f"unknown model '{unknown[0]}'; available: {', '.join(MODELS)}")
+    try:
+        import torch
+        import torchvision  # noqa: F401
+    except ImportError as exc:
+        raise BenchError(f"the benchmark needs torch and torchvision for the reference side ({exc}); "
+                         "pip install -r requirements.txt") from None
+    try:
+        import deepdream.render  # noqa: F401
+    except ImportError as exc:
+        raise BenchError(f"the dream engine is not importable ({exc})") from None
+
+    from benchmarks.measure import machine_description, sgemm_gflops
+    from benchmarks.pairs import BENCH_MODELS, ModelUnavailable, build_pair
+    from benchmarks.report import FOOTNOTES, end_to_end_table, header_lines, memory_table, step_table
+
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    machine = machine_description()
+    sgemm = sgemm_gflops()
+    names = args.models or list(BENCH_MODELS)
+
+    steps, e2e, memory = [], [], []
+    with tempfile.TemporaryDirectory(prefix="deepdream-bench-") as tmp:
+        workdir = Path(tmp)
+        pairs = {}
+
+        def pair_for(name: str):
+            if name not in pairs:
+                try:
+                    pairs[name] = build_pair(name, workdir)
+                except ModelUnavailable as exc:
+                    pairs[name] = None
+                    _notice(f"skipping {exc}")
+            return pairs[name]
+
+        for name in names:
+            pair = pair_for(name)
+            if pair is None:
+                continue
+            steps += time_steps(pair, args.sizes, args.warmup, args.repeats)
+            if name not in (E2E_RECIPE, args.memory_model):
+                del pairs[name]             # free its memory before the next model
+        if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
+            _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
+            e2e.append(time_end_to_end(pair, args.e2e_size, args.e2e_steps))
+        if not args.no_memory and (pair := pair_for(args.memory_model)) is not None:
+            w, h = args.memory_size
+            _notice(f"memory: tiled dream of {w}x{h} (tile {args.tile_size}) in a child process ...")
+            memory.append(measure_memory(pair, args.memory_size, args.tile_size, args.memory_steps))
+    load_after = os.getloadavg()
+
+    print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
+    print(header_lines(machine, threads, sgemm, load_before, load_after))
+    print()
+    if steps:
+        print("### One dream step (model's default layers)\n")
+        print(step_table(steps, sgemm))
+        print()
+        print(FOOTNOTES)
+        print()
+    if e2e:
+        print("### End to end\n")
+        print(end_to_end_table(e2e))
+        print()
+    if memory:
+        print("### Memory: tiled dream of a large image\n")
+        print(memory_table(memory))
+        print()
+    if args.json:
+        from dataclasses import asdict
+
+        payload = {"machine": machine, "threads": threads, "sgemm_gflops": sgemm,
+                   "load_before": load_before, "load_after": load_after,
+                   "steps": [asdict(r) for r in steps], "end_to_end": [asdict(r) for r in e2e],
+                   "memory": [asdict(r) for r in memory]}
+        from models.weights import atomic_write
+
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    return 0 if all(m.ok for m in memory) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        # The BLAS reads these when it loads, i.e. on `import models`: set them first.
+        for var in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    sys.path.insert(0, str(ROOT))
+    try:
+        if args.memory_child:
+            return memory_child(args)
+        return run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Reading any Pillow image as float RGB, writing dreams atomically, checking outputs early."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepdream.image_io import (
+    ImageError,
+    check_output_path,
+    check_writable_folder,
+    default_output_path,
+    load_image,
+    noise_image,
+    save_image,
+)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # A 40 wide x 20 high picture stored with "rotate 90 CW to display" (orientation 6).
+    img = Image.new("RGB", (40, 20), (200, 10, 10))
+    img.paste((10, 10, 200), (0, 0, 10, 20))  # blue strip on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif.tobytes(), quality=95)
+    rgb = load_image(path)
+    assert rgb.shape == (40, 20, 3)          # displayed upright: 20 wide, 40 high
+    assert rgb[2, 10, 2] > 0.6               # the stored left edge is now at the top
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    img = Image.new("RGBA", (8, 8), (255, 0, 0, 255))
+    img.putpixel((0, 0), (0, 0, 0, 0))         # fully transparent black -> white
+    img.putpixel((1, 0), (0, 0, 255, 128))     # half-transparent blue -> light blue
+    path = tmp_path / "alpha.png"
+    img.save(path)
+    rgb = load_image(path)
+    assert rgb.shape == (8, 8, 3)
+    np.testing.assert_allclose(rgb[0, 0], [1, 1, 1])
+    np.testing.assert_allclose(rgb[0, 1], [127 / 255, 127 / 255, 1], atol=0.01)
+    np.testing.assert_allclose(rgb[4, 4], [1, 0, 0])
+
+
+def test_greyscale_16bit_and_palette(tmp_path):
+    grey = Image.new("L", (4, 3), 128)
+    grey.save(tmp_path / "grey.png")
+    rgb = load_image(tmp_path / "grey.png")
+    assert rgb.shape == (3, 4, 3) and np.allclose(rgb, 128 / 255)
+
+    data = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(data).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode in ("I;16", "I")
+    rgb16 = load_image(tmp_path / "deep.png")
+    np.testing.assert_allclose(rgb16[0, :, 0], [0, 32768 / 65535, 1], atol=1e-4)
+
+    pal = Image.new("RGB", (4, 4), (0, 255, 0)).convert("P")
+    pal.save(tmp_path / "pal.gif")
+    np.testing.assert_allclose(load_image(tmp_path / "pal.gif")[1, 1], [0, 1, 0])
+
+
+def test_max_size_downscales_longest_side(tmp_path):
+    Image.new("RGB", (400, 100), (0, 0, 0)).save(tmp_path / "wide.png")
+    assert load_image(tmp_path / "wide.png", max_size=100).shape == (25, 100, 3)
+    assert load_image(tmp_path / "wide.png", max_size=1000).shape == (100, 400, 3)  # never upscales
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "not found"),
+    (b"", "empty"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_unreadable_inputs_name_the_problem(tmp_path, content, expected):
+    path = tmp_path / "bad.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ImageError, match=expected) as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_png_is_an_error(tmp_path):
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="corrupt|truncated|not an image"):
+        load_image(tmp_path / "cut.png")
+
+
+def test_save_is_atomic_and_round_trips(tmp_path):
+    rgb = np.random.default_rng(0).random((10, 12, 3)).astype(np.float32)
+    out = save_image(tmp_path / "sub" / "dream.png", rgb)
+    back = load_image(out)
+    assert np.abs(back - rgb).max() <= 0.5 / 255 + 1e-6
+    assert sorted(os.listdir(tmp_path / "sub")) == ["dream.png"]  # no temporary left behind
+    save_image(tmp_path / "dream.jpg", rgb)
+    assert Image.open(tmp_path / "dream.jpg").format == "JPEG"
+
+
+def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
+    def broken_save(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(ImageError, match="No space left"):
+        save_image(tmp_path / "dream.png", np.zeros((4, 4, 3), np.float32))
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_checks(tmp_path):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (4, 4)).save(src)
+    with pytest.raises(ImageError, match="is the input image"):
+        check_output_path(src, src)
+    with pytest.raises(ImageError, match="is a folder"):
+        check_output_path(tmp_path, src)
+    with pytest.raises(ImageError, match="unknown image extension"):
+        check_output_path(tmp_path / "out.xyz", src)
+    with pytest.raises(ImageError, match="in the way"):
+        check_output_path(src / "out.png")  # a file where a folder should be
+    assert check_output_path(tmp_path / "new" / "out.png", src) == tmp_path / "new" / "out.png"
+    check_writable_folder(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_default_output_path():
+    assert default_output_path("photos/cat.jpg", "googlenet") == Path("outputs/cat_googlenet.jpg")
+    assert default_output_path("scan.tiff", "vgg16") == Path("outputs/scan_vgg16.tiff")
+    assert default_output_path("anim.gif", "vgg16") == Path("outputs/anim_vgg16.png")
+    assert default_output_path(None, "efficientnet_lite0") == Path("outputs/dream_efficientnet_lite0.png")
+
+
+def test_noise_image_is_seeded_grey():
+    a = noise_image(16, 24, np.random.default_rng(7))
+    b = noise_image(16, 24, np.random.default_rng(7))
+    assert a.shape == (16, 24, 3) and np.array_equal(a, b)
+    assert 0.44 < a.mean() < 0.56 and a.min() >= 0.45 - 1e-6 and a.max() <= 0.55 + 1e-6
