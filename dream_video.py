@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="DeepDream zoom video: dream a frame, zoom into its centre (optionally rotate, translate, "
                     "blend), dream again. Without --input, starts from noise. Re-run the same command to continue "
                     "an interrupted video or to extend it with a larger --frames.",
-        epilog="Example: python dream_video.py --input assets/chelsea.png --frames 48 --output outputs/chelsea.mp4",
+        epilog=f"Each frame is a short dream: --octaves {FRAME_DEFAULTS['octaves']} --steps {FRAME_DEFAULTS['steps']} "
+               "unless --preset or those flags are given (the model's other recipe values apply). "
+               "Example: python dream_video.py --input assets/chelsea.png --frames 48 --output outputs/chelsea.mp4",
     )
     g = parser.add_argument_group("input and output")
     g.add_argument("--input", metavar="PATH", help="start image (any format Pillow reads); omit to start from noise")
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output) if args.output else None
     if output is not None:
         check_video_output(output, args.input)  # before the slow part, so a typo costs nothing
+    # The input is read before the model loads, so a wrong path fails at once.
+    start = load_image(args.input, max_size=args.max_size or DEFAULT_MAX_SIZE) if args.input is not None else None
     apply_frame_defaults(args)
     model, settings = model_and_settings(args, notify)
     name = Path(args.weights).stem if args.weights else model.name
@@ -180,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = stored_seed if isinstance(stored_seed, int) else new_seed()
     settings = replace(settings, seed=seed)
 
-    if args.input is not None:
-        start = load_image(args.input, max_size=args.max_size or DEFAULT_MAX_SIZE)
+    if start is not None:
         source: dict[str, object] = {"input_sha256": file_sha256(args.input)}
     else:
         width = args.width or DEFAULT_SIZE

@@ -231,6 +231,8 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
         "tile_size": args.tile_size, "seed": args.seed, "decorrelate": args.decorrelate,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
+    if "layers" not in values:
+        values["layers"] = tuple(model.default_layers)
     if str(values.get("decorrelate")).lower() == "none":  # lets a flag switch off a preset's decorrelation
         values["decorrelate"] = None
     settings = DreamSettings(**values)

@@ -78,9 +78,6 @@ class Motion:
             raise DreamError(f"--blend must be between 0 and 1 (got {self.blend:g}); it is the share of the previous "
                              "frame kept, 0 = full dream every frame")
 
-    def is_still(self) -> bool:
-        return self.zoom == 1.0 and self.rotate == 0.0 and self.translate == (0.0, 0.0)
-
 
 def move(frame: np.ndarray, motion: Motion) -> np.ndarray:
     """Zoom into the centre of ``frame`` (H, W, 3) and rotate/translate it; same size out.
@@ -346,6 +343,8 @@ def next_frame(previous: np.ndarray | None, start: np.ndarray, index: int, dream
     if index == 0 or previous is None:
         return quantise(dream(start, frame_rng(seed, 0)))
     moved = move(previous, motion)
+    if motion.blend == 1.0:  # nothing of the dream would be kept
+        return quantise(moved)
     dreamed = dream(moved, frame_rng(seed, index))
     return quantise(motion.blend * moved + (1.0 - motion.blend) * dreamed)
 

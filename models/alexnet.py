@@ -9,7 +9,9 @@ The MLX modules carry the dream-layer names; ``convert_torch_state_dict`` rename
     features.8       conv4
     features.10      conv5
 
-and reorders fc6's columns from torch's (C, H, W) flatten to our (H, W, C) one.
+and reorders fc6's columns from torch's (C, H, W) flatten to our (H, W, C) one. Convolutions are
+``models.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient (the
+stride-4 conv1's is otherwise MLX's naive loop).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import DreamModel, Stage
-from .layers import adaptive_avg_pool2d, max_pool2d
+from .layers import Conv2d, adaptive_avg_pool2d, max_pool2d
 
 POOL_SIZE = 6   # torchvision's AdaptiveAvgPool2d((6, 6)) before the classifier
 CLASSIFIER_WEIGHT = "fc8.weight"
@@ -52,11 +54,11 @@ class AlexNet(DreamModel):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2)
-        self.conv2 = nn.Conv2d(64, 192, kernel_size=5, padding=2)
-        self.conv3 = nn.Conv2d(192, 384, kernel_size=3, padding=1)
-        self.conv4 = nn.Conv2d(384, 256, kernel_size=3, padding=1)
-        self.conv5 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
+        self.conv1 = Conv2d(3, 64, kernel_size=11, stride=4, padding=2)
+        self.conv2 = Conv2d(64, 192, kernel_size=5, padding=2)
+        self.conv3 = Conv2d(192, 384, kernel_size=3, padding=1)
+        self.conv4 = Conv2d(384, 256, kernel_size=3, padding=1)
+        self.conv5 = Conv2d(256, 256, kernel_size=3, padding=1)
         # torchvision puts dropout before fc6 and fc7 (not after, as in VGG).
         self.drop6 = nn.Dropout(0.5)
         self.fc6 = nn.Linear(256 * POOL_SIZE * POOL_SIZE, 4096)

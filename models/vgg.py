@@ -19,6 +19,9 @@ and for VGG19 (four convs in blocks 3-5): conv3_1..conv3_4 = features.10/12/14/1
 conv4_1..conv4_4 = 19/21/23/25, conv5_1..conv5_4 = 28/30/32/34. Both follow torchvision's
 ``make_layers`` rule (every conv is followed by its ReLU, every block ends in a max pool),
 which ``feature_keys`` reproduces.
+
+Convolutions are ``models.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU
+input gradient (a dream differentiates every step w.r.t. the image).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import DreamModel, Stage
-from .layers import adaptive_avg_pool2d, max_pool2d
+from .layers import Conv2d, adaptive_avg_pool2d, max_pool2d
 
 #: convs per block for each depth (torchvision's cfgs "D" and "E"); the widths are shared.
 BLOCKS: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -75,7 +78,7 @@ class VGG(DreamModel):
         in_channels = 3
         for b, (convs, width) in enumerate(zip(BLOCKS[self.DEPTH], WIDTHS), start=1):
             for i in range(1, convs + 1):
-                setattr(self, f"conv{b}_{i}", nn.Conv2d(in_channels, width, kernel_size=3, padding=1))
+                setattr(self, f"conv{b}_{i}", Conv2d(in_channels, width, kernel_size=3, padding=1))
                 in_channels = width
         self.fc6 = nn.Linear(WIDTHS[-1] * POOL_SIZE * POOL_SIZE, 4096)
         self.drop6 = nn.Dropout(0.5)

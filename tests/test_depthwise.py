@@ -65,6 +65,27 @@ def test_matches_grouped_conv_forward_and_gradients(n, h, w, c, k, stride, paddi
     assert _rel(cw, ew) < 1e-5
 
 
+def test_bias_forward_and_gradient():
+    mx.random.seed(5)
+    x = mx.random.normal((2, 7, 9, 4))
+    weight = mx.random.normal((4, 3, 3, 1))
+    bias = mx.random.normal((4,))
+    cotangent = mx.random.normal((2, 4, 5, 4))
+
+    def ours(x, weight, bias):
+        return (depthwise_conv2d(x, weight, 2, "same", bias=bias) * cotangent).sum()
+
+    def theirs(x, weight, bias):
+        return ((_reference(x, weight, 2, "same") + bias) * cotangent).sum()
+
+    assert _rel(depthwise_conv2d(x, weight, 2, "same", bias=bias), _reference(x, weight, 2, "same") + bias) < 1e-5
+    for got, want in zip(mx.grad(ours, argnums=(0, 1, 2))(x, weight, bias),
+                         mx.grad(theirs, argnums=(0, 1, 2))(x, weight, bias)):
+        assert got.shape == want.shape and _rel(got, want) < 1e-5
+    with pytest.raises(ValueError):
+        depthwise_conv2d(x, weight, 2, "same", bias=mx.zeros((3,)))
+
+
 def test_same_padding_is_tensorflows():
     # total = max((ceil(in/s) - 1) * s + k - in, 0); the odd pixel goes after
     assert same_padding(224, 3, 2) == (0, 1)

@@ -25,7 +25,7 @@ import dream_video
 from deepdream.cli import settings_for_model
 from deepdream.errors import DreamError
 from deepdream.presets import PRESETS
-from deepdream.video import FRAME_DEFAULTS, SETTINGS_FILE, Motion, count_frames, move
+from deepdream.video import FRAME_DEFAULTS, SETTINGS_FILE, Motion, count_frames, move, next_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"
@@ -59,14 +59,15 @@ def save_png(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def decode_mp4(path: Path) -> tuple[av.video.stream.VideoStream, list[np.ndarray], dict]:
+def decode_mp4(path: Path) -> tuple[list[np.ndarray], dict[str, object]]:
+    """Every frame (float RGB) and the stream's codec, pixel format, size and frame rate, decoded by FFmpeg."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         info = {"codec": stream.codec_context.name, "pix_fmt": stream.codec_context.pix_fmt,
                 "width": stream.codec_context.width, "height": stream.codec_context.height,
                 "rate": stream.average_rate}
         frames = [f.to_ndarray(format="rgb24").astype(np.float32) / 255.0 for f in container.decode(video=0)]
-    return stream, frames, info
+    return frames, info
 
 
 def estimate_zoom(before: np.ndarray, after: np.ndarray, centre: tuple[float, float]) -> float:
@@ -118,6 +119,31 @@ def test_move_rotates_counter_clockwise_and_translates_right_and_down() -> None:
     assert np.array_equal(move(dot, Motion(zoom=1.0)), dot)  # no motion, no resampling
 
 
+def test_next_frame_blends_the_moved_frame_with_its_dream() -> None:
+    """frame n+1 = blend * moved + (1 - blend) * dream(moved), rounded to what the PNG stores,
+    with the dream's jitter generator seeded from (seed, n) alone."""
+    seen = []
+
+    def fake_dream(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        seen.append(int(rng.integers(1 << 30)))
+        return 1.0 - image  # any change that is easy to predict
+
+    previous = pattern(33, 40).astype(np.float32)
+    motion = Motion(zoom=1.1, rotate=5.0, translate=(1.5, -1.0), blend=0.25)
+    out = next_frame(previous, previous, 7, fake_dream, motion, seed=3)
+    moved = move(previous, motion)
+    expected = 0.25 * moved + 0.75 * (1.0 - moved)
+    assert np.abs(out - expected).max() <= 0.5 / 255 + 1e-6
+    assert np.array_equal(out * 255, np.round(out * 255))  # exactly 8-bit values
+    again = next_frame(previous, previous, 7, fake_dream, motion, seed=3)
+    other = next_frame(previous, previous, 8, fake_dream, motion, seed=3)
+    assert np.array_equal(out, again) and seen[0] == seen[1] != seen[2]
+    first = next_frame(None, previous, 0, fake_dream, motion, seed=3)  # frame 0: the start's dream, unmoved
+    assert np.abs(first - (1.0 - previous)).max() <= 0.5 / 255 + 1e-6
+    kept = next_frame(previous, previous, 1, fake_dream, Motion(zoom=1.1, blend=1.0), seed=3)
+    assert np.abs(kept - move(previous, Motion(zoom=1.1))).max() <= 0.5 / 255 + 1e-6
+
+
 def test_every_dream_flag_comes_from_the_shared_definition() -> None:
     import dream
 
@@ -156,7 +182,7 @@ def test_mp4_decodes_with_the_right_frames_and_moves_like_a_zoom(lite0, tmp_path
     out = tmp_path / "zoom.mp4"
     assert dream_video.main([*TINY, "--input", str(start), "--frames", "4", "--zoom", "1.1", "--lr", "0",
                              "--fps", "10", "--output", str(out)]) == 0
-    _, frames, info = decode_mp4(out)
+    frames, info = decode_mp4(out)
     assert info == {"codec": "h264", "pix_fmt": "yuv420p", "width": 96, "height": 74, "rate": 10}
     assert len(frames) == 4
     pngs = [np.asarray(Image.open(tmp_path / "zoom_frames" / f"{i:05d}.png"), np.float32) / 255 for i in range(4)]
@@ -200,7 +226,7 @@ def test_resume_continues_exactly_and_extends(uninterrupted: Path, tmp_path: Pat
     out = tmp_path / "v.mp4"
     frames = tmp_path / "v_frames"
     assert dream_video.main([*TINY, *NOISE, "--frames", "2", "--output", str(out)]) == 0
-    assert count_frames(frames) == 2 and len(decode_mp4(out)[1]) == 2
+    assert count_frames(frames) == 2 and len(decode_mp4(out)[0]) == 2
     first = snapshot(frames)
     time.sleep(0.01)
     assert dream_video.main([*TINY, *NOISE, "--frames", "4", "--output", str(out)]) == 0
@@ -208,12 +234,12 @@ def test_resume_continues_exactly_and_extends(uninterrupted: Path, tmp_path: Pat
     assert all(after[name] == first[name] for name in first)  # bytes and mtime: not rewritten
     whole = snapshot(uninterrupted)
     assert [after[n][0] for n in sorted(after)] == [whole[n][0] for n in sorted(whole)]  # = uninterrupted run
-    assert len(decode_mp4(out)[1]) == 4
+    assert len(decode_mp4(out)[0]) == 4
     # Raising --frames extends the same video.
     assert dream_video.main([*TINY, *NOISE, "--frames", "5", "--output", str(out)]) == 0
     extended = snapshot(frames)
     assert len(extended) == 5 and all(extended[n] == after[n] for n in after)
-    assert len(decode_mp4(out)[1]) == 5
+    assert len(decode_mp4(out)[0]) == 5
 
 
 def test_changed_settings_are_refused_unless_restart(uninterrupted: Path, tmp_path: Path) -> None:
@@ -261,7 +287,7 @@ def test_ctrl_c_keeps_finished_frames_and_the_next_run_continues(uninterrupted: 
     assert dream_video.main([*TINY, *NOISE, "--frames", str(done + 1), "--output", str(out)]) == 0
     resumed = snapshot(frames)
     assert len(resumed) == done + 1 and all(resumed[n] == kept[n] for n in kept)
-    assert len(decode_mp4(out)[1]) == done + 1
+    assert len(decode_mp4(out)[0]) == done + 1
 
 
 # -- bad input ---------------------------------------------------------------------------------------
@@ -288,8 +314,23 @@ BAD = {
 }
 
 
+#: These run as real processes (exit status, stderr, no traceback); the others through the same
+#: ``run_main`` wrapper in this process, which is the script's whole error path minus the start-up.
+SUBPROCESS_CASES = {"zoom zero", "blend above 1", "unknown extension", "unwritable output", "zoom not a number",
+                    "too small for the model"}
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    from deepdream.cli import run_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: dream_video.main(argv))
+    captured = capsys.readouterr()
+    return int(exit_info.value.code), captured.out, captured.err
+
+
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_a_one_line_error(case: str, weights_dir: Path, tmp_path: Path) -> None:
+def test_bad_input_is_a_one_line_error(case: str, lite0, tmp_path: Path, capsys) -> None:
     argv, expected = BAD[case]
     (tmp_path / "blocker").write_text("a file where a folder should be")
     (tmp_path / "clash_frames").write_text("a file where the frames folder should be")
@@ -300,11 +341,16 @@ def test_bad_input_is_a_one_line_error(case: str, weights_dir: Path, tmp_path: P
     for flag, value in defaults.items():
         if flag not in argv:
             argv += [flag, value]
-    result = run_cli([*argv, "--quiet"], cwd=tmp_path, timeout=120)
-    assert result.returncode in (1, 2), result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    argv.append("--quiet")
+    if case in SUBPROCESS_CASES:
+        result = run_cli(argv, cwd=tmp_path, timeout=120)
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    else:
+        code, stdout, stderr = run_in_process(argv, capsys)
+    assert code in (1, 2), stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert expected.replace("{tmp}", str(tmp_path)) in lines[0]
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert "Traceback" not in stderr and stdout == ""
     after = sorted(p.name for p in tmp_path.rglob("*"))
     assert after == before  # nothing written: no video, no frames, no settings file

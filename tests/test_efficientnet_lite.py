@@ -111,6 +111,31 @@ def test_real_weights_classify_photos(real_model, photo, expected):
     assert expected & set(top3), f"{photo}: top-3 {top3}"
 
 
+def test_parameter_gradients_match_torch(random_pair):
+    """Fine-tuning needs the weight gradients too: the inference-mode BatchNorm folding and the
+    depthwise VJP must hand every parameter torch's gradient (frozen BN statistics)."""
+    from mlx.utils import tree_flatten
+
+    reference, model = random_pair
+    x = np.random.default_rng(2).standard_normal((1, 3, 96, 128)).astype(np.float32)
+    reference.zero_grad()
+    reference(torch.from_numpy(x)).square().mean().backward()
+    t_grads = {k: p.grad.numpy() for k, p in reference.named_parameters()}
+    value_and_grad = nn.value_and_grad(model, lambda inp: model(inp)["logits"].square().mean())
+    _, m_grads = value_and_grad(mx.array(x.transpose(0, 2, 3, 1)))
+    m_grads = dict(tree_flatten(m_grads))
+    for torch_key, mlx_key in [("_conv_stem.weight", "stem.conv.weight"), ("_bn0.weight", "stem.bn.weight"),
+                               ("_blocks.3._expand_conv.weight", "blocks.3.expand_conv.weight"),
+                               ("_blocks.3._depthwise_conv.weight", "blocks.3.depthwise_conv.weight"),
+                               ("_blocks.3._bn1.bias", "blocks.3.bn1.bias"),
+                               ("_blocks.10._depthwise_conv.weight", "blocks.10.depthwise_conv.weight"),
+                               ("_blocks.10._bn2.weight", "blocks.10.bn2.weight"),
+                               ("_conv_head.weight", "head.conv.weight"), ("_fc.weight", "fc.weight")]:
+        want = t_grads[torch_key]
+        want = want.transpose(0, 2, 3, 1) if want.ndim == 4 else want
+        assert _rel(np.array(m_grads[mlx_key]), want) < 1e-3, mlx_key
+
+
 def test_tensorflow_same_padding_fits_the_weights_better(real_model):
     """The weights come from TensorFlow: its SAME padding (extra pixel right/bottom on strided
     convs) must classify the cat more confidently than symmetric padding."""

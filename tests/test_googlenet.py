@@ -66,14 +66,14 @@ def calibrated_reference(name: str, shape: Sequence[int], seed: int):
 
 
 def calibrate(model, shape: Sequence[int]):
-    """Realistic BN statistics (from one random batch) and random BN affine parameters, in eval mode."""
+    """Realistic BN statistics (from one random image) and random BN affine parameters, in eval mode."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: one pass sets the statistics of that batch
     model.train()
     with torch.no_grad():
-        model(torch.randn(2, *shape[1:]))
+        model(torch.randn(1, *shape[1:]))
         for bn in bns:
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.normal_(0.0, 0.2)

@@ -8,7 +8,6 @@ uninterrupted run's. Sizes are CI-sized: 72 images of 64-96 px, training crops o
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -197,15 +196,15 @@ def test_googlenet_aux_heads_train_and_are_stripped(weights_dir: Path, tmp_path:
     """GoogLeNet's aux classifiers are trained (loss weight 0.3) and left out of the dream file.
 
     Random-init GoogLeNet weights are written directly from the MLX model (what
-    ``export_googlenet.py --random-init`` makes, without importing torch); one epoch of three
-    uncompiled steps at 64 px keeps it quick.
+    ``export_googlenet.py --random-init`` makes, without importing torch); one epoch of two
+    uncompiled steps at 48 px keeps it quick.
     """
     base = models.build_model("googlenet")
     base_file = tmp_path / "googlenet_random.npz"
     save_weights(base_file, {k: np.array(v) for k, v in tree_flatten(base.parameters())},
                  {"architecture": "googlenet", "num_classes": 1000, "config": {}, "source": "random init"})
-    data = scan_image_folder(make_shapes(tmp_path / "tiny", per_class=3, seed=1))
-    config = TrainConfig(model="googlenet", weights=str(base_file), epochs=1, batch_size=4, image_size=64,
+    data = scan_image_folder(make_shapes(tmp_path / "tiny", per_class=2, seed=1))
+    config = TrainConfig(model="googlenet", weights=str(base_file), epochs=1, batch_size=4, image_size=48,
                          val_split=0.0, seed=0)
     run = prepare_run(config, data)
     assert run.use_aux and run.config.freeze_to == "inception3b"
@@ -223,10 +222,10 @@ def test_googlenet_aux_heads_train_and_are_stripped(weights_dir: Path, tmp_path:
     arrays, meta = read_weights(out)
     assert not any(k.startswith(("aux1.", "aux2.")) for k in arrays) and "aux_logits" not in meta["config"]
     model = models.load_model(weights=out)
-    assert model(mx.zeros((1, 64, 64, 3)))["logits"].shape == (1, 3)
+    assert model(mx.zeros((1, 48, 48, 3)))["logits"].shape == (1, 3)
 
     no_aux = prepare_run(TrainConfig(model="googlenet", weights=str(base_file), aux=False, epochs=1,
-                                     batch_size=4, image_size=64, val_split=0.0), data)
+                                     batch_size=4, image_size=48, val_split=0.0), data)
     assert not no_aux.use_aux
     assert not any(k.startswith("aux") for k, _ in tree_flatten(no_aux.model.parameters()))
 

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Remake the demo dreams in assets/dreams/ (efficientnet_lite0, real weights, works offline).
+
+    python make_assets.py            # all demos (~5-10 minutes on 2 CPU cores)
+    python make_assets.py --list     # the equivalent dream.py command of each demo
+
+Each demo is written as the dream.py arguments that produce it, resolved by the same code
+dream.py uses (deepdream.cli), so running the printed command gives the same image.
+The model is loaded once and its compiled steps are reused across demos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
+
+OUT = Path("assets/dreams")
+MODEL = ["--model", "efficientnet_lite0", "--seed", "0"]
+
+#: name -> dream.py arguments (paths relative to the repository root)
+DEMOS: dict[str, list[str]] = {
+    "chelsea_efficientnet_lite0.jpg": ["--input", "assets/chelsea.png", "--preset", "efficientnet_lite0"],
+    "chelsea_natural.jpg": ["--input", "assets/chelsea.png", "--preset", "efficientnet_lite0_natural"],
+    "coffee_efficientnet_lite0.jpg": ["--input", "assets/coffee.png", "--preset", "efficientnet_lite0"],
+    "coffee_natural.jpg": ["--input", "assets/coffee.png", "--preset", "efficientnet_lite0_natural"],
+    "chelsea_guided_by_coffee.jpg": ["--input", "assets/chelsea.png", "--preset", "efficientnet_lite0",
+                                     "--layers", "block10", "--guide", "assets/coffee.png"],
+    "chelsea_lap_norm.jpg": ["--input", "assets/chelsea.png", "--preset", "efficientnet_lite0", "--lap-norm"],
+    "noise_efficientnet_lite0.jpg": ["--width", "450", "--height", "300", "--preset", "efficientnet_lite0",
+                                     "--steps", "20"],
+}
+#: The layer sheet: one dream per layer, same settings otherwise.
+SHEET_LAYERS = ["block3", "block5", "block7", "block9", "block10", "block12", "block14"]
+SHEET_ARGS = ["--input", "assets/chelsea.png", "--preset", "efficientnet_lite0", "--max-size", "300"]
+SHEET_NAME = "chelsea_layers_contact_sheet.jpg"
+
+
+def command(args: list[str], output: Path) -> str:
+    return "python dream.py " + shlex.join([*args, *MODEL, "--output", str(output)])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print each demo's dream.py command and exit")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="remake only these demos (file names)")
+    opts = parser.parse_args()
+
+    import numpy as np
+
+    import dream
+    from deepdream.cli import make_notify, settings_for_model
+    from deepdream.contact_sheet import contact_sheet
+    from deepdream.image_io import save_image
+    from deepdream.render import Dreamer
+
+    sheet_commands = {f"layer {layer}": command([*SHEET_ARGS, "--layers", layer], OUT / f"layer_{layer}.jpg")
+                      for layer in SHEET_LAYERS}
+    if opts.list:
+        for name, args in DEMOS.items():
+            print(command(args, OUT / name))
+        for cmd in sheet_commands.values():
+            print(cmd)
+        return 0
+
+    model = models.load_model("efficientnet_lite0")
+    notify = make_notify(False)
+
+    def render(args: list[str]) -> np.ndarray:
+        parsed = dream.build_parser().parse_args([*args, *MODEL, "--quiet"])
+        settings = settings_for_model(parsed, model, notify)
+        rng = np.random.default_rng(settings.seed)
+        image, _ = dream.start_image(parsed, rng)
+        return Dreamer(model, settings, quiet=True, notify=notify)(image, rng=rng), image
+
+    (ROOT / OUT).mkdir(parents=True, exist_ok=True)
+    for name, args in DEMOS.items():
+        if opts.only and name not in opts.only:
+            continue
+        start = time.perf_counter()
+        result, _ = render(args)
+        save_image(ROOT / OUT / name, result)
+        print(f"{OUT / name}  ({time.perf_counter() - start:.0f} s)  = {command(args, OUT / name)}")
+    if not opts.only or SHEET_NAME in opts.only:
+        start = time.perf_counter()
+        items = []
+        for layer in SHEET_LAYERS:
+            result, image = render([*SHEET_ARGS, "--layers", layer])
+            if not items:
+                items.append(("input", image))
+            items.append((layer, result))
+        sheet = contact_sheet(items, cell=300, columns=4)
+        save_image(ROOT / OUT / SHEET_NAME, np.asarray(sheet, np.float32) / 255.0)
+        print(f"{OUT / SHEET_NAME}  ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The engine in-process, on efficientnet_lite0's real weights: step, octaves, objectives, settings resolution."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import models
+from deepdream import transforms
+from deepdream.colour import IMAGENET_SQRT_COV
+from deepdream.cli import DreamArgumentParser, add_dream_arguments, settings_for_model, validate_args
+from deepdream.errors import DreamError
+from deepdream.image_io import load_image
+from deepdream.objectives import build_objective, guided_dot
+from deepdream.presets import PRESETS
+from deepdream.render import DecorrelatedSpace, Dreamer, DreamSettings, PixelSpace, dream, make_step
+
+ROOT = Path(__file__).resolve().parent.parent
+CHELSEA = ROOT / "assets" / "chelsea.png"
+
+
+@pytest.fixture(scope="module")
+def effnet(weights_dir):
+    return models.load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return load_image(CHELSEA, max_size=96)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = DreamArgumentParser()
+    add_dream_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def layer_score(model, rgb: np.ndarray, layer: str = "block10") -> float:
+    act = model(model.preprocess(mx.array(rgb[None])), outputs=[layer])[layer]
+    return float(mx.mean(act * act))
+
+
+def test_every_preset_names_real_layers_of_its_model():
+    for name, preset in PRESETS.items():
+        assert preset.model in models.MODELS, name
+        # build_model is lazy in MLX (parameters are not materialised), so this is cheap.
+        models.build_model(preset.model).check_layers(preset.layers)
+        DreamSettings(**preset.values()).validate()
+
+
+def test_the_issue_recipes_are_presets_verbatim():
+    g = PRESETS["googlenet"]
+    assert (g.steps, g.lr, g.octaves, g.scale, g.jitter, g.smoothing) == (22, 0.061, 4, 1.8, 26, 0.08)
+    assert g.layers == ("inception3a", "inception4e", "inception5b")
+    assert PRESETS["vgg16"].values() == {"layers": ("relu4_2",), "steps": 24, "lr": 0.07, "octaves": 4,
+                                         "scale": 1.8, "jitter": 36, "smoothing": 0.19}
+    assert PRESETS["vgg19"].values()["layers"] == ("relu5_2",) and PRESETS["vgg19"].lr == 0.045
+    assert PRESETS["vgg16_relu5"].layers == ("relu5_1",) and PRESETS["vgg16_relu5"].jitter == 10
+    assert PRESETS["resnet50"].layers == ("layer3_2", "layer3_5") and PRESETS["resnet50"].lr == 0.13
+
+
+def test_settings_precedence(effnet):
+    # the model's own recipe when nothing is said
+    s = settings_for_model(parse(), effnet)
+    assert s.layers == PRESETS["efficientnet_lite0"].layers and s.lr == PRESETS["efficientnet_lite0"].lr
+    # explicit flags beat the preset, the rest comes from the preset
+    s = settings_for_model(parse("--preset", "efficientnet_lite0", "--steps", "3", "--layers", "block7"), effnet)
+    assert (s.steps, s.layers, s.lr, s.scale) == (3, ("block7",), 0.07, 1.5)
+    # a preset for another architecture lends its numbers, not its layers
+    notes = []
+    s = settings_for_model(parse("--preset", "vgg16"), effnet, notes.append)
+    assert (s.steps, s.lr, s.jitter, s.layers) == (24, 0.07, 36, ("block10",))
+    assert notes and "vgg16" in notes[0]
+    # a preset's decorrelation can be switched off
+    assert settings_for_model(parse("--preset", "efficientnet_lite0_natural"), effnet).decorrelate == "imagenet"
+    assert settings_for_model(parse("--preset", "efficientnet_lite0_natural", "--decorrelate", "none"),
+                              effnet).decorrelate is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps"), (["--octaves", "0"], "--octaves"), (["--scale", "-1"], "--scale"),
+    (["--lr", "-0.1"], "--lr"), (["--jitter", "-2"], "--jitter"), (["--model", "nope"], "unknown model"),
+    (["--preset", "nope"], "unknown preset"), (["--model", "all", "--layers", "x"], "--layers"),
+])
+def test_validate_args_rejects(argv, message):
+    with pytest.raises(DreamError, match=message):
+        validate_args(parse(*argv))
+
+
+def test_step_raises_objective_and_keeps_pixels_valid(effnet, photo):
+    objective = build_objective(effnet, ["block10"])
+    step = make_step(effnet, objective)
+    state = step.space.encode(photo)
+    losses = []
+    for i in range(4):
+        state, loss = step(state, (i, -i), transforms.smoothing_sigma(i, 4, 0.5), 0.1)
+        losses.append(loss)
+    assert losses[-1] > losses[0]
+    rgb = step.space.decode(state)
+    assert rgb.shape == photo.shape and rgb.min() >= -1e-5 and rgb.max() <= 1 + 1e-5
+
+
+def test_single_tile_gradient_equals_whole_image_gradient(effnet, photo):
+    step = make_step(effnet, build_objective(effnet, ["block8"]), tile_size=4096)
+    state = step.space.encode(photo)
+    rows, cols, _, _ = transforms.roll_indices(photo.shape[0], photo.shape[1], (5, -9))
+    loss, whole = step._rolled_gradient(state, rows, cols)
+    tiled, tiled_loss = step.tiled_gradient(state, rows, cols)
+    np.testing.assert_allclose(np.array(tiled), np.array(whole), rtol=1e-5, atol=1e-9)
+    assert tiled_loss == pytest.approx(loss.item(), rel=1e-5)
+    # with several tiles the losses are area-weighted, so the total stays the whole-image mean's scale
+    step.tile_size = 64
+    assert step.tiled(photo.shape[0], photo.shape[1])
+    _, split_loss = step.tiled_gradient(state, rows, cols)
+    assert 0.5 * loss.item() < split_loss < 2 * loss.item()
+
+
+def test_decorrelated_space_round_trips(effnet, photo):
+    space = DecorrelatedSpace(effnet, IMAGENET_SQRT_COV)
+    np.testing.assert_allclose(space.decode(space.encode(photo)), photo, atol=1e-5)
+    pixel = PixelSpace(effnet)
+    np.testing.assert_allclose(np.array(space.to_input(space.encode(photo))), np.array(pixel.encode(photo)),
+                               atol=1e-4)
+
+
+def test_guided_dot_pushes_toward_best_match():
+    acts = mx.array(np.array([[[[1.0, 0.0], [0.0, 1.0]]]], np.float32))      # two positions
+    guide = mx.array(np.array([[2.0, 0.1], [0.1, 3.0]], np.float32))
+    grad = mx.grad(lambda a: guided_dot(a, guide))(acts)
+    # each position's gradient is its best-matching guide vector (scaled by 1 / positions)
+    np.testing.assert_allclose(np.array(grad)[0, 0], np.array([[2.0, 0.1], [0.1, 3.0]]) / 2, rtol=1e-6)
+
+
+def test_small_image_reduces_octaves_with_a_notice(effnet):
+    notes = []
+    dreamer = Dreamer(effnet, DreamSettings(layers=("block5",), octaves=4, scale=2.0, steps=1), notify=notes.append)
+    sizes = dreamer.octave_sizes(70, 90)
+    assert min(sizes[0]) >= effnet.MIN_INPUT_SIZE and len(sizes) == 2
+    assert len(notes) == 1 and "using 2" in notes[0]
+    dreamer.octave_sizes(70, 90)
+    assert len(notes) == 1  # said once, not once per video frame
+    with pytest.raises(DreamError, match="at least 32 px"):
+        dreamer(np.zeros((20, 40, 3), np.float32))
+
+
+def test_dream_changes_image_and_raises_layer(effnet, photo):
+    settings = DreamSettings(layers=("block10",), octaves=2, scale=1.4, steps=4, lr=0.1, jitter=8, seed=0)
+    out = dream(effnet, photo, settings)
+    assert out.shape == photo.shape and out.dtype == np.float32
+    assert layer_score(effnet, out) > 1.3 * layer_score(effnet, photo)
+    np.testing.assert_array_equal(out, dream(effnet, photo, settings))  # seeded: identical
+
+
+def test_bad_objectives_are_clear(effnet, tmp_path):
+    with pytest.raises(models.UnknownLayerError, match="Did you mean 'block10'"):
+        Dreamer(effnet, DreamSettings(layers=("blok10",)))
+    with pytest.raises(DreamError, match="has 112 channels"):
+        Dreamer(effnet, DreamSettings(layers=("block10",), channels=(112,)))
+    with pytest.raises(DreamError, match="guide image .* not found"):
+        Dreamer(effnet, DreamSettings(guide=str(tmp_path / "missing.png")))
+    with pytest.raises(DreamError, match="no colour_matrix"):
+        Dreamer(effnet, DreamSettings(decorrelate="model"))
+    with pytest.raises(DreamError, match="--tile-size"):
+        Dreamer(effnet, DreamSettings(tile_size=40))
