@@ -16,6 +16,7 @@ stride-4 conv1's is otherwise MLX's naive loop).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import mlx.core as mx
@@ -86,7 +87,7 @@ def build(num_classes: int = 1000, **config: Any) -> DreamModel:
     return AlexNet(num_classes=num_classes)
 
 
-def convert_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
+def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """torchvision AlexNet keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
     from .convert import convert_state_dict, linear_after_nchw_flatten
 

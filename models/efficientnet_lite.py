@@ -9,26 +9,34 @@ stem 3x3/2 conv (32) + BN + ReLU6; 16 MBConv blocks (no squeeze-excite, ReLU6): 
 residual when stride 1 and the channel count is unchanged; head 1x1 conv to 1280 + BN + ReLU6,
 global mean, linear 1000. All BatchNorms use eps 1e-3 (the TensorFlow original's).
 
-Layer names (the dreamable stages, input to output):
+Layer names (the dreamable stages, input to output), and what a 4-octave dream of
+``assets/chelsea.png`` on each grows:
 
-==========  ======  ======  ==========================================
-name        kernel  stride  output (224 px input)
-==========  ======  ======  ==========================================
-stem        3       2       112 x 112 x 32
-block0      3       1       112 x 112 x 16
-block1-2    3       2, 1    56 x 56 x 24
-block3-4    5       2, 1    28 x 28 x 40
-block5-7    3       2, 1, 1 14 x 14 x 80
-block8-10   5       1       14 x 14 x 112
-block11-14  5       2, 1..  7 x 7 x 192
-block15     3       1       7 x 7 x 320
-head        1       1       7 x 7 x 1280
-==========  ======  ======  ==========================================
+==========  ======  ========  ===================  ============================================
+name        kernel  stride    output (224 px in)   dreams (451x300 photo, 4 octaves x 10 steps)
+==========  ======  ========  ===================  ============================================
+stem        3       2         112 x 112 x 32       fine coloured grain
+block0      3       1         112 x 112 x 16       (not examined; between stem and block2)
+block1-2    3       2, 1      56 x 56 x 24         zigzag line meshes
+block3-4    5       2, 1      28 x 28 x 40         wavy line textures around edges
+block5-7    3       2, 1, 1   14 x 14 x 80         ripples, fur-like stripes, swirls
+block8-10   5       1, 1, 1   14 x 14 x 112        spots, extra eyes and snouts (block10:
+                                                   the default, the most "DeepDream" look)
+block11-14  5       2, 1, ..  7 x 7 x 192          (block12) faint, a few small eyes
+block15     3       1         7 x 7 x 320          faint haze at this size
+head        1       1         7 x 7 x 1280         faint haze at this size
+==========  ======  ========  ===================  ============================================
 
 Then ``pool`` (global mean, no parameters) and ``logits``. Strided convolutions pad like
 TensorFlow's "SAME" (the extra pixel right/bottom), which is how the weights were trained:
 with the real weights it classifies the sample photos with higher confidence than
 symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparison).
+
+Speed on CPU (dreaming differentiates the whole stack w.r.t. the image, under mx.compile):
+depthwise convolutions run through ``models.depthwise`` (MLX's grouped convolution is ~10x
+slower there), 1x1 convolutions are plain matrix products, the stem uses
+``models.layers.conv2d`` (fast input gradient of a strided conv), inference-mode BatchNorms
+fold into the preceding convolution, and ReLU6 has a one-kernel gradient.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ input gradient (a dream differentiates every step w.r.t. the image).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import mlx.core as mx
@@ -137,7 +138,7 @@ def build(num_classes: int = 1000, depth: int = 16, **config: Any) -> DreamModel
     return _BY_DEPTH[depth](num_classes=num_classes)
 
 
-def convert_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
+def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """torchvision VGG16/VGG19 keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
     from .convert import convert_state_dict, linear_after_nchw_flatten
 

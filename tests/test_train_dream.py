@@ -86,9 +86,15 @@ def shapes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(shapes: Path, weights_dir: Path, tmp_path_factory) -> dict:
-    """The uninterrupted reference run (real ImageNet weights, converted into weights_dir)."""
-    models.load_model("efficientnet_lite0")  # convert once, outside the timed subprocess
+def effnet(weights_dir: Path) -> Path:
+    """The real efficientnet_lite0 weights, converted into weights_dir once (a notice on stderr)."""
+    models.load_model("efficientnet_lite0")
+    return weights_dir / "efficientnet_lite0_mlx.npz"
+
+
+@pytest.fixture(scope="module")
+def trained(shapes: Path, effnet: Path, tmp_path_factory) -> dict:
+    """The uninterrupted reference run."""
     work = tmp_path_factory.mktemp("run_a")
     out = work / "shapes.npz"
     started = time.perf_counter()
@@ -106,7 +112,7 @@ def test_fine_tuning_learns_shapes(trained: dict) -> None:
     assert losses[-1] < losses[0] * 0.6
 
 
-def test_output_file_is_a_dream_model_of_the_new_classes(trained: dict, weights_dir: Path, tmp_path: Path) -> None:
+def test_output_file_is_a_dream_model_of_the_new_classes(trained: dict, effnet: Path) -> None:
     arrays, meta = read_weights(trained["out"])
     assert meta["architecture"] == "efficientnet_lite0" and meta["num_classes"] == 3
     assert meta["class_names"] == list(SHAPES)
@@ -119,7 +125,7 @@ def test_output_file_is_a_dream_model_of_the_new_classes(trained: dict, weights_
 
     # Frozen stages (stem .. block4, BN statistics included) are exactly the ImageNet ones;
     # later stages were trained.
-    base, _ = read_weights(weights_dir / "efficientnet_lite0_mlx.npz")
+    base, _ = read_weights(effnet)
     frozen = [k for k in arrays if re.match(r"(stem|blocks\.[0-4])\.", k)]
     trained_keys = [k for k in arrays if re.match(r"(blocks\.(1[0-5]|[5-9])|head)\.", k)]
     assert frozen and all(np.array_equal(arrays[k], base[k]) for k in frozen)
@@ -230,7 +236,7 @@ def test_googlenet_aux_heads_train_and_are_stripped(weights_dir: Path, tmp_path:
     assert not any(k.startswith("aux") for k, _ in tree_flatten(no_aux.model.parameters()))
 
 
-def test_adam_step_schedule_and_balanced_sampling(weights_dir: Path, tmp_path: Path) -> None:
+def test_adam_step_schedule_and_balanced_sampling(effnet: Path, tmp_path: Path) -> None:
     """The other optimiser/schedule/sampling options train, and the step schedule decays per epoch."""
     data = scan_image_folder(make_shapes(tmp_path / "tiny", per_class=3, seed=2))
     config = TrainConfig(model="efficientnet_lite0", optimizer="adam", schedule="step", step_epochs=1, epochs=2,
@@ -285,8 +291,7 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
-def test_bad_input_is_one_line_error(shapes: Path, weights_dir: Path, tmp_path: Path, capsys,
-                                     monkeypatch) -> None:
+def test_bad_input_is_one_line_error(shapes: Path, effnet: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     base = ["--model", "efficientnet_lite0", "--image-size", "64", "--checkpoint-dir", str(tmp_path / "ck"),
             "--out", str(tmp_path / "o.npz"), "--quiet"]
     one_class = tmp_path / "one"
