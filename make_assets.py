@@ -96,7 +96,7 @@ def main() -> int:
             if not items:
                 items.append(("input", image))
             items.append((layer, result))
-        sheet = contact_sheet(items, cell=300, columns=4)
+        sheet = contact_sheet(items, cell=256, columns=4)
         save_image(ROOT / OUT / SHEET_NAME, np.asarray(sheet, np.float32) / 255.0)
         print(f"{OUT / SHEET_NAME}  ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -36,9 +36,19 @@ class DreamModel(nn.Module):
     #: Smallest input side (pixels) for which a forward pass to ``logits`` works.
     MIN_INPUT_SIZE: int = 32
 
+    #: Descriptive attributes kept out of the module tree: MLX's Module stores every dict,
+    #: list and tuple attribute as a child, and they would then show up in parameters().
+    _PLAIN_ATTRIBUTES = frozenset({"mean", "std", "class_names", "metadata"})
+
+    def __setattr__(self, key: str, val: Any) -> None:
+        if key in self._PLAIN_ATTRIBUTES:
+            self.pop(key, None)
+            object.__setattr__(self, key, val)
+        else:
+            super().__setattr__(key, val)
+
     def __init__(self) -> None:
         super().__init__()
-        # Plain Python attributes (not arrays), so MLX does not treat them as parameters.
         self.mean: tuple[float, float, float] = IMAGENET_MEAN
         self.std: tuple[float, float, float] = IMAGENET_STD
         self.class_names: list[str] | None = None
