@@ -14,7 +14,7 @@ class StepResult:
     ours_s: float                 # median seconds per step
     torch_s: float
     step_flops: float             # forward + input-gradient FLOPs of one step
-    agreement: float              # max |our update - torch's| / max |torch's update|
+    agreement: float              # |our update - torch's| / |torch's update| (L2)
     repeats: int
 
     @property
@@ -107,6 +107,6 @@ FOOTNOTES = (
     "GFLOP/step counts the convolutions and linear layers a step runs, forward plus gradient to the "
     "input (2 x the forward FLOPs: each layer's input gradient is a transposed product of the same "
     "size; no weight gradients), from the layer shapes. '% of sgemm' is ours against MLX's own "
-    "2048^3 matmul rate. 'step diff' is max |our update - torch's| / max |torch's update| for one "
+    "2048^3 matmul rate. 'step diff' is ||our update - torch's|| / ||torch's update|| (L2) for one "
     "step from the same image with the same jitter: both sides compute the same step."
 )

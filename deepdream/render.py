@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import mlx.core as mx
@@ -377,7 +377,3 @@ def dream(model: DreamModel, image: np.ndarray, settings: DreamSettings | None =
     """One-call API: dream ``image`` (float32 RGB (H, W, 3) in [0, 1]) with ``settings``."""
     return Dreamer(model, settings or DreamSettings(), quiet=quiet)(image, rng=rng)
 
-
-def with_overrides(settings: DreamSettings, **changes: object) -> DreamSettings:
-    """A copy of ``settings`` with some fields changed (ignores None values)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})

@@ -89,15 +89,7 @@ def build(num_classes: int = 1000, **config: Any) -> DreamModel:
 
 def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """torchvision AlexNet keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
-    from .convert import convert_state_dict, linear_after_nchw_flatten
+    from .convert import convert_renamed
 
-    def rename(key: str) -> str:
-        prefix, _, param = key.rpartition(".")
-        if prefix not in TORCH_KEYS:
-            raise ValueError(f"unexpected key '{key}' for a torchvision AlexNet state dict")
-        return f"{TORCH_KEYS[prefix]}.{param}"
-
-    arrays = convert_state_dict(state_dict, rename)
-    if "fc6.weight" in arrays:  # when absent, export_model reports the missing key
-        arrays["fc6.weight"] = linear_after_nchw_flatten(arrays["fc6.weight"], 256, POOL_SIZE, POOL_SIZE)
-    return arrays
+    return convert_renamed(state_dict, TORCH_KEYS, "torchvision AlexNet",
+                           flattened=("fc6.weight", 256, POOL_SIZE, POOL_SIZE))

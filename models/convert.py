@@ -53,6 +53,28 @@ def convert_state_dict(state_dict: Mapping[str, Any],
     return out
 
 
+def convert_renamed(state_dict: Mapping[str, Any], prefixes: Mapping[str, str], model: str,
+                    flattened: tuple[str, int, int, int] | None = None) -> dict[str, np.ndarray]:
+    """``convert_state_dict`` for a port whose modules carry their own names (AlexNet, VGG).
+
+    Each key's module prefix (``features.0`` of ``features.0.weight``) is renamed through
+    ``prefixes``; an unknown one is an error naming ``model``. ``flattened`` = (key, channels,
+    height, width) is the first Linear after the flatten, whose columns ``linear_after_nchw_flatten``
+    reorders for NHWC (when absent, ``export_model`` reports the missing key).
+    """
+    def rename(key: str) -> str:
+        prefix, _, param = key.rpartition(".")
+        if prefix not in prefixes:
+            raise ValueError(f"unexpected key '{key}' for a {model} state dict")
+        return f"{prefixes[prefix]}.{param}"
+
+    arrays = convert_state_dict(state_dict, rename)
+    if flattened is not None and flattened[0] in arrays:
+        key, channels, height, width = flattened
+        arrays[key] = linear_after_nchw_flatten(arrays[key], channels, height, width)
+    return arrays
+
+
 def clean_checkpoint(obj: Any) -> dict[str, Any]:
     """Accept a bare state dict, a {"state_dict": ...}/{"model": ...} wrapper and DataParallel's "module." prefix."""
     for wrapper in ("state_dict", "model_state_dict", "model"):

@@ -21,6 +21,12 @@ An optional per-channel bias rides along (a folded BatchNorm shift). On other de
 
 It works under ``mx.compile``, ``mx.grad`` and ``nn.value_and_grad``. Results equal
 ``mx.conv2d(..., groups=C)`` up to float32 summation order.
+
+Measured (compiled, 2-core x86 under load, best of 15): forward 3.3-4.2x and forward + input
+gradient 2.9-6.1x faster than ``mx.conv2d(groups=C)``, e.g. 14x14x672 5x5: 3.0 vs 11.5 ms
+forward, 6.2 vs 29.6 ms forward + input gradient (torch CPU: 2.4 ms); 112x112x96 3x3/2:
+16.8 vs 79.4 ms (torch: 25.4 ms). MLX's fused CPU kernels are scalar for broadcast inputs,
+which is what still separates this from torch's hand-written kernels on small maps.
 """
 
 from __future__ import annotations

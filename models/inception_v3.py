@@ -15,9 +15,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, Stage
-from .googlenet import BasicConv2d, MaxPool2d
-from .layers import avg_pool2d, global_avg_pool, max_pool2d
+from .base import Stage
+from .googlenet import BasicConv2d, InceptionBase, MaxPool2d
+from .layers import avg_pool2d, max_pool2d
 
 CLASSIFIER_WEIGHT = "fc.weight"
 
@@ -137,7 +137,7 @@ class InceptionE(nn.Module):
         return mx.concatenate([b1, *b3, *b3d, bp], axis=-1)
 
 
-class InceptionV3(DreamModel):
+class InceptionV3(InceptionBase):
     NAME = "inception_v3"
     LAYER_NAMES = (
         "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
@@ -150,8 +150,7 @@ class InceptionV3(DreamModel):
     MIN_INPUT_SIZE = 75
 
     def __init__(self, num_classes: int = 1000, transform_input: bool = True, dropout: float = 0.5) -> None:
-        super().__init__()
-        self.transform_input = transform_input
+        super().__init__(transform_input, dropout)
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -170,18 +169,7 @@ class InceptionV3(DreamModel):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280)
         self.Mixed_7c = InceptionE(2048)
-        self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2048, num_classes)
-        # torchvision's _transform_input (see models/googlenet.py); underscore: not a parameter.
-        self._in_scale = mx.array([s / 0.5 for s in IMAGENET_STD])
-        self._in_shift = mx.array([(m - 0.5) / 0.5 for m in IMAGENET_MEAN])
-
-    def _transform(self, x: mx.array) -> mx.array:
-        return x * self._in_scale + self._in_shift if self.transform_input else x
-
-    def _pool(self, x: mx.array) -> mx.array:
-        # torchvision: avgpool -> dropout -> flatten; the fc follows as the "logits" stage.
-        return self.dropout(global_avg_pool(x))
 
     def stages(self) -> list[Stage]:
         trunk = [(name, getattr(self, name)) for name in self.LAYER_NAMES]

@@ -138,24 +138,19 @@ def build(num_classes: int = 1000, depth: int = 16, **config: Any) -> DreamModel
     return _BY_DEPTH[depth](num_classes=num_classes)
 
 
+def torch_keys(depth: int) -> dict[str, str]:
+    """torchvision module prefix -> MLX module name for every layer with parameters (the table above)."""
+    return {**feature_keys(depth), "classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
+
+
 def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """torchvision VGG16/VGG19 keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
-    from .convert import convert_state_dict, linear_after_nchw_flatten
+    from .convert import convert_renamed
 
     convs = {k for k in state_dict if k.startswith("features.") and k.endswith(".weight")}
     depth = next((d for d in BLOCKS if len(convs) == sum(BLOCKS[d])), None)
     if depth is None:
         raise ValueError(f"found {len(convs)} conv layers, a torchvision VGG16 has 13 and VGG19 16 "
                          "(batch-norm variants are not supported)")
-    prefixes = {**feature_keys(depth), "classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
-
-    def rename(key: str) -> str:
-        prefix, _, param = key.rpartition(".")
-        if prefix not in prefixes:
-            raise ValueError(f"unexpected key '{key}' for a torchvision VGG{depth} state dict")
-        return f"{prefixes[prefix]}.{param}"
-
-    arrays = convert_state_dict(state_dict, rename)
-    if "fc6.weight" in arrays:  # when absent, export_model reports the missing key
-        arrays["fc6.weight"] = linear_after_nchw_flatten(arrays["fc6.weight"], WIDTHS[-1], POOL_SIZE, POOL_SIZE)
-    return arrays
+    return convert_renamed(state_dict, torch_keys(depth), f"torchvision VGG{depth}",
+                           flattened=("fc6.weight", WIDTHS[-1], POOL_SIZE, POOL_SIZE))

@@ -18,16 +18,22 @@ from models.efficientnet_lite import EfficientNetLite0, convert_torch_state_dict
 torch = pytest.importorskip("torch")
 from models.efficientnet_lite_torch import EfficientNetLite0Torch  # noqa: E402
 
-# One torch thread: on a busy 2-core machine torch's spinning worker threads make a 160x224
-# forward/backward take seconds instead of ~0.3 s.
-torch.set_num_threads(1)
-
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """On a busy 2-core machine torch's spinning worker threads make a 160x224 forward/backward
+    take seconds instead of ~0.3 s; restored for the other test modules afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +172,17 @@ def test_package_checkpoint_loads_strictly_into_both_models():
     # depthwise kernels: torch (C, 1, k, k) -> MLX grouped-conv layout (C, k, k, 1)
     torch_dw = state_dict["_blocks.3._depthwise_conv.weight"].numpy()
     np.testing.assert_array_equal(arrays["blocks.3.depthwise_conv.weight"], torch_dw.transpose(0, 2, 3, 1))
+
+
+def test_relu6_gradient_is_torchs_at_the_kinks():
+    from models.efficientnet_lite import relu6
+
+    values = [-1.0, 0.0, 3.0, 6.0, 7.0]
+    tx = torch.tensor(values, requires_grad=True)
+    torch.nn.functional.relu6(tx).sum().backward()
+    grad = mx.grad(lambda v: relu6(v).sum())(mx.array(values))
+    np.testing.assert_array_equal(np.array(grad), tx.grad.numpy())
+    np.testing.assert_array_equal(np.array(relu6(mx.array(values))), [0.0, 0.0, 3.0, 6.0, 6.0])
 
 
 def test_contract():

@@ -1,0 +1,79 @@
+"""Where a step's time goes: per-stage cost of forward + input gradient, ours vs torch.
+
+For each stage s of the model (input to output, up to a limit) both sides time the gradient
+of mean(activation_s^2) w.r.t. the input (ours compiled, like the engine's step), which runs
+every stage up to s forward and back. The increase over the previous stage is that stage's
+own cost. It is a differential measurement, so small stages read noisy; the big ones are what
+matters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+import torch
+
+from .measure import interleaved_times, median
+from .pairs import ModelPair, torch_layer
+from .report import markdown_table
+from .torch_dream import LayerTap
+
+
+@dataclass
+class StageCost:
+    stage: str
+    ours_s: float            # cumulative: input -> this stage -> gradient back to the input
+    torch_s: float
+
+
+def profile_stages(pair: ModelPair, size: int, upto: str | None = None, warmup: int = 1,
+                   repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> list[StageCost]:
+    model = pair.ours
+    stages = [name for name in model.layer_names]
+    last = upto or max(pair.layers, key=stages.index)
+    stages = stages[: stages.index(last) + 1]
+    x_np = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype(np.float32)
+    x_mx = mx.array(x_np)
+    x_t = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))
+    costs = []
+    for stage in stages:
+        try:
+            module = torch_layer(pair.name, pair.net, stage)
+        except (ValueError, AttributeError, IndexError):
+            continue                    # a stage the torch reference does not expose as a module
+
+        def loss(x: mx.array, stage: str = stage) -> mx.array:
+            a = model(x, outputs=[stage])[stage]
+            return mx.mean(a * a)
+
+        grad = mx.compile(mx.grad(loss))
+        tap = LayerTap(pair.net, {stage: module})
+
+        def torch_grad() -> torch.Tensor:
+            x = x_t.detach().requires_grad_(True)
+            a = tap(x)[stage]
+            (g,) = torch.autograd.grad((a * a).mean(), x)
+            return g
+
+        try:
+            times = interleaved_times({"ours": lambda: mx.eval(grad(x_mx)), "torch": torch_grad}, warmup, repeats,
+                                      clock)
+        finally:
+            tap.remove()
+        costs.append(StageCost(stage, median(times["ours"]), median(times["torch"])))
+    return costs
+
+
+def profile_table(costs: list[StageCost]) -> str:
+    rows = []
+    prev_ours = prev_torch = 0.0
+    for c in costs:
+        rows.append([c.stage, f"{(c.ours_s - prev_ours) * 1000:.1f}", f"{(c.torch_s - prev_torch) * 1000:.1f}",
+                     f"{c.ours_s * 1000:.0f}", f"{c.torch_s * 1000:.0f}", f"{c.ours_s / c.torch_s:.2f}"])
+        prev_ours, prev_torch = c.ours_s, c.torch_s
+    return markdown_table(["stage", "ours ms (stage)", "torch ms (stage)", "ours ms (cumulative)",
+                           "torch ms (cumulative)", "ours/torch"], rows)
