@@ -15,10 +15,10 @@ So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx
   input flattened to (pixels, channels): shifting the flat view by one row of the padded image
   (or one pixel) is a contiguous slice, so no im2col copy is made (the few outputs that wrap
   around the padded width are computed and dropped).
-- The input gradient is the same shifted-product correlation with the flipped kernel, or, when
-  the layer widens (out >= 2 x in channels, 1x1 and strided layers), one product with the
-  whole kernel followed by a gather-form col2im: every input pixel sums the kernel taps that
-  read it, as strided views of one padded array, which ``mx.compile`` fuses into one pass.
+- The input gradient is the same shifted-product correlation with the flipped kernel, or, for
+  1x1, strided and few-channel (RGB input) layers, one product with the whole kernel followed
+  by a gather-form col2im: every input pixel sums the kernel taps that read it, as strided
+  views of one padded array, which ``mx.compile`` fuses into one pass.
 - Pooling gradients use the same gather form; max pooling routes each window's gradient to
   its first maximal element, as torch does.
 Forward values are unchanged (``mx.conv2d`` / the window views); other devices (Metal) keep
@@ -37,8 +37,13 @@ import mlx.nn as nn
 Pair = tuple[int, int]
 
 #: Below this many input channels a shifted-product convolution does k*k thin products; MLX's
-#: im2col (k*k*C columns, one product) is faster there (the RGB input layer).
+#: im2col (k*k*C columns, one product) is faster there (the RGB input layer), and so is the
+#: col2im input gradient.
 _MIN_SHIFTED_CHANNELS = 16
+#: On small feature maps (below ~50x50 outputs) MLX's im2col matrix fits in cache and its one
+#: long product beats k*k shorter ones; above, the im2col copy dominates (224x224x64 3x3:
+#: 144 ms vs 58 ms forward, one thread).
+_MIN_SHIFTED_PIXELS = 2500
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -147,7 +152,9 @@ def _conv_forward(x: mx.array, w: mx.array, stride: Pair, padding: Pair) -> mx.a
             x = x[:, ::stride[0], ::stride[1], :]
         n, h, wd, _ = x.shape
         return (x.reshape(-1, ci) @ w.reshape(co, ci).T).reshape(n, h, wd, co)
-    if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS:
+    n, h, wd, _ = x.shape
+    out_pixels = (h + 2 * padding[0] - kh + 1) * (wd + 2 * padding[1] - kw + 1)
+    if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS and out_pixels >= _MIN_SHIFTED_PIXELS:
         return _shifted_correlation(x, lambda i, j: w[:, i, j, :].T, (kh, kw), padding, padding)
     return mx.conv2d(x, w, stride=stride, padding=padding)
 
@@ -157,7 +164,7 @@ def _conv_input_grad(g: mx.array, w: mx.array, stride: Pair, padding: Pair, in_h
     n, oh, ow, co = g.shape
     _, kh, kw, ci = w.shape
     (h, wd), (ph, pw) = in_hw, padding
-    if stride == (1, 1) and co < 2 * ci and kh > ph and kw > pw and (kh, kw) != (1, 1):
+    if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS and kh > ph and kw > pw and (kh, kw) != (1, 1):
         # Full correlation of g with the flipped kernel: the forward machinery again.
         return _shifted_correlation(g, lambda i, j: w[:, kh - 1 - i, kw - 1 - j, :], (kh, kw),
                                     (kh - 1 - ph, kw - 1 - pw), (kh - 1 - ph, kw - 1 - pw))

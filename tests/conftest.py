@@ -13,6 +13,9 @@ sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 
+# The model-port tests' shared helpers (``from tests.parity import ...``): pytest's detailed assert messages.
+pytest.register_assert_rewrite("tests.parity")
+
 
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory) -> Path:

@@ -1,218 +1,42 @@
-"""AlexNet port against torchvision with random weights, through our exporter script.
-
-Activations and logits: float32, relative error (max |ours - torch| / max |torch|) < 1e-4.
-Input gradients: < 1e-3, with torch linearised at OUR forward pass: float32 rounding can put a
-ReLU unit or max-pool window that sits within 1e-6 of a kink on opposite sides in the two
-frameworks, which moves the input gradient locally by a few percent although both are right.
-The torch reference therefore takes each conv/linear output's value from our model
-(``out + (ours - out).detach()``, after checking they agree to 1e-4), so the ReLU masks and
-pool choices are shared while every derivative still comes from torch's own modules.
-"""
+"""AlexNet port against torchvision with random weights (torch's default init: random biases
+already), through our exporter script. The parity recipe and its bounds: tests/parity.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 import pytest
 
 import models  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
-import mlx.nn as nn
 
 torch = pytest.importorskip("torch")
 
-from models import UnknownLayerError, load_model  # noqa: E402
-from models.alexnet import TORCH_KEYS  # noqa: E402
-from models.convert import export_main, torchvision_model  # noqa: E402
+from models import UnknownLayerError  # noqa: E402
+from models.alexnet import TORCH_KEYS, AlexNet  # noqa: E402
+from tests.parity import (  # noqa: E402
+    Port, check_export_refused, check_layer_names, check_min_input_size,
+    check_parameter_stages_are_modules, check_parity, features_stage, pair_fixture,
+    recorded_stage_names, renamed_anchors,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-SIZE = (100, 131)   # non-square; pool5 is 2x3 and must be adaptively pooled up to 6x6
-# torchvision's features indices of the modules after each conv: ReLU and, for some, a pool.
-TORCH_STAGE_INDEX = {"relu1": 1, "pool1": 2, "relu2": 4, "pool2": 5, "relu3": 7, "relu4": 9,
-                     "relu5": 11, "pool5": 12}
-
-
-def torch_paths(tv: Any) -> dict[str, str]:
-    """Our module path -> torchvision's, for every conv and hidden linear (the gradient's anchors)."""
-    return {ours: theirs for theirs, ours in TORCH_KEYS.items() if ours != "fc8"}
-
-
-def torch_module(tv: Any, layer: str) -> Any:
-    """The torchvision module whose output is our stage ``layer`` (None: the logits)."""
-    if layer == "logits":
-        return None
-    if layer in TORCH_STAGE_INDEX:
-        return tv.features[TORCH_STAGE_INDEX[layer]]
-    return tv.get_submodule(torch_paths(tv)[layer])
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
-def _nhwc(a: np.ndarray) -> np.ndarray:
-    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
-
-
-def _nchw(a: np.ndarray) -> np.ndarray:
-    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
-
-
-class _Stop(Exception):
-    """Raised by a forward hook once the wanted activation exists: torch need not run further."""
-
-
-def torch_output(tv: Any, layer: str, x: Any, anchors: dict[str, np.ndarray] | None = None) -> Any:
-    """torchvision's output at ``layer``; ``anchors`` (torch path -> our value) replace module outputs."""
-    handles = []
-
-    def anchor(value: np.ndarray):
-        def hook(_module, _inputs, output):
-            assert rel_err(output.detach().numpy(), value) < 1e-4  # anchoring never hides a real difference
-            return output + (torch.from_numpy(value) - output).detach()
-        return hook
-
-    for path, value in (anchors or {}).items():
-        handles.append(tv.get_submodule(path).register_forward_hook(anchor(value)))
-    captured = {}
-
-    def stop(_module, _inputs, output):
-        captured["act"] = output
-        raise _Stop
-
-    module = torch_module(tv, layer)
-    if module is not None:
-        handles.append(module.register_forward_hook(stop))
-    try:
-        captured["act"] = tv(x)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured["act"]
-
-
-class _Recorder(nn.Module):
-    """Stands in for one of our submodules during a forward pass and hands its output to ``keep``."""
-
-    def __init__(self, inner: nn.Module, keep: Callable[[mx.array], None]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.keep = keep
-
-    def __call__(self, x: mx.array) -> mx.array:
-        y = self.inner(x)
-        self.keep(y)
-        return y
-
-
-def _swap(model: nn.Module, path: str, make: Callable[[nn.Module], nn.Module]) -> None:
-    """Replace the submodule at a dotted path (``layer1.0.downsample.1``) by ``make(it)``."""
-    *parents, last = path.split(".")
-    parent: Any = model
-    for part in parents:
-        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
-    if last.isdigit():
-        parent[int(last)] = make(parent[int(last)])
-    else:
-        setattr(parent, last, make(getattr(parent, last)))
-
-
-def ours_outputs(model: Any, layer: str, x: np.ndarray, paths: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Our activation at ``layer`` and the outputs (NCHW) of the submodules at ``paths`` that ran."""
-    kept: dict[str, mx.array] = {}
-    for path in paths:
-        _swap(model, path, lambda m, path=path: _Recorder(m, lambda y: kept.__setitem__(path, y)))
-    try:
-        out = model(mx.array(_nhwc(x)), outputs=[layer])[layer]
-    finally:
-        for path in paths:
-            _swap(model, path, lambda recorder: recorder.inner)
-    return _nchw(np.array(out)), {p: _nchw(np.array(v)) for p, v in kept.items()}
-
-
-def check_layer(pair: dict[str, Any], layer: str, x: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """Assert activation and input-gradient parity at ``layer``; return both relative errors."""
-    tv, model = pair["tv"], pair["model"]
-    with torch.no_grad():
-        ref = torch_output(tv, layer, torch.from_numpy(x)).numpy()
-    paths = torch_paths(tv)
-    ours, values = ours_outputs(model, layer, x, list(paths))
-    assert ours.shape == ref.shape, layer
-    assert np.abs(ref).max() > 1e-3, layer  # a meaningful scale for the relative error
-    act_err = rel_err(ours, ref)
-    assert act_err < 1e-4, layer
-
-    w = rng.standard_normal(ref.shape).astype(np.float32)
-    xt = torch.tensor(x, requires_grad=True)
-    anchors = {paths[p]: v for p, v in values.items()}
-    (torch_output(tv, layer, xt, anchors) * torch.from_numpy(w)).sum().backward()
-    wm = mx.array(_nhwc(w))
-    grad = mx.grad(lambda inp: (model(inp, outputs=[layer])[layer] * wm).sum())(mx.array(_nhwc(x)))
-    grad_err = rel_err(_nchw(np.array(grad)), xt.grad.numpy())
-    assert grad_err < 1e-3, layer
-    return act_err, grad_err
-
-
-def recorded_stage_names(model: Any, x: mx.array, outputs: list[str]) -> tuple[dict[str, mx.array], list[str]]:
-    """Run ``model(x, outputs)`` and list the stages that actually ran."""
-    ran: list[str] = []
-    stages = model.stages
-
-    def recording_stages():
-        return [(n, (lambda f, n: lambda t: (ran.append(n), f(t))[1])(f, n)) for n, f in stages()]
-
-    model.stages = recording_stages
-    try:
-        out = model(x, outputs=outputs)
-    finally:
-        del model.stages
-    return out, ran
-
-
-@pytest.fixture(scope="module")
-def pair(weights_dir, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    """torchvision's model and ours, loaded from the file our exporter script wrote."""
-    torch.manual_seed(0)
-    tv = torchvision_model("alexnet", pretrained=False)  # biases are random already (torch's default init)
-    tv.requires_grad_(False)  # only input gradients are compared
-    pth = tmp_path_factory.mktemp("alexnet") / "alexnet.pth"
-    torch.save(tv.state_dict(), pth)
-    out = weights_dir / "alexnet_parity.npz"
-    proc = subprocess.run([sys.executable, str(ROOT / "export_alexnet.py"), "--from-pth", str(pth), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
-    pth.unlink()  # 0.25 GB: keep it out of pytest's retained temp folders
-    assert proc.returncode == 0, proc.stderr
-    model = load_model("alexnet", weights=out)
-    out.unlink()
-    yield {"tv": tv, "model": model}
+PORT = Port("alexnet", "export_alexnet.py", size=(100, 131),  # non-square; pool5 is 2x3, adaptively pooled to 6x6
+            anchors=renamed_anchors(TORCH_KEYS), torch_stage=features_stage(AlexNet.LAYER_NAMES))
+pair = pair_fixture(PORT)
 
 
 def test_logits_and_input_gradient_match_torchvision(pair) -> None:
-    rng = np.random.default_rng(1)
-    check_layer(pair, "logits", rng.standard_normal((1, 3, *SIZE)).astype(np.float32), rng)
+    check_parity(pair, ["logits"], seed=1)
 
 
 def test_dream_layers_match_torchvision(pair) -> None:
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((1, 3, *SIZE)).astype(np.float32)
     # relu4 (the alternative classic choice), the defaults and pool5 (adaptive pooling's input).
-    for layer in sorted({"relu4", "pool5", *pair["model"].default_layers}):
-        check_layer(pair, layer, x, rng)
+    check_parity(pair, sorted({"relu4", "pool5", *pair.model.default_layers}), seed=2)
 
 
 def test_layer_names_and_errors(pair) -> None:
-    model = pair["model"]
+    model = pair.model
     assert model.layer_names == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3",
                                  "conv4", "relu4", "conv5", "relu5", "pool5"]
-    assert [n for n, _ in model.stages()][-1] == "logits"
-    assert set(model.default_layers) <= set(model.layer_names)
+    check_layer_names(model)
     with pytest.raises(UnknownLayerError, match="Did you mean 'relu5'.*conv1, relu1"):
         model(mx.zeros((1, 64, 64, 3)), outputs=["relu_5"])
     with pytest.raises(UnknownLayerError, match="pool5"):
@@ -221,35 +45,19 @@ def test_layer_names_and_errors(pair) -> None:
 
 def test_forward_stops_at_the_deepest_requested_layer(pair) -> None:
     # 20 px: pool2 and later could not even run (pool1 of 20 px is 2x2).
-    out, ran = recorded_stage_names(pair["model"], mx.zeros((1, 20, 20, 3)), ["relu1", "conv2"])
+    out, ran = recorded_stage_names(pair.model, mx.zeros((1, 20, 20, 3)), ["relu1", "conv2"])
     assert set(out) == {"relu1", "conv2"}
     assert ran == ["conv1", "relu1", "pool1", "conv2"]
 
 
 def test_parameter_stages_are_modules(pair) -> None:
-    for name, fn in pair["model"].stages():
-        if name.startswith(("conv", "fc")) or name == "logits":
-            assert isinstance(fn, nn.Module), name
-        else:
-            assert not isinstance(fn, nn.Module) or not fn.parameters(), name
+    check_parameter_stages_are_modules(pair.model, ("conv", "fc"))
 
 
 def test_min_input_size(pair) -> None:
-    model, size = pair["model"], pair["model"].MIN_INPUT_SIZE
-    logits = model(mx.zeros((1, size, size, 3)))["logits"]
-    assert logits.shape == (1, 1000) and bool(mx.isfinite(logits).all())
-    assert model(mx.zeros((1, size - 1, size - 1, 3)), outputs=["pool5"])["pool5"].size == 0
-    with torch.no_grad(), pytest.raises(RuntimeError):  # torchvision fails one pixel below, too
-        pair["tv"](torch.zeros(1, 3, size - 1, size - 1))
+    check_min_input_size(pair, empty_below="pool5")
 
 
-def test_exporter_refuses_another_architecture(tmp_path, capsys) -> None:
-    pth = tmp_path / "other.pth"
-    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}, pth)
-    out = tmp_path / "alexnet.npz"
-    with pytest.raises(SystemExit) as exc:
-        export_main("alexnet", argv=["--from-pth", str(pth), "--out", str(out)])
-    assert exc.value.code != 0
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and "conv1.weight" in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
+def test_exporter_refuses_another_architecture(tmp_path) -> None:
+    resnet_keys = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}
+    check_export_refused(PORT.script, [], resnet_keys, tmp_path, "conv1.weight")

@@ -52,6 +52,19 @@ def test_every_preset_names_real_layers_of_its_model():
         DreamSettings(**preset.values()).validate()
 
 
+@pytest.mark.parametrize("name", [n for n, p in PRESETS.items() if p.model != "efficientnet_lite0"])
+def test_recipes_run_on_their_architecture(name):
+    """Every zoo recipe dreams as written (random-init weights, one step at a small size): layers, jitter
+    bigger than the image, multi-layer objectives."""
+    preset = PRESETS[name]
+    model = models.build_model(preset.model)
+    model.eval()
+    settings = DreamSettings(**{**preset.values(), "steps": 1, "octaves": 1, "seed": 0})
+    rgb = np.random.default_rng(0).random((96, 112, 3), dtype=np.float32)
+    out = Dreamer(model, settings, quiet=True)(rgb)
+    assert out.shape == rgb.shape and np.isfinite(out).all() and not np.array_equal(out, rgb)
+
+
 def test_the_issue_recipes_are_presets_verbatim():
     g = PRESETS["googlenet"]
     assert (g.steps, g.lr, g.octaves, g.scale, g.jitter, g.smoothing) == (22, 0.061, 4, 1.8, 26, 0.08)
@@ -153,6 +166,13 @@ def test_dream_changes_image_and_raises_layer(effnet, photo):
     assert out.shape == photo.shape and out.dtype == np.float32
     assert layer_score(effnet, out) > 1.3 * layer_score(effnet, photo)
     np.testing.assert_array_equal(out, dream(effnet, photo, settings))  # seeded: identical
+
+
+def test_caffe_normalisation_dreams_too(effnet, photo):
+    settings = DreamSettings(layers=("block10",), octaves=1, steps=4, lr=0.1, jitter=8, seed=0, grad_norm="mean-abs")
+    out = dream(effnet, photo, settings)
+    assert layer_score(effnet, out) > 1.2 * layer_score(effnet, photo)
+    assert not np.array_equal(out, dream(effnet, photo, DreamSettings(**{**settings.as_dict(), "grad_norm": "std"})))
 
 
 def test_bad_objectives_are_clear(effnet, tmp_path):

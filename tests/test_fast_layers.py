@@ -1,0 +1,144 @@
+"""models.layers' convolution and pooling, with their own gradients, against torch.
+
+Every code path is exercised: the shifted-product convolution (large maps, >= 16 channels)
+and MLX's im2col one (small maps, RGB input), the shifted and the col2im input gradients
+(stride 1, strided, 1x1, few channels), batches, non-square kernels, and max/avg pooling
+with ceil_mode, padding and ReLU ties (torch routes a tied window's gradient to its first max).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import layers
+from models.layers import Conv2d, avg_pool2d, conv2d, max_pool2d
+
+
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a) - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+CONV_CASES = [
+    # (batch, H, W, C_in, C_out, kernel, stride, padding): the path each one takes
+    (1, 52, 50, 16, 24, 3, 1, 1),          # shifted forward + shifted input gradient
+    (1, 51, 53, 20, 8, (1, 7), 1, (0, 3)),  # shifted, non-square kernel (inception_v3)
+    (1, 50, 52, 24, 16, (7, 1), 1, (3, 0)),
+    (1, 52, 52, 16, 16, 5, 1, 0),          # shifted without padding
+    (1, 60, 57, 3, 16, 3, 1, 1),           # RGB input: im2col forward, col2im gradient
+    (1, 33, 31, 3, 8, 7, 2, 3),            # strided stem (googlenet, resnet)
+    (1, 47, 45, 3, 8, 11, 4, 2),           # alexnet's stem
+    (1, 21, 20, 32, 16, 3, 2, 1),          # strided, many channels (resnet bottleneck)
+    (1, 20, 19, 16, 32, 1, 2, 0),          # 1x1 stride 2 (resnet downsample)
+    (1, 12, 13, 24, 40, 1, 1, 0),          # 1x1: matrix products
+    (1, 13, 11, 32, 48, 3, 1, 1),          # small map: im2col forward, shifted gradient
+    (2, 52, 50, 16, 8, 3, 1, 1),           # a batch (training)
+    (2, 17, 16, 4, 6, 5, 3, 1),
+]
+
+
+@pytest.mark.parametrize("n,h,w,ci,co,k,s,p", CONV_CASES)
+def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: int, p) -> None:
+    rng = np.random.default_rng(0)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+    weight = (rng.standard_normal((co, kh, kw, ci)) / np.sqrt(ci * kh * kw)).astype(np.float32)
+    xt = _nchw(x).requires_grad_(True)
+    wt = torch.from_numpy(np.ascontiguousarray(weight.transpose(0, 3, 1, 2))).requires_grad_(True)
+    yt = F.conv2d(xt, wt, stride=s, padding=p)
+    upstream = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    gxt, gwt = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), (xt, wt))
+
+    up = mx.array(upstream.transpose(0, 2, 3, 1))
+    y = conv2d(mx.array(x), mx.array(weight), s, p)
+    loss = mx.compile(mx.grad(lambda a, b: (conv2d(a, b, s, p) * up).sum(), argnums=(0, 1)))
+    gx, gw = loss(mx.array(x), mx.array(weight))
+    assert y.shape == _nhwc(yt).shape
+    assert _rel(y, _nhwc(yt)) < 1e-5
+    assert _rel(gx, _nhwc(gxt)) < 1e-5
+    assert _rel(gw, gwt.numpy().transpose(0, 2, 3, 1)) < 1e-5
+
+
+@pytest.mark.parametrize("size,expected", [(52, 2), (20, 1)])
+def test_shifted_products_are_used_on_large_maps(monkeypatch: pytest.MonkeyPatch, size: int, expected: int) -> None:
+    """A large 16-channel map runs forward and input gradient as shifted products; a small
+    one keeps MLX's im2col forward (so the CASES above cover both routes)."""
+    calls = []
+    real = layers._shifted_correlation
+    monkeypatch.setattr(layers, "_shifted_correlation", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layers._conv_function.cache_clear()
+    x = mx.random.normal((1, size, size, 16))
+    weight = mx.random.normal((8, 3, 3, 16))
+    mx.eval(mx.grad(lambda a: conv2d(a, weight, 1, 1).sum())(x))
+    layers._conv_function.cache_clear()
+    assert len(calls) == expected
+
+
+def test_conv2d_module_is_a_drop_in_nn_conv2d() -> None:
+    fast = Conv2d(8, 16, 3, stride=2, padding=1)
+    plain = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    plain.update(fast.parameters())
+    assert set(dict(fast.parameters())) == {"weight", "bias"}
+    x = mx.random.normal((1, 20, 18, 8))
+    assert _rel(fast(x), np.array(plain(x))) < 1e-5
+    gf = mx.grad(lambda a: (fast(a) ** 2).sum())(x)
+    gp = mx.grad(lambda a: (plain(a) ** 2).sum())(x)
+    assert _rel(gf, np.array(gp)) < 1e-5
+
+
+POOL_CASES = [
+    # (H, W, kernel, stride, padding, ceil_mode)
+    (9, 11, 3, 2, 0, True),       # googlenet's stride-2 pools
+    (12, 13, 3, 1, 1, True),      # googlenet's inception branch pool
+    (14, 13, 2, 2, 0, True),      # googlenet's maxpool4, vgg's pools
+    (11, 9, 3, 2, 1, False),      # resnet's stem pool
+    (35, 35, 3, 1, 1, False),     # inception_v3's branch pool
+    (15, 15, 3, 2, 0, False),     # inception_v3 / alexnet
+]
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu-ties"])
+@pytest.mark.parametrize("h,w,k,s,p,ceil_mode", POOL_CASES)
+def test_max_pool2d_matches_torch(h: int, w: int, k: int, s: int, p: int, ceil_mode: bool, relu: bool) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, h, w, 5)).astype(np.float32)
+    if relu:
+        x = np.maximum(x, 0.0)      # many tied zeros: torch sends the gradient to the first
+    xt = _nchw(x).requires_grad_(True)
+    yt = F.max_pool2d(xt, k, s, p, ceil_mode=ceil_mode)
+    upstream = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    (gt,) = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), xt)
+    up = mx.array(upstream.transpose(0, 2, 3, 1))
+    y = max_pool2d(mx.array(x), k, s, p, ceil_mode)
+    g = mx.grad(lambda a: (max_pool2d(a, k, s, p, ceil_mode) * up).sum())(mx.array(x))
+    np.testing.assert_array_equal(np.array(y), _nhwc(yt))
+    np.testing.assert_allclose(np.array(g), _nhwc(gt), atol=1e-6)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("h,w,k,s,p,ceil_mode", POOL_CASES)
+def test_avg_pool2d_matches_torch(h: int, w: int, k: int, s: int, p: int, ceil_mode: bool,
+                                  count_include_pad: bool) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, h, w, 4)).astype(np.float32)
+    xt = _nchw(x).requires_grad_(True)
+    yt = F.avg_pool2d(xt, k, s, p, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    upstream = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    (gt,) = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), xt)
+    up = mx.array(upstream.transpose(0, 2, 3, 1))
+    pool = mx.compile(lambda a: avg_pool2d(a, k, s, p, ceil_mode, count_include_pad))
+    g = mx.grad(lambda a: (pool(a) * up).sum())(mx.array(x))
+    np.testing.assert_allclose(np.array(pool(mx.array(x))), _nhwc(yt), atol=1e-6)
+    np.testing.assert_allclose(np.array(g), _nhwc(gt), atol=1e-6)
