@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from deepdream.colour import ColourMatrixError, colour_matrix, normalise
 from deepdream.dataset import DatasetError, calibration_view, scan_images
+from deepdream.errors import exit_code
 from models.weights import atomic_write
 
 
@@ -67,7 +68,7 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Compute a 3x3 colour decorrelation matrix (.npy) from images.")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="an ImageFolder (DIR/<class>/*.jpg) or a flat folder of images (searched recursively)")
@@ -76,33 +77,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, metavar="N", help="use a random subset of N images (default all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the --max-images subset (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_images is not None and args.max_images < 1:
+        raise DatasetError(f"--max-images must be at least 1 (got {args.max_images})")
+    out = Path(args.out).expanduser()
+    check_out(out)
+    paths = choose(scan_images(args.data), args.max_images, args.seed)
+    skipped: list[str] = []
     try:
-        if args.max_images is not None and args.max_images < 1:
-            raise DatasetError(f"--max-images must be at least 1 (got {args.max_images})")
-        out = Path(args.out).expanduser()
-        check_out(out)
-        paths = choose(scan_images(args.data), args.max_images, args.seed)
-        skipped: list[str] = []
-        try:
-            matrix = colour_matrix(views(paths, skipped, args.quiet))
-        except ColourMatrixError:
-            raise DatasetError(f"none of the {len(paths)} images in {args.data} could be read; "
-                               "run prepare_dataset.py to find the corrupt files") from None
-        for line in skipped:
-            print(f"skipped unreadable image {line}", file=sys.stderr)
+        matrix = colour_matrix(views(paths, skipped, args.quiet))
+    except ColourMatrixError:
+        raise DatasetError(f"none of the {len(paths)} images in {args.data} could be read; "
+                           "run prepare_dataset.py to find the corrupt files") from None
+    for line in skipped:
+        print(f"skipped unreadable image {line}", file=sys.stderr)
 
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:  # a file object, so numpy does not append another ".npy"
-                np.save(f, matrix)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object, so numpy does not append another ".npy"
+            np.save(f, matrix)
 
-        atomic_write(out, write)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
-        return 130
+    atomic_write(out, write)
     used = len(paths) - len(skipped)
     print(f"colour matrix M from {used} image(s) (M @ M.T = mean pixel covariance, RGB in [0, 1]):")
     print(format_matrix(matrix))
@@ -110,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_matrix(normalise(matrix)))
     print(f"wrote {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return exit_code(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -134,8 +134,6 @@ def check_video_args(args: argparse.Namespace) -> Motion:
         raise DreamError(f"--frames must be at least 1 (got {args.frames})")
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise DreamError(f"--fps must be a positive number (got {args.fps:g}); 12-30 is typical")
-    if args.seed is not None and args.seed < 0:
-        raise DreamError(f"--seed must be zero or positive (got {args.seed})")
     motion = Motion(zoom=args.zoom, rotate=args.rotate, translate=(args.translate[0], args.translate[1]),
                     blend=args.blend)
     motion.validate()

@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 import models  # noqa: F401  (fast BLAS before mlx is imported)
-from deepdream.colour import ColourMatrixError
-from deepdream.dataset import DatasetError, scan_image_folder
+from deepdream.errors import exit_code
+from deepdream.dataset import scan_image_folder
 from deepdream.training import (
     CHECKPOINT_NAME,
-    Interrupted,
     StopRequest,
     TrainConfig,
     TrainingError,
@@ -33,7 +32,7 @@ from deepdream.training import (
     read_checkpoint,
     restore,
 )
-from models import UnknownLayerError, WeightsError, list_models
+from models import list_models
 from models.registry import default_weights_path, get_spec, weights_dir
 from models.weights import read_metadata
 
@@ -215,18 +214,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return train(args)
-    except Interrupted as exc:
-        print(f"interrupted; checkpoint saved to {exc.saved}, continue with --resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint (if any) is kept", file=sys.stderr)
-        return 130
-    except (TrainingError, DatasetError, WeightsError, UnknownLayerError, ColourMatrixError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return exit_code(lambda: train(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from typing import NoReturn
 from models import (
     MODELS,
     DreamModel,
-    UnknownLayerError,
     WeightsError,
     build_model,
     default_weights_path,
@@ -42,8 +41,7 @@ from models import (
     weights_available,
 )
 
-from .colour import ColourMatrixError
-from .errors import DreamError
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, DreamError, run_main  # noqa: F401 (re-exported)
 from .presets import GENERIC, PRESETS, get_preset, recipe_for_model
 from .render import GRAD_NORMS, DreamSettings
 
@@ -54,8 +52,6 @@ ALL_MODELS = "all"
 Notify = Callable[[str], None]
 
 # Exit statuses.
-EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 class DreamArgumentParser(argparse.ArgumentParser):
@@ -203,6 +199,8 @@ def validate_args(args: argparse.Namespace) -> None:
             raise DreamError("--model all dreams with each model's own weights; drop --weights or name one model")
         if args.layers is not None:
             raise DreamError("--layers names layers of one model; drop it with --model all (each model uses its recipe)")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise DreamError(f"--seed must be between 0 and {2**32 - 1} (got {args.seed})")
     # The numbers alone, with generic values for whatever is not given.
     checks = {k: getattr(args, k) for k in ("octaves", "scale", "steps", "lr", "jitter", "smoothing", "tile_size")
               if getattr(args, k) is not None}
@@ -306,29 +304,3 @@ def handle_info_flags(args: argparse.Namespace) -> bool:
         print(layer_listing(model))
         return True
     return False
-
-
-# -- errors -----------------------------------------------------------------------------------------
-
-#: Exceptions whose message is written for the user (one line naming the problem and the fix).
-USER_ERRORS: tuple[type[BaseException], ...] = (DreamError, WeightsError, UnknownLayerError, ColourMatrixError)
-
-
-def run_main(main: Callable[[], int | None]) -> NoReturn:
-    """Run a script's ``main``: user errors -> ``error: ...`` on stderr and exit 1; Ctrl-C -> exit 130.
-
-    Output files are written atomically at the end, so leaving here early never leaves a partial file.
-    """
-    try:
-        code = main() or 0
-    except KeyboardInterrupt:
-        print("\nerror: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except USER_ERRORS as exc:
-        message = " ".join(str(exc).split())  # always a single line
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    except MemoryError:
-        print("error: out of memory; dream a smaller image (--max-size) or use --tile-size 512", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    sys.exit(code)

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .errors import DreamError
+
 #: sqrt of ImageNet's RGB covariance (pixels in [0, 1]), as used by Lucid.
 IMAGENET_SQRT_COV = np.array(
     [[0.26, 0.09, 0.02],
@@ -19,7 +21,7 @@ IMAGENET_SQRT_COV = np.array(
      [0.27, -0.09, 0.03]], dtype=np.float32)
 
 
-class ColourMatrixError(ValueError):
+class ColourMatrixError(DreamError):
     """A colour matrix that cannot be loaded or used; the message says what to do."""
 
 

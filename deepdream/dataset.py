@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import DreamError
+
 #: The calibration view of an image (NOTES §4): short side 256, centre crop 224.
 CALIBRATION_SHORT_SIDE = 256
 CALIBRATION_CROP = 224
 
 
-class DatasetError(ValueError):
+class DatasetError(DreamError):
     """A dataset the tools cannot use; the one-line message says what is wrong and what to do."""
 
 

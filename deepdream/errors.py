@@ -1,11 +1,69 @@
-"""The one exception type for mistakes a user can make while dreaming.
+"""How every script ends on a user's mistake: one line, a non-zero exit, never a traceback.
 
-Its message is a single line that names the problem and the way out; ``deepdream.cli.run_main``
-prints it as ``error: ...`` and exits non-zero, so no script shows a traceback for it.
+Errors a user can cause derive from ``DreamError`` (or are the model zoo's ``WeightsError`` /
+``UnknownLayerError``); their message is a single line naming the problem and the way out.
+``exit_code`` turns them into ``error: ...`` on stderr and an exit status; every script's entry
+point goes through it (``run_main`` for the ones that exit directly).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from models import UnknownLayerError, WeightsError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
 
 class DreamError(ValueError):
-    """Bad input to a dream (file, flag, model choice); the message says what to do instead."""
+    """Bad input (file, flag, model choice, dataset); the message says what to do instead."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C after which something was saved; the message says what and how to continue."""
+
+
+#: Exceptions whose message is written for the user.
+USER_ERRORS: tuple[type[BaseException], ...] = (DreamError, WeightsError, UnknownLayerError)
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def exit_code(main: Callable[[], int | None]) -> int:
+    """Run ``main`` and return its exit status, reporting user errors and Ctrl-C on stderr.
+
+    Output files are written atomically, so leaving early never leaves a partial file.
+    """
+    try:
+        return main() or EXIT_OK
+    except KeyboardInterrupt as exc:
+        detail = _one_line(exc) if isinstance(exc, Interrupted) else "interrupted; nothing was written"
+        print(f"\nerror: {detail}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader went away (`dream.py --list-layers | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except MemoryError:
+        print("error: out of memory; use a smaller image (--max-size) or tiles (--tile-size 512)", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # disk full, permission denied, a path that vanished mid-run
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or _one_line(exc)}{where}; check the path, permissions and free space",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """A script's entry point: ``sys.exit(exit_code(main))``."""
+    sys.exit(exit_code(main))

@@ -39,6 +39,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
+from deepdream import errors
 from deepdream.colour import colour_matrix
 from deepdream.dataset import (
     Augment,
@@ -73,15 +74,15 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 3e-4}
 AUX_PREFIXES = ("aux1.", "aux2.")
 
 
-class TrainingError(ValueError):
+class TrainingError(errors.DreamError):
     """A training setup that cannot work; the one-line message says what to change."""
 
 
-class Interrupted(Exception):
+class Interrupted(errors.Interrupted):
     """Ctrl-C during training: the current state was checkpointed to ``saved``."""
 
     def __init__(self, saved: Path) -> None:
-        super().__init__(str(saved))
+        super().__init__(f"interrupted; checkpoint saved to {saved}, continue with --resume")
         self.saved = saved
 
 

@@ -8,7 +8,6 @@ as ``convert_torch_state_dict`` (defaulting to ``convert_state_dict`` with no re
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any

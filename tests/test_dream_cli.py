@@ -219,6 +219,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "negative scale": (["--scale", "-1.4"], "--scale"),
         "negative lr": (["--lr", "-0.5"], "--lr"),
         "not a number": (["--steps", "many"], "not a whole number"),
+        "negative seed": (["--seed", "-1"], "--seed must be between 0"),
         "unwritable output": (["--output", tmp / "blocker" / "out.png"], "cannot write"),
         "output is input": (["--output", CHELSEA], "is the input image"),
         "missing weights": (["--model", "googlenet"], "python export_googlenet.py"),
@@ -228,7 +229,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
 
 
 BAD_CASES = ["missing", "empty", "corrupt", "unknown model", "unknown layer", "zero steps", "zero octaves",
-             "negative scale", "negative lr", "not a number", "unwritable output", "output is input",
+             "negative scale", "negative lr", "not a number", "negative seed", "unwritable output", "output is input",
              "missing weights", "bad channel", "bad guide"]
 
 

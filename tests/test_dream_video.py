@@ -309,7 +309,7 @@ BAD = {
     "size with input": (["--input", "{tmp}/start.png", "--width", "64"], "with --input use --max-size"),
     "engine check": (["--steps", "0"], "--steps must be at least 1"),
     "model all": (["--model", "all"], "--model all is not supported for videos"),
-    "negative seed": (["--seed", "-3"], "--seed must be zero or positive"),
+    "negative seed": (["--seed", "-3"], "--seed must be between 0"),
     "too small for the model": (["--width", "20", "--height", "20"], "needs at least 32 px"),
 }
 
