@@ -7,7 +7,7 @@
 
 Every dream flag of dream.py works here (one shared definition, deepdream/cli.py). Frames are
 saved as they finish in <output>_frames/; re-running the same command continues after the
-last one, and Ctrl-C keeps every finished frame. See README_video.md.
+last one, and Ctrl-C keeps every finished frame. See README.md, "Zoom videos".
 """
 
 from __future__ import annotations
