@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.base import did_you_mean
+
 from .errors import DreamError
 
 
@@ -67,11 +69,8 @@ GENERIC = {"steps": 10, "lr": 0.09, "octaves": 4, "scale": 1.8, "jitter": 32, "s
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise DreamError(f"unknown preset '{name}'.{hint} Available presets: {', '.join(PRESETS)}")
+        raise DreamError(f"unknown preset '{name}'.{did_you_mean(name, PRESETS)} "
+                         f"Available presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

@@ -21,7 +21,6 @@ uninterrupted run would have done, from nothing but the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import signal
 import time
@@ -53,6 +52,7 @@ from deepdream.dataset import (
     stratified_split,
 )
 from models import DreamModel, WeightsError, load_model
+from models.base import did_you_mean
 from models.registry import architecture_module, default_weights_path, get_spec
 from models.weights import read_weights, save_weights
 
@@ -159,9 +159,7 @@ def freeze_up_to(model: DreamModel, layer: str) -> list[nn.Module]:
     if layer == "none":
         return []
     if layer not in names:
-        close = difflib.get_close_matches(layer, names, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise TrainingError(f"unknown --freeze-to layer '{layer}' for {model.NAME}.{hint} "
+        raise TrainingError(f"unknown --freeze-to layer '{layer}' for {model.NAME}.{did_you_mean(layer, names)} "
                             f"Use 'none' or one of: {', '.join(names)}")
     frozen = []
     for name, stage in model.stages():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -12,6 +13,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Stage = tuple[str, Callable[[mx.array], mx.array]]
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices`` to a mistyped ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 class UnknownLayerError(ValueError):
@@ -76,12 +83,9 @@ class DreamModel(nn.Module):
         valid = self.layer_names + (["logits"] if allow_logits else [])
         for layer in layers:
             if layer not in valid:
-                import difflib
-
-                close = difflib.get_close_matches(layer, valid, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise UnknownLayerError(
-                    f"unknown layer '{layer}' for {self.NAME}.{hint} Valid layers: {', '.join(valid)}"
+                    f"unknown layer '{layer}' for {self.NAME}.{did_you_mean(layer, valid)} "
+                    f"Valid layers: {', '.join(valid)}"
                 )
 
     def preprocess(self, rgb: mx.array) -> mx.array:

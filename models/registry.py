@@ -12,7 +12,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .base import DreamModel
+from .base import DreamModel, did_you_mean
 from .weights import read_weights
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,11 +63,7 @@ def list_models() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model '{name}'.{hint} Available models: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model '{name}'.{did_you_mean(name, MODELS)} Available models: {', '.join(MODELS)}")
     return MODELS[name]
 
 
