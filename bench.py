@@ -22,7 +22,15 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real imports wait until the BLAS is in place (``import models`` first)
+    import numpy as np
+
+    from benchmarks.pairs import ModelPair
+    from benchmarks.report import EndToEndResult, MemoryResult, StepResult
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SIZES = (224, 512)
@@ -87,8 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 2,
         "e2e_size": 128 if quick else 1024,
         "e2e_steps": 2 if quick else None,
-        "memory_size": (640, 480) if quick else (4000, 3000),
-        "tile_size": 256 if quick else 512,
+        "memory_size": (400, 300) if quick else (4000, 3000),
+        "tile_size": 160 if quick else 512,
         "memory_steps": 1,
         "memory_model": "googlenet",
     }
@@ -108,7 +116,7 @@ class BenchError(Exception):
 
 def memory_child(args: argparse.Namespace) -> int:
     """Dream a large random image with tiling; print seconds as JSON. Never imports torch."""
-    import models  # noqa: F401  (fast BLAS before mlx)
+    import models  # first: puts the fast BLAS under MLX  # isort: skip
     import numpy as np
 
     from deepdream.render import Dreamer, DreamSettings
@@ -129,7 +137,7 @@ def _notice(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def _test_image(height: int, width: int):
+def _test_image(height: int, width: int) -> np.ndarray:
     """The sample photo resized to (height, width), float32 RGB in [0, 1] (noise if it is missing)."""
     import numpy as np
     from PIL import Image
@@ -142,9 +150,9 @@ def _test_image(height: int, width: int):
         return np.asarray(image, np.float32) / 255.0
 
 
-def time_steps(pair, sizes: list[int], warmup: int, repeats: int, clock) -> list:
+def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
+               clock: Callable[[], float]) -> list[StepResult]:
     """Our engine's step vs the torch step for one model at each size."""
-    import mlx.core as mx
     import numpy as np
 
     from benchmarks.measure import forward_flops, interleaved_times, median
@@ -174,22 +182,20 @@ def time_steps(pair, sizes: list[int], warmup: int, repeats: int, clock) -> list
             # Relative L2, not max: a max-pool window whose two largest values differ by float
             # rounding may pick a different winner on each side, which moves a few pixels' gradient.
             agreement = float(np.linalg.norm(ours_delta - torch_delta) / max(np.linalg.norm(torch_delta), 1e-30))
-            flops = 2.0 * forward_flops(lambda: tstep.tap(tstate), pair.net)
-            times = interleaved_times({"ours": lambda: step(state, shift, sigma, lr),
-                                       "torch": lambda: tstep(tstate, shift, sigma, lr)}, warmup, repeats, clock)
+            flops = 2.0 * forward_flops(lambda s=tstate: tstep.tap(s), pair.net)
+            times = interleaved_times({"ours": lambda s=state: step(s, shift, sigma, lr),
+                                       "torch": lambda s=tstate: tstep(s, shift, sigma, lr)}, warmup, repeats, clock)
             result = StepResult(pair.name, pair.layers, size, median(times["ours"]), median(times["torch"]),
                                 flops, agreement, repeats)
             _notice(f"{pair.name} {size} px: ours {result.ours_s * 1000:.0f} ms, torch {result.torch_s * 1000:.0f} ms "
                     f"(ours/torch {result.ratio:.2f})")
             results.append(result)
-            del state, ours_new
-            mx.clear_cache()
     finally:
         tstep.close()
     return results
 
 
-def time_end_to_end(pair, size: int, steps: int | None):
+def time_end_to_end(pair: ModelPair, size: int, steps: int | None) -> EndToEndResult:
     """The googlenet preset (4 octaves) on the sample photo, long side ``size``: ours vs torch."""
     import numpy as np
 
@@ -206,21 +212,24 @@ def time_end_to_end(pair, size: int, steps: int | None):
     height = round(size * 300 / 451)        # chelsea.png's aspect ratio, long side ``size``
     rgb = _test_image(height, size)
     start = time.perf_counter()
-    Dreamer(pair.ours, settings, quiet=True)(rgb, rng=np.random.default_rng(0))
+    dreamer = Dreamer(pair.ours, settings, quiet=True)
+    dreamer(rgb, rng=np.random.default_rng(0))
     ours_s = time.perf_counter() - start
+    # The same octaves on the torch side (the engine drops any too small for the model).
+    sizes = dreamer.octave_sizes(height, size)
     tstep = TorchDreamStep(pair.net, pair.torch_modules(list(settings.layers)), pair.ours.mean, pair.ours.std)
     try:
         start = time.perf_counter()
-        torch_dream(tstep, rgb, octaves=settings.octaves, scale=settings.scale, steps=settings.steps, lr=settings.lr,
-                    jitter=settings.jitter, smoothing=settings.smoothing, rng=np.random.default_rng(0))
+        torch_dream(tstep, rgb, sizes=sizes, steps=settings.steps, lr=settings.lr, jitter=settings.jitter,
+                    smoothing=settings.smoothing, rng=np.random.default_rng(0))
         torch_s = time.perf_counter() - start
     finally:
         tstep.close()
-    return EndToEndResult(f"{E2E_RECIPE} preset ({', '.join(settings.layers)})", size, height, settings.octaves,
+    return EndToEndResult(f"{E2E_RECIPE} preset ({', '.join(settings.layers)})", size, height, len(sizes),
                           settings.steps, ours_s, torch_s)
 
 
-def measure_memory(pair, size: tuple[int, int], tile: int, steps: int):
+def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int) -> MemoryResult:
     from benchmarks.measure import peak_rss_of
     from benchmarks.report import MemoryResult
 
@@ -291,12 +300,14 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         return run_profile(args, threads, machine, sgemm, load_before)
 
-    steps, e2e, memory = [], [], []
+    steps: list[StepResult] = []
+    e2e: list[EndToEndResult] = []
+    memory: list[MemoryResult] = []
     with tempfile.TemporaryDirectory(prefix="deepdream-bench-") as tmp:
         workdir = Path(tmp)
-        pairs = {}
+        pairs: dict[str, ModelPair | None] = {}
 
-        def pair_for(name: str):
+        def pair_for(name: str) -> ModelPair | None:
             if name not in pairs:
                 try:
                     pairs[name] = build_pair(name, workdir)

@@ -14,7 +14,6 @@ import mlx.core as mx
 import torch
 from torch import nn
 
-
 #: What a measurement reads: wall-clock time (what a user waits), or the CPU time of all of
 #: this process's threads (steadier on a loaded machine; counts work, not waiting).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -53,15 +53,15 @@ def profile_stages(pair: ModelPair, size: int, upto: str | None = None, warmup: 
         grad = mx.compile(mx.grad(loss))
         tap = LayerTap(pair.net, {stage: module})
 
-        def torch_grad() -> torch.Tensor:
+        def torch_grad(tap: LayerTap = tap, stage: str = stage) -> torch.Tensor:
             x = x_t.detach().requires_grad_(True)
             a = tap(x)[stage]
             (g,) = torch.autograd.grad((a * a).mean(), x)
             return g
 
         try:
-            times = interleaved_times({"ours": lambda: mx.eval(grad(x_mx)), "torch": torch_grad}, warmup, repeats,
-                                      clock)
+            times = interleaved_times({"ours": lambda grad=grad: mx.eval(grad(x_mx)), "torch": torch_grad},
+                                      warmup, repeats, clock)
         finally:
             tap.remove()
         costs.append(StageCost(stage, median(times["ours"]), median(times["torch"])))

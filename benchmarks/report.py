@@ -97,8 +97,8 @@ def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, Python {machine['python']}",
         f"- MLX {machine['mlx']} (BLAS: {machine['blas']}); torch {machine['torch']} with {threads} threads",
         f"- MLX sgemm (2048^3): {sgemm_gflops:.0f} GFLOP/s",
-        f"- load average (1/5/15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
-        f"after: {' '.join(f'{v:.2f}' for v in load_after)}",
+        (f"- load average (1/5/15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
+         f"after: {' '.join(f'{v:.2f}' for v in load_after)}"),
     ])
 
 

@@ -129,11 +129,13 @@ def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tu
 
 
 @torch.no_grad()
-def torch_dream(step: TorchDreamStep, rgb: np.ndarray, *, octaves: int, scale: float, steps: int,
+def torch_dream(step: TorchDreamStep, rgb: np.ndarray, *, sizes: list[tuple[int, int]], steps: int,
                 lr: float, jitter: int, smoothing: float, rng: np.random.Generator) -> np.ndarray:
-    """The 2015 octave loop around ``step``: (H, W, 3) in [0, 1] -> dreamed (H, W, 3)."""
+    """The 2015 octave loop around ``step``: (H, W, 3) in [0, 1] -> dreamed (H, W, 3).
+
+    ``sizes``: the octaves (height, width), smallest first, e.g. from ``octave_sizes`` (the
+    benchmark passes the engine's own list, which drops octaves too small for the model)."""
     base = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    sizes = octave_sizes(rgb.shape[0], rgb.shape[1], octaves, scale)
     detail = torch.zeros(1, 3, *sizes[0])
     result = base
     for height, width in sizes:

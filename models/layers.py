@@ -19,10 +19,17 @@ So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx
   1x1, strided and few-channel (RGB input) layers, one product with the whole kernel followed
   by a gather-form col2im: every input pixel sums the kernel taps that read it, as strided
   views of one padded array, which ``mx.compile`` fuses into one pass.
-- Pooling gradients use the same gather form; max pooling routes each window's gradient to
-  its first maximal element, as torch does.
-Forward values are unchanged (``mx.conv2d`` / the window views); other devices (Metal) keep
-MLX's own convolution, which is fast there.
+- Pooling gradients use the same gather form; windows that tile the input (VGG's 2x2/2) take
+  one elementwise pass, and stride-1 pools (GoogLeNet's and Inception's branch pools) run as
+  two separable 1-D passes over contiguous slices (``_SeparablePool``). Max pooling routes
+  each window's gradient to its first maximal element, as torch does.
+
+Two properties of MLX 0.32's CPU backend shape all of this: a fused elementwise kernel over
+contiguous inputs is one flat loop the C++ compiler vectorises, over strided views a nest of
+loops stepping one pointer per input per element (several times slower with many inputs);
+and the CPU backend has no buffer cache (see ``models._blas.keep_freed_memory``).
+Forward values equal ``mx.conv2d`` / torch up to float32 summation order; other devices
+(Metal) keep MLX's own convolution, which is fast there.
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ def _scatter_taps(term: Callable[[int, int, slice, slice], mx.array], k: Pair, s
     batch size, channel count and dtype. Returns (N, Hp, Wp, C).
     """
     (kh, kw), (sh, sw) = k, s
-    (oh, ow), (hp, wp) = out_hw, padded_hw
+    hp, wp = padded_hw
     qh, qw = -(-kh // sh), -(-kw // sw)
     t0, u0 = -(-hp // sh), -(-wp // sw)
     phases = []
@@ -155,7 +162,10 @@ def _conv_forward(x: mx.array, w: mx.array, stride: Pair, padding: Pair) -> mx.a
     n, h, wd, _ = x.shape
     out_pixels = (h + 2 * padding[0] - kh + 1) * (wd + 2 * padding[1] - kw + 1)
     if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS and out_pixels >= _MIN_SHIFTED_PIXELS:
-        return _shifted_correlation(x, lambda i, j: w[:, i, j, :].T, (kh, kw), padding, padding)
+        # One transposed copy of the kernel, (kh, kw, C_in, C_out): every tap is then a contiguous
+        # matrix (a slice of w itself has strides the matmul would copy, once per tap).
+        taps = w.transpose(1, 2, 3, 0)
+        return _shifted_correlation(x, lambda i, j: taps[i, j], (kh, kw), padding, padding)
     return mx.conv2d(x, w, stride=stride, padding=padding)
 
 
@@ -166,7 +176,8 @@ def _conv_input_grad(g: mx.array, w: mx.array, stride: Pair, padding: Pair, in_h
     (h, wd), (ph, pw) = in_hw, padding
     if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS and kh > ph and kw > pw and (kh, kw) != (1, 1):
         # Full correlation of g with the flipped kernel: the forward machinery again.
-        return _shifted_correlation(g, lambda i, j: w[:, kh - 1 - i, kw - 1 - j, :], (kh, kw),
+        taps = w.transpose(1, 2, 0, 3)     # (kh, kw, C_out, C_in), as in the forward
+        return _shifted_correlation(g, lambda i, j: taps[kh - 1 - i, kw - 1 - j], (kh, kw),
                                     (kh - 1 - ph, kw - 1 - pw), (kh - 1 - ph, kw - 1 - pw))
     # One product gives every tap's contribution (N, oh, ow, kh, kw, C_in); col2im sums them.
     cols = (g.reshape(-1, co) @ w.reshape(co, -1)).reshape(n, oh, ow, kh, kw, ci)
@@ -248,6 +259,146 @@ def _strided_windows(x: mx.array, k: tuple[int, int], s: tuple[int, int], oh: in
     return mx.as_strided(x, (n, oh, ow, k[0], k[1], c), strides)
 
 
+class _SeparablePool:
+    """Stride-1 pooling of one image as two 1-D passes over *contiguous* slices.
+
+    A kh x kw window max (or sum) is a vertical max of horizontal maxes. With the padded image
+    flattened to (pixels, C), the horizontal window at flat pixel q is pixels q .. q + kw - 1
+    and the vertical one q, q + Wp, ..., so every tap is a contiguous slice of a flat array
+    (results on the padded width; the last kw - 1 columns of each row wrap and are dropped).
+    This matters on MLX 0.32's CPU backend: fused elementwise kernels run SIMD loops on
+    contiguous inputs but walk strided views one scalar at a time, with one pointer per input;
+    a 3x3 pool gradient over nine strided views took 27 ms on 64x64x256, this 18 ms (torch 22).
+    For max pooling the two passes also pick torch's element on ties: the first row holding
+    the window maximum, then the first column in it, i.e. the first maximum in row-major order.
+    """
+
+    def __init__(self, hw: Pair, k: Pair, p: Pair) -> None:
+        (h, w), (kh, kw), (ph, pw) = hw, k, p
+        self.k, self.p, self.hw = k, p, hw
+        self.oh, self.ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        self.wp = w + 2 * pw
+        self.hp = h + 2 * ph + 1                      # a spare row: the last horizontal windows run past
+        self.across = (self.oh + kh - 1) * self.wp    # horizontal results the vertical pass reads
+        self.rows = self.oh * self.wp                 # outputs, on the padded width
+
+    def flat_input(self, x: mx.array, pad_value: float) -> mx.array:
+        (ph, pw), (h, _) = self.p, self.hw
+        xp = mx.pad(x, [(0, 0), (ph, self.hp - h - ph), (pw, pw), (0, 0)], constant_values=pad_value)
+        return xp.reshape(self.hp * self.wp, x.shape[-1])
+
+    def horizontal(self, flat: mx.array) -> list[mx.array]:
+        return [flat[j:j + self.across] for j in range(self.k[1])]
+
+    def vertical(self, across: mx.array) -> list[mx.array]:
+        return [across[i * self.wp:i * self.wp + self.rows] for i in range(self.k[0])]
+
+    def crop(self, grid: mx.array) -> mx.array:
+        """(oh * Wp, C) -> (1, oh, ow, C)."""
+        return mx.contiguous(grid.reshape(1, self.oh, self.wp, -1)[:, :, :self.ow, :])
+
+    def back_vertical(self, g: mx.array, first: mx.array | None) -> mx.array:
+        """Gradient on the horizontal results (``across`` rows) from g (1, oh, ow, C); ``first``
+        (oh * Wp, C) names the tap each output took (max), None sends g to every tap (sum)."""
+        kh = self.k[0]
+        g = mx.pad(g, [(0, 0), (kh - 1, kh - 1), (0, self.wp - self.ow), (0, 0)]).reshape(-1, g.shape[-1])
+        if first is not None:
+            rim = (kh - 1) * self.wp                  # the kh - 1 image rows g got on each side
+            first = mx.pad(first, [(rim, rim), (0, 0)], constant_values=-1) if kh > 1 else first
+        first_row = kh - 1
+        return _gather_shifted(g, first, [(first_row - i) * self.wp for i in range(kh)], self.across)
+
+    def back_horizontal(self, g_across: mx.array, first: mx.array | None) -> mx.array:
+        """Gradient on the padded input, cropped to (1, H, W, C), from the horizontal results'."""
+        kw = self.k[1]
+        g = mx.pad(g_across, [(kw - 1, kw - 1), (0, 0)]) if kw > 1 else g_across
+        if first is not None and kw > 1:
+            first = mx.pad(first, [(kw - 1, kw - 1), (0, 0)], constant_values=-1)
+        size = self.across + kw - 1
+        flat = _gather_shifted(g, first, [kw - 1 - j for j in range(kw)], size)
+        flat = mx.pad(flat, [(0, self.hp * self.wp - size), (0, 0)])
+        (ph, pw), (h, w) = self.p, self.hw
+        return mx.contiguous(flat.reshape(1, self.hp, self.wp, -1)[:, ph:ph + h, pw:pw + w, :])
+
+
+def _gather_shifted(g: mx.array, first: mx.array | None, starts: list[int], size: int) -> mx.array:
+    """sum_t g[starts[t] : starts[t] + size], keeping only rows whose ``first`` equals t (if given)."""
+    total = None
+    for t, start in enumerate(starts):
+        term = g[start:start + size]
+        if first is not None:
+            term = mx.where(first[start:start + size] == t, term, 0.0)
+        total = term if total is None else total + term
+    return total
+
+
+def _first_tap(taps: list[mx.array], best: mx.array) -> mx.array:
+    """Index of the first tap equal to ``best``, elementwise (torch's tie rule)."""
+    first = mx.full(best.shape, len(taps), mx.int32)
+    for t in reversed(range(len(taps))):
+        first = mx.where(taps[t] == best, t, first)
+    return first
+
+
+def _reduce(taps: list[mx.array], op: Callable[[mx.array, mx.array], mx.array]) -> mx.array:
+    result = taps[0]
+    for tap in taps[1:]:
+        result = op(result, tap)
+    return result
+
+
+def _flat_max_pool(k: Pair, p: Pair) -> Callable[[mx.array], mx.array]:
+    """Stride-1 max pooling of one image (GoogLeNet's inception branch pool)."""
+    def passes(x: mx.array) -> tuple[_SeparablePool, list[mx.array], mx.array, list[mx.array], mx.array]:
+        pool = _SeparablePool(x.shape[1:3], k, p)
+        horizontal = pool.horizontal(pool.flat_input(x, -float("inf")))
+        across = _reduce(horizontal, mx.maximum)
+        vertical = pool.vertical(across)
+        return pool, horizontal, across, vertical, _reduce(vertical, mx.maximum)
+
+    @mx.custom_function
+    def pool(x: mx.array) -> mx.array:
+        geometry, _, _, _, best = passes(x)
+        return geometry.crop(best)
+
+    @pool.vjp
+    def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
+        x, g = _one(primals), _one(cotangent)
+        geometry, horizontal, across, vertical, best = passes(x)
+        g_across = geometry.back_vertical(g, _first_tap(vertical, best))
+        return geometry.back_horizontal(g_across, _first_tap(horizontal, across))
+
+    return pool
+
+
+def _flat_avg_pool(k: Pair, p: Pair, count_include_pad: bool) -> Callable[[mx.array], mx.array]:
+    """Stride-1 average pooling of one image (Inception v3's branch pool)."""
+    def divisor(x: mx.array, geometry: _SeparablePool) -> mx.array:
+        h, w = x.shape[1:3]
+        return _avg_divisor(h, w, geometry.oh, geometry.ow, k, (1, 1), p, count_include_pad, x.dtype)
+
+    @mx.custom_function
+    def pool(x: mx.array) -> mx.array:
+        geometry = _SeparablePool(x.shape[1:3], k, p)
+        across = _reduce(geometry.horizontal(geometry.flat_input(x, 0.0)), mx.add)
+        return geometry.crop(_reduce(geometry.vertical(across), mx.add)) / divisor(x, geometry)
+
+    @pool.vjp
+    def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
+        x, g = _one(primals), _one(cotangent)
+        geometry = _SeparablePool(x.shape[1:3], k, p)
+        g_across = geometry.back_vertical(g / divisor(x, geometry), None)
+        return geometry.back_horizontal(g_across, None)
+
+    return pool
+
+
+@lru_cache(maxsize=None)
+def _flat_pool_function(kind: str, k: Pair, p: Pair, count_include_pad: bool) -> Callable[[mx.array], mx.array]:
+    """The stride-1 pooling (ceil_mode changes nothing at stride 1) as a cached custom function."""
+    return _flat_max_pool(k, p) if kind == "max" else _flat_avg_pool(k, p, count_include_pad)
+
+
 @lru_cache(maxsize=None)
 def _max_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> Callable[[mx.array], mx.array]:
     def windows(x: mx.array) -> tuple[mx.array, mx.array]:
@@ -263,18 +414,44 @@ def _max_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> Callable[[
         x, g, out = _one(primals), _one(cotangent), _one(output)
         kh, kw = k
         xp, win = windows(x)
-        # The tap holding each window's maximum, the first in row-major order on ties (torch's rule).
-        first = mx.full(out.shape, kh * kw, mx.int32)
-        for t in reversed(range(kh * kw)):
-            first = mx.where(win[:, :, :, t // kw, t % kw, :] == out, t, first)
-        widths = _gather_padding(k, s, out.shape[1:3], xp.shape[1:3])
-        gp, firstp = _pad_window_grid(g, widths), _pad_window_grid(first, widths, -1)
-        dxp = _scatter_taps(lambda i, j, rows, cols: mx.where(firstp[:, rows, cols] == i * kw + j,
-                                                              gp[:, rows, cols], 0.0),
-                            k, s, out.shape[1:3], xp.shape[1:3], g)
-        return dxp[:, p[0]:p[0] + x.shape[1], p[1]:p[1] + x.shape[2], :]
+        # The tap holding each window's maximum, the first in row-major order on ties (torch's
+        # rule). int32, not uint8: MLX's fused kernels run mixed-width types twice as slowly.
+        first = _first_tap([win[:, :, :, t // kw, t % kw, :] for t in range(kh * kw)], out)
+        if k == s:
+            dxp = _non_overlapping(lambda taps: mx.where(first[:, :, None, :, None, :] == taps,
+                                                         g[:, :, None, :, None, :], 0.0), k, g)
+        else:
+            widths = _gather_padding(k, s, out.shape[1:3], xp.shape[1:3])
+            gp, firstp = _pad_window_grid(g, widths), _pad_window_grid(first, widths, -1)
+            dxp = _scatter_taps(lambda i, j, rows, cols: mx.where(firstp[:, rows, cols] == i * kw + j,
+                                                                  gp[:, rows, cols], 0.0),
+                                k, s, out.shape[1:3], xp.shape[1:3], g)
+        return _crop_padding(dxp, p, x.shape[1:3])
 
     return pool
+
+
+def _non_overlapping(block_value: Callable[[mx.array], mx.array], k: Pair, like: mx.array) -> mx.array:
+    """Gradient of a pooling whose windows tile the input (kernel == stride, VGG's 2x2/2): each
+    pixel has one window, so it is one elementwise pass over the (N, oh, kh, ow, kw, C) view of
+    the window grid. ``block_value(taps)`` gets the tap index (i * kw + j) of every view
+    position and returns the view's values. Returns (N, oh * kh, ow * kw, C)."""
+    kh, kw = k
+    n, oh, ow, c = like.shape
+    taps = mx.arange(kh)[:, None] * kw + mx.arange(kw)[None, :]
+    value = block_value(taps[None, None, :, None, :, None])
+    value = mx.broadcast_to(value, (n, oh, kh, ow, kw, c))
+    return value.reshape(n, oh * kh, ow * kw, c)
+
+
+def _crop_padding(dxp: mx.array, p: Pair, hw: Pair) -> mx.array:
+    """The input's (H, W) region of a gradient on the padded grid, zero-extended if the windows
+    stopped short of the input's last rows/columns (floor mode drops them)."""
+    extra_h = max(0, p[0] + hw[0] - dxp.shape[1])
+    extra_w = max(0, p[1] + hw[1] - dxp.shape[2])
+    if extra_h or extra_w:
+        dxp = mx.pad(dxp, [(0, 0), (0, extra_h), (0, extra_w), (0, 0)])
+    return dxp[:, p[0]:p[0] + hw[0], p[1]:p[1] + hw[1], :]
 
 
 def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
@@ -283,6 +460,8 @@ def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
+    if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
+        return _flat_pool_function("max", k, p, True)(x)
     return _max_pool_function(k, s, p, ceil_mode)(x)
 
 
@@ -319,9 +498,12 @@ def _avg_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool,
         # the forward's padded size (``_windows``): windows never read past it
         padded_hw = (max(h + p[0], (oh - 1) * s[0] + k[0]), max(w + p[1], (ow - 1) * s[1] + k[1]))
         share = g / _avg_divisor(h, w, oh, ow, k, s, p, count_include_pad, g.dtype)
-        sharep = _pad_window_grid(share, _gather_padding(k, s, (oh, ow), padded_hw))
-        dxp = _scatter_taps(lambda i, j, rows, cols: sharep[:, rows, cols], k, s, (oh, ow), padded_hw, g)
-        return dxp[:, p[0]:p[0] + h, p[1]:p[1] + w, :]
+        if k == s:
+            dxp = _non_overlapping(lambda taps: share[:, :, None, :, None, :], k, g)
+        else:
+            sharep = _pad_window_grid(share, _gather_padding(k, s, (oh, ow), padded_hw))
+            dxp = _scatter_taps(lambda i, j, rows, cols: sharep[:, rows, cols], k, s, (oh, ow), padded_hw, g)
+        return _crop_padding(dxp, p, (h, w))
 
     return pool
 
@@ -333,6 +515,8 @@ def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
+    if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
+        return _flat_pool_function("avg", k, p, count_include_pad)(x)
     return _avg_pool_function(k, s, p, ceil_mode, count_include_pad)(x)
 
 

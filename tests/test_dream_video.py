@@ -136,7 +136,7 @@ def test_next_frame_blends_the_moved_frame_with_its_dream() -> None:
     assert np.abs(out - expected).max() <= 0.5 / 255 + 1e-6
     assert np.array_equal(out * 255, np.round(out * 255))  # exactly 8-bit values
     again = next_frame(previous, previous, 7, fake_dream, motion, seed=3)
-    other = next_frame(previous, previous, 8, fake_dream, motion, seed=3)
+    next_frame(previous, previous, 8, fake_dream, motion, seed=3)  # a third call with another frame index
     assert np.array_equal(out, again) and seen[0] == seen[1] != seen[2]
     first = next_frame(None, previous, 0, fake_dream, motion, seed=3)  # frame 0: the start's dream, unmoved
     assert np.abs(first - (1.0 - previous)).max() <= 0.5 / 255 + 1e-6

@@ -102,7 +102,10 @@ POOL_CASES = [
     # (H, W, kernel, stride, padding, ceil_mode)
     (9, 11, 3, 2, 0, True),       # googlenet's stride-2 pools
     (12, 13, 3, 1, 1, True),      # googlenet's inception branch pool
-    (14, 13, 2, 2, 0, True),      # googlenet's maxpool4, vgg's pools
+    (14, 13, 2, 2, 0, True),      # googlenet's maxpool4: non-overlapping windows, ceil_mode
+    (16, 12, 2, 2, 0, False),     # vgg's pools
+    (15, 13, 2, 2, 0, False),     # non-overlapping, floor mode drops the last row and column
+    (13, 11, 3, 3, 1, True),      # non-overlapping with padding
     (11, 9, 3, 2, 1, False),      # resnet's stem pool
     (35, 35, 3, 1, 1, False),     # inception_v3's branch pool
     (15, 15, 3, 2, 0, False),     # inception_v3 / alexnet

@@ -1,0 +1,55 @@
+"""bench.py --quick runs end to end and prints its tables; bad input is a one-line error."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str, weights_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEEPDREAM_WEIGHTS_DIR": str(weights_dir)}
+    return subprocess.run([sys.executable, str(ROOT / "bench.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
+
+
+def test_quick_prints_the_tables(weights_dir: Path) -> None:
+    result = _bench("--quick", weights_dir=weights_dir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # the header names the machine, the BLAS and the sgemm rate it compares against
+    assert re.search(r"MLX sgemm \(2048\^3\): \d+ GFLOP/s", out)
+    assert "BLAS:" in out and "load average" in out
+    # one dream-step row for googlenet at 64 px, with numbers in every column
+    row = next(line for line in out.splitlines() if line.startswith("| googlenet | inception4c | 64 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    ours_ms, torch_ms, ratio = float(cells[3]), float(cells[4]), float(cells[5].strip("*"))
+    assert ours_ms > 0 and torch_ms > 0
+    assert abs(ratio - ours_ms / torch_ms) < 0.05 * ratio + 0.01
+    assert float(cells[9]) > 0                      # GFLOP per step, counted from the layer shapes
+    assert float(cells[10]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
+    # the end-to-end recipe and the tiled-dream memory test
+    assert re.search(r"\| googlenet preset \(inception3a, inception4e, inception5b\) \| 128x\d+ \| \d \| 2 \|", out)
+    memory = next(line for line in out.splitlines() if line.startswith("| googlenet | 400x300 | 160 |"))
+    assert "under 4 GiB" in memory
+    assert float(re.search(r"\| ([\d.]+) GiB \|", memory).group(1)) > 0.05
+
+
+def test_unknown_model_is_a_one_line_error(weights_dir: Path) -> None:
+    result = _bench("--models", "googlenett", "--no-e2e", "--no-memory", weights_dir=weights_dir)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'googlenett'")
+    assert "googlenet" in lines[0] and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_numbers_are_rejected(weights_dir: Path) -> None:
+    for args in (["--sizes", "0"], ["--repeats", "x"], ["--memory-size", "4000by3000"]):
+        result = _bench(*args, weights_dir=weights_dir)
+        assert result.returncode == 2, args
+        assert "Traceback" not in result.stderr and "error:" in result.stderr
