@@ -38,6 +38,7 @@ from deepdream.dataset import (
     ImageFolder,
     center_crop,
     image_extensions,
+    open_rgb,
     resize_short_side,
     scan_image_folder,
     to_array,
@@ -217,10 +218,7 @@ def quarantine(findings: Findings, root: Path, folder: Path) -> int:
 
 def write_resized(record: Record, root: Path, out_dir: Path, short_side: int) -> None:
     """An upright RGB copy with its short side reduced to ``short_side`` (never enlarged)."""
-    with Image.open(record.path) as img:
-        img = ImageOps.exif_transpose(img)
-        img.load()
-    img = resize_short_side(to_rgb(img), short_side, upscale=False)
+    img = resize_short_side(open_rgb(record.path), short_side, upscale=False)
     rel = record.path.relative_to(root)
     fmt = KEEP_FORMAT.get(rel.suffix.lower())
     dest = out_dir / (rel if fmt else rel.with_suffix(".png"))

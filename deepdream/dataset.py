@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import DreamError
+from .image_io import flatten_alpha
 
 #: The calibration view of an image (NOTES §4): short side 256, centre crop 224.
 CALIBRATION_SHORT_SIDE = 256
@@ -138,12 +139,7 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
         if array.max(initial=0) > 255:
             array = array / 257.0
         img = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, background + (255,))
-        img = Image.alpha_composite(canvas, rgba)
+    img = flatten_alpha(img, background)
     return img.convert("RGB") if img.mode != "RGB" else img
 
 

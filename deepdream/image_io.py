@@ -23,6 +23,16 @@ class ImageError(DreamError):
     """An image that cannot be read or written; the message names the file and the fix."""
 
 
+def flatten_alpha(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Composite transparency (alpha channel or a palette's transparent index) onto ``background``."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, background + (255,)), rgba)
+    return img
+
+
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any Pillow mode -> float32 RGB in [0, 1]: alpha composited on white, 16-bit and float scaled."""
     mode = img.mode
@@ -37,13 +47,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         top = grey.max()
         grey = grey / top if top > 1.0 else grey
         return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or img.mode == "RGBA":
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        img = Image.alpha_composite(background, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return np.asarray(flatten_alpha(img).convert("RGB"), dtype=np.float32) / 255.0
 
 
 def load_image(path: str | os.PathLike, max_size: int | None = None, what: str = "input image") -> np.ndarray:
