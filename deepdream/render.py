@@ -186,7 +186,7 @@ class DreamStep:
     Two compiled graphs: the objective's gradient (of the whole rolled image, or of one tile
     at a time when ``tile_size`` is set and the image is larger: memory bounded by the tile),
     and the update (unroll, smooth or Laplacian-normalise, normalise, step, clamp).
-    Everything that changes between calls (roll indices, sigma, lr, 1/size) is an input, so
+    Everything that changes between calls (roll offsets, sigma, lr, 1/size) is an input, so
     nothing size- or step-specific is baked into the generated kernels: a new image size
     only re-traces, it does not re-run the CPU backend's C++ compiler.
     """
@@ -210,13 +210,12 @@ class DreamStep:
         activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
         return self.objective(activations)
 
-    def _rolled_value_and_grad(self, state: mx.array, rows: mx.array, cols: mx.array) -> tuple[mx.array, mx.array]:
-        return mx.value_and_grad(self._loss)(transforms.take2d(state, rows, cols))
+    def _rolled_value_and_grad(self, state: mx.array, start: mx.array) -> tuple[mx.array, mx.array]:
+        return mx.value_and_grad(self._loss)(transforms.roll(state, start))
 
-    def _update_step(self, state: mx.array, rolled_grad: mx.array, back_rows: mx.array, back_cols: mx.array,
-                     sigma: mx.array, lr: mx.array, inv_count: mx.array,
+    def _update_step(self, state: mx.array, rolled_grad: mx.array, back: mx.array, sigma: mx.array, lr: mx.array, inv_count: mx.array,
                      lap_counts: list[mx.array]) -> mx.array:
-        grad = transforms.take2d(rolled_grad, back_rows, back_cols)
+        grad = transforms.roll(rolled_grad, back)
         if self.lap_norm:
             grad = transforms.lap_normalize(grad, inv_counts=lap_counts)
         else:
@@ -230,14 +229,16 @@ class DreamStep:
     def tiled(self, height: int, width: int) -> bool:
         return self.tile_size is not None and (height > self.tile_size or width > self.tile_size)
 
-    def tiled_gradient(self, state: mx.array, rows: mx.array, cols: mx.array) -> tuple[mx.array, float]:
+    def tiled_gradient(self, state: mx.array, shift: tuple[int, int]) -> tuple[mx.array, float]:
         """TF tutorial's tiled gradient of the rolled image: one tile at a time, each evaluated
         before the next, so peak memory is one tile's activations plus image-sized arrays.
 
         Each tile's loss is weighted by its share of the image, so the sum approximates the
         gradient of the whole image's mean objective.
         """
-        rolled = transforms.take2d(state, rows, cols)
+        # Eager mx.roll (two slices): the compiled roll's doubled image would add to the peak
+        # memory that tiling exists to bound.
+        rolled = mx.roll(state, shift, axis=(1, 2))
         mx.eval(rolled)
         _, height, width, _ = state.shape
         total = height * width
@@ -258,14 +259,14 @@ class DreamStep:
     def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
                  lr: float) -> tuple[mx.array, float]:
         _, height, width, channels = state.shape
-        rows, cols, back_rows, back_cols = transforms.roll_indices(height, width, shift)
+        start, back = transforms.roll_starts(height, width, shift)
         if self.tiled(height, width):
-            grad, loss = self.tiled_gradient(state, rows, cols)
+            grad, loss = self.tiled_gradient(state, shift)
         else:
-            loss_arr, grad = self._rolled_gradient(state, rows, cols)
+            loss_arr, grad = self._rolled_gradient(state, start)
             loss = None
         lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
-        new = self._update(state, grad, back_rows, back_cols, mx.array(sigma, dtype=mx.float32),
+        new = self._update(state, grad, back, mx.array(sigma, dtype=mx.float32),
                            mx.array(lr, dtype=mx.float32), mx.array(1.0 / (height * width * channels)),
                            lap_counts)
         if loss is None:

@@ -24,28 +24,36 @@ LAP_LEVELS = 4
 
 # -- jitter -----------------------------------------------------------------------------------
 
-def roll_indices(height: int, width: int, shift: tuple[int, int]) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """Gather indices that roll an (H, W) image by ``shift = (dy, dx)`` and that undo it.
+def roll_starts(height: int, width: int, shift: tuple[int, int]) -> tuple[mx.array, mx.array]:
+    """Start offsets (row, column) that roll an (H, W) image by ``shift = (dy, dx)``, and that undo it.
 
-    Built on the host and passed to the compiled step as inputs: ``mx.roll`` (or ``% height``
-    inside the graph) would bake the offset or the size into the compiled kernels, and on CPU
-    every new kernel costs seconds of C++ compilation.
+    ``roll(x, start)`` reads the image from ``start`` on, wrapping around. The offsets are
+    int32 arrays built on the host and passed to the compiled step as inputs: ``mx.roll`` (or
+    ``% height`` inside the graph) would bake the offset or the size into the compiled
+    kernels, and on CPU every new kernel costs seconds of C++ compilation.
     """
     dy, dx = int(shift[0]), int(shift[1])
-    rows, cols = np.arange(height), np.arange(width)
-    return (mx.array((rows - dy) % height, dtype=mx.int32), mx.array((cols - dx) % width, dtype=mx.int32),
-            mx.array((rows + dy) % height, dtype=mx.int32), mx.array((cols + dx) % width, dtype=mx.int32))
+    return (mx.array([(-dy) % height, (-dx) % width], dtype=mx.int32),
+            mx.array([dy % height, dx % width], dtype=mx.int32))
 
 
-def take2d(x: mx.array, rows: mx.array, cols: mx.array) -> mx.array:
-    """``x[:, rows][:, :, cols]`` for (N, H, W, C): a roll when the indices come from ``roll_indices``."""
-    return mx.take(mx.take(x, rows, axis=1), cols, axis=2)
+def roll(x: mx.array, start: mx.array) -> mx.array:
+    """Circular shift of (N, H, W, C) so that pixel ``start = (row, col)`` comes first (``roll_starts``).
+
+    A dynamic slice of the image repeated twice: rows are one contiguous slice of the doubled
+    *flat* image (the C++ side copies whole rows), columns one of the image doubled along W.
+    4x faster on CPU than gathering with index arrays (``mx.take``: 31 vs 7.6 ms at 1024x681).
+    """
+    n, h, w, c = x.shape
+    flat = x.reshape(-1)
+    doubled = mx.concatenate([flat, flat])
+    x = mx.slice(doubled, start[0:1] * (w * c), (0,), (n * h * w * c,)).reshape(n, h, w, c)
+    return mx.slice(mx.concatenate([x, x], axis=2), start[1:2], (2,), (n, h, w, c))
 
 
 def roll2d(x: mx.array, shift: tuple[int, int]) -> mx.array:
     """Circularly shift (N, H, W, C) by ``shift = (dy, dx)`` (like ``np.roll`` on axes 1, 2)."""
-    rows, cols, _, _ = roll_indices(x.shape[1], x.shape[2], shift)
-    return take2d(x, rows, cols)
+    return roll(x, roll_starts(x.shape[1], x.shape[2], shift)[0])
 
 
 def smoothing_sigma(step: int, steps: int, smoothing: float) -> float:

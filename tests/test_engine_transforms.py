@@ -91,10 +91,16 @@ def test_lap_normalize_equalises_frequency_bands():
 def test_roll_matches_numpy_and_undoes():
     x = np.random.default_rng(3).standard_normal((1, 9, 13, 3)).astype(np.float32)
     for shift in [(0, 0), (3, -5), (-20, 27)]:
-        rows, cols, back_rows, back_cols = T.roll_indices(9, 13, shift)
-        rolled = T.take2d(mx.array(x), rows, cols)
+        start, back = T.roll_starts(9, 13, shift)
+        rolled = T.roll(mx.array(x), start)
         np.testing.assert_array_equal(np.array(rolled), np.roll(x, shift, axis=(1, 2)))
-        np.testing.assert_array_equal(np.array(T.take2d(rolled, back_rows, back_cols)), x)
+        np.testing.assert_array_equal(np.array(T.roll(rolled, back)), x)
+        np.testing.assert_array_equal(np.array(T.roll2d(mx.array(x), shift)), np.roll(x, shift, axis=(1, 2)))
+    # compiled once, the same kernels roll by any offset (the offsets are inputs, not constants)
+    compiled = mx.compile(T.roll)
+    for shift in [(1, 2), (-4, 6)]:
+        start, _ = T.roll_starts(9, 13, shift)
+        np.testing.assert_array_equal(np.array(compiled(mx.array(x), start)), np.roll(x, shift, axis=(1, 2)))
 
 
 def test_gradient_normalisations():
