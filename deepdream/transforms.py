@@ -69,10 +69,7 @@ def _filter_axis(x: mx.array, taps: mx.array | np.ndarray, axis: int, mode: str)
     Written as shifted multiply-adds over slices: on CPU, MLX's convolution with a single
     input channel is ~100x slower than this (a 9x9 blur of a 12 MP image: 89 s vs 0.9 s).
     """
-    k = len(taps)
-    pad = k // 2
-    if isinstance(taps, np.ndarray):  # constants: Python floats (numpy scalars would hijack the multiply)
-        taps = [float(t) for t in taps]
+    pad = len(taps) // 2
     n = x.shape[axis]
     if mode == "reflect":
         x = _reflect_pad_axis(x, pad, axis)
@@ -80,9 +77,17 @@ def _filter_axis(x: mx.array, taps: mx.array | np.ndarray, axis: int, mode: str)
         widths = [(0, 0)] * 4
         widths[axis] = (pad, pad)
         x = mx.pad(x, widths)
+    return _correlate_axis(x, taps, axis, n)
+
+
+def _correlate_axis(x: mx.array, taps: mx.array | np.ndarray, axis: int, n: int,
+                    out: mx.array | None = None) -> mx.array:
+    """Valid correlation of an already padded (N, H, W, C) along ``axis``: ``n`` outputs, added
+    to ``out`` if given (one chain of adds, which mx.compile fuses into one pass)."""
+    if isinstance(taps, np.ndarray):  # constants: Python floats (numpy scalars would hijack the multiply)
+        taps = [float(t) for t in taps]
     index = [slice(None)] * 4
-    out = None
-    for i in range(k):
+    for i in range(len(taps)):
         index[axis] = slice(i, i + n)
         term = taps[i] * x[tuple(index)]
         out = term if out is None else out + term
@@ -118,12 +123,17 @@ def cascade_smooth(grad: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL
     """pytorch-deepdream's CascadeGaussianSmoothing: mean of three Gaussian blurs, std ``[0.5, 1, 2] * sigma``.
 
     Each blur is separable (a 2-D Gaussian is the outer product of two 1-D ones), reflect-padded.
+    The image is padded once for all six 1-D passes: a vertical blur of the padded image is
+    still correctly padded left and right, and the three horizontal passes add up in one
+    fused pass (20-25% faster than padding and summing per blur: 29 -> 22 ms at 512x512).
     """
+    _, height, width, _ = grad.shape
+    pad = size // 2
+    padded = _reflect_pad_axis(_reflect_pad_axis(grad, pad, 1), pad, 2)
     out = None
     for coeff in CASCADE_SIGMAS:
         taps = gaussian_taps(sigma * coeff, size)
-        blurred = _filter_axis(_filter_axis(grad, taps, 1, "reflect"), taps, 2, "reflect")
-        out = blurred if out is None else out + blurred
+        out = _correlate_axis(_correlate_axis(padded, taps, 1, height), taps, 2, width, out)
     return out / len(CASCADE_SIGMAS)
 
 
