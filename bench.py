@@ -19,6 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,8 +117,29 @@ class BenchError(Exception):
 
 # -- the memory child: a tiled dream, nothing else in the process -------------------------------------
 
+def own_peak_rss_bytes() -> int:
+    """This process's peak resident set size, in bytes.
+
+    On Linux it is the kernel's high-water mark of this process's own memory map (``VmHWM``).
+    Not ``getrusage``/``wait4``'s ``ru_maxrss``: Linux carries the *parent's* RSS into a child
+    across fork + exec (it records the pre-exec memory map's high-water mark), so a child
+    started by a 1 GB benchmark process reported >= 1 GB before doing anything (measured: a
+    10 MB child of a 2 GB parent read 1.98 GB through ``wait4``).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+    scale = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def memory_child(args: argparse.Namespace) -> int:
-    """Dream a large random image with tiling; print seconds as JSON. Never imports torch."""
+    """Dream a large random image with tiling; print seconds and peak RSS as JSON. Never imports torch."""
     import models  # first: puts the fast BLAS under MLX  # isort: skip
     import numpy as np
 
@@ -127,7 +151,7 @@ def memory_child(args: argparse.Namespace) -> int:
     settings = DreamSettings(octaves=1, steps=args.memory_steps, tile_size=args.tile_size, seed=0)
     start = time.perf_counter()
     Dreamer(model, settings, quiet=True)(rgb)
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_bytes": own_peak_rss_bytes()}))
     return 0
 
 
@@ -230,17 +254,19 @@ def time_end_to_end(pair: ModelPair, size: int, steps: int | None) -> EndToEndRe
 
 
 def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int) -> MemoryResult:
-    from benchmarks.measure import peak_rss_of
     from benchmarks.report import MemoryResult
 
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(pair.weights_path),
                "--memory-size", f"{size[0]}x{size[1]}", "--tile-size", str(tile), "--memory-steps", str(steps)]
-    rss, out, err, status = peak_rss_of(command)
-    if status != 0:
-        tail = err.strip().splitlines()[-1] if err.strip() else f"exit status {status}"
+    # A separate process, so that the peak is the dream's alone (no torch, no other models);
+    # it reports its own peak (``own_peak_rss_bytes`` says why not wait4's).
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
         raise RuntimeError(f"the tiled dream child failed: {tail}")
-    seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
-    return MemoryResult(pair.name, size[0], size[1], tile, steps, rss, seconds, MEMORY_LIMIT_BYTES)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return MemoryResult(pair.name, size[0], size[1], tile, steps, result["peak_rss_bytes"], result["seconds"],
+                        MEMORY_LIMIT_BYTES)
 
 
 def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], sgemm: float,

@@ -1,12 +1,10 @@
-"""Timers, the machine's sgemm rate, FLOP counts and peak memory of a child process."""
+"""Timers, the machine's sgemm rate and FLOP counts."""
 
 from __future__ import annotations
 
 import os
 import platform
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -81,30 +79,6 @@ def forward_flops(run_forward: Callable[[], object], net: nn.Module) -> float:
         for handle in handles:
             handle.remove()
     return total
-
-
-def peak_rss_of(command: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str, str, int]:
-    """Run ``command``; return (its peak resident set size in bytes, stdout, stderr, exit status).
-
-    ``os.wait4`` returns the resource usage (getrusage's ``ru_maxrss``) of exactly that child,
-    unlike RUSAGE_CHILDREN, which would also count every compiler this process ever spawned.
-    Output goes to temporary files, not pipes, so a chatty child cannot block on a full pipe.
-    """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(list(command), stdout=out, stderr=err, text=True,
-                                env=dict(env) if env is not None else None)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-        out.seek(0)
-        err.seek(0)
-        # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
-        scale = 1 if platform.system() == "Darwin" else 1024
-        return usage.ru_maxrss * scale, out.read(), err.read(), proc.returncode
 
 
 def machine_description() -> dict[str, str]:

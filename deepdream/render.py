@@ -185,7 +185,8 @@ class DreamStep:
     jitter roll, ``sigma`` the smoothing width for this step, ``lr`` the step size.
     Two compiled graphs: the objective's gradient (of the whole rolled image, or of one tile
     at a time when ``tile_size`` is set and the image is larger: memory bounded by the tile),
-    and the update (unroll, smooth or Laplacian-normalise, normalise, step, clamp).
+    and the update (unroll, smooth or Laplacian-normalise, normalise, step, clamp; tiled images
+    are rolled and unrolled eagerly, outside the graphs, to keep their peak memory low).
     Everything that changes between calls (roll offsets, sigma, lr, 1/size) is an input, so
     nothing size- or step-specific is baked into the generated kernels: a new image size
     only re-traces, it does not re-run the CPU backend's C++ compiler.
@@ -203,6 +204,7 @@ class DreamStep:
         self.tile_size = tile_size
         self._gradient = mx.compile(mx.value_and_grad(self._loss))
         self._rolled_gradient = mx.compile(self._rolled_value_and_grad)
+        self._rolled_update = mx.compile(self._rolled_update_step)
         self._update = mx.compile(self._update_step)
 
     # The three functions below are traced by mx.compile: MLX operations only, no host syncs.
@@ -213,9 +215,12 @@ class DreamStep:
     def _rolled_value_and_grad(self, state: mx.array, start: mx.array) -> tuple[mx.array, mx.array]:
         return mx.value_and_grad(self._loss)(transforms.roll(state, start))
 
-    def _update_step(self, state: mx.array, rolled_grad: mx.array, back: mx.array, sigma: mx.array, lr: mx.array, inv_count: mx.array,
+    def _rolled_update_step(self, state: mx.array, rolled_grad: mx.array, back: mx.array, sigma: mx.array,
+                            lr: mx.array, inv_count: mx.array, lap_counts: list[mx.array]) -> mx.array:
+        return self._update_step(state, transforms.roll(rolled_grad, back), sigma, lr, inv_count, lap_counts)
+
+    def _update_step(self, state: mx.array, grad: mx.array, sigma: mx.array, lr: mx.array, inv_count: mx.array,
                      lap_counts: list[mx.array]) -> mx.array:
-        grad = transforms.roll(rolled_grad, back)
         if self.lap_norm:
             grad = transforms.lap_normalize(grad, inv_counts=lap_counts)
         else:
@@ -259,21 +264,21 @@ class DreamStep:
     def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
                  lr: float) -> tuple[mx.array, float]:
         _, height, width, channels = state.shape
-        start, back = transforms.roll_starts(height, width, shift)
-        if self.tiled(height, width):
-            grad, loss = self.tiled_gradient(state, shift)
-        else:
-            loss_arr, grad = self._rolled_gradient(state, start)
-            loss = None
         lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
-        new = self._update(state, grad, back, mx.array(sigma, dtype=mx.float32),
-                           mx.array(lr, dtype=mx.float32), mx.array(1.0 / (height * width * channels)),
-                           lap_counts)
-        if loss is None:
-            mx.eval(new, loss_arr)
-            return new, loss_arr.item()
-        mx.eval(new)
-        return new, loss
+        sigma_, lr_ = mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32)
+        inv_count = mx.array(1.0 / (height * width * channels))
+        if self.tiled(height, width):
+            # Big images: unroll eagerly too (see tiled_gradient), keeping the update's peak low.
+            grad, loss = self.tiled_gradient(state, shift)
+            grad = mx.roll(grad, (-shift[0], -shift[1]), axis=(1, 2))
+            new = self._update(state, grad, sigma_, lr_, inv_count, lap_counts)
+            mx.eval(new)
+            return new, loss
+        start, back = transforms.roll_starts(height, width, shift)
+        loss_arr, grad = self._rolled_gradient(state, start)
+        new = self._rolled_update(state, grad, back, sigma_, lr_, inv_count, lap_counts)
+        mx.eval(new, loss_arr)
+        return new, loss_arr.item()
 
 
 def make_step(model: DreamModel, objective: Objective, space: Space | None = None, *,

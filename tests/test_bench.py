@@ -53,3 +53,17 @@ def test_bad_numbers_are_rejected(weights_dir: Path) -> None:
         result = _bench(*args, weights_dir=weights_dir)
         assert result.returncode == 2, args
         assert "Traceback" not in result.stderr and "error:" in result.stderr
+
+
+def test_memory_child_reports_its_own_peak_not_its_parents() -> None:
+    # Linux hands a child the parent's RSS high-water mark across fork + exec (so wait4's
+    # ru_maxrss of a child started by a big benchmark process is at least the parent's size).
+    import numpy as np
+
+    ballast = np.ones(1 << 27)  # 1 GiB, touched
+    code = "import bench; print(bench.own_peak_rss_bytes())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    peak = int(result.stdout.strip())
+    assert 5 * 2 ** 20 < peak < 512 * 2 ** 20, peak   # a bare interpreter, not the 1 GiB parent
+    assert ballast.sum() == ballast.size

@@ -132,6 +132,19 @@ def test_single_tile_gradient_equals_whole_image_gradient(effnet, photo):
     assert 0.5 * loss.item() < split_loss < 2 * loss.item()
 
 
+def test_tiled_update_unrolls_like_the_compiled_one(effnet, photo):
+    step = make_step(effnet, build_objective(effnet, ["block8"]))
+    state = step.space.encode(photo)
+    shift = (5, -9)
+    start, back = transforms.roll_starts(photo.shape[0], photo.shape[1], shift)
+    _, rolled_grad = step._rolled_gradient(state, start)
+    args = (mx.array(1.3), mx.array(0.1), mx.array(1.0 / state.size), [])
+    compiled = step._rolled_update(state, rolled_grad, back, *args)
+    eager = step._update(state, mx.roll(rolled_grad, (-shift[0], -shift[1]), axis=(1, 2)), *args)
+    np.testing.assert_allclose(np.array(eager), np.array(compiled), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(np.array(compiled), np.array(state), atol=1e-4)  # the step moved the image
+
+
 def test_decorrelated_space_round_trips(effnet, photo):
     space = DecorrelatedSpace(effnet, IMAGENET_SQRT_COV)
     np.testing.assert_allclose(space.decode(space.encode(photo)), photo, atol=1e-5)
