@@ -264,12 +264,15 @@ def available_models(notify: Notify) -> list[str]:
 def info_text() -> str:
     import mlx.core as mx
 
-    from models import _blas
+    from models import _blas, native
 
+    if mx.default_device().type == mx.DeviceType.cpu:
+        native.load()   # builds the native kernels if this is the first run (CI's first command)
     lines = [
         f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"mlx {mx.__version__}, device {mx.default_device()}",
         f"blas: {_blas.blas_in_use}",
+        f"native CPU kernels (depthwise convolution): {native.status}",
         "models:",
     ]
     for name, spec in MODELS.items():

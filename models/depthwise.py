@@ -17,7 +17,12 @@ whose VJP uses the same shifted multiply-adds:
   MLX never evaluates an output nothing depends on).
 
 An optional per-channel bias rides along (a folded BatchNorm shift). On other devices
-(Metal) MLX's own grouped convolution is used: it is fast there.
+(Metal) MLX's own grouped convolution is used: it is fast there. On the CPU, when the native
+kernels build here (``models/native``: one C++ loop per output pixel, channels vectorised,
+rows over both cores), they replace all of this: 3-8x faster again, forward + gradient
+(128x128x144 3x3: 45 -> 8.5 ms, torch 10.4; 64x64x240 5x5: 58 -> 7.0 ms, torch 4.3). The
+shifted multiply-adds below remain the portable path and the reference the native kernels
+are tested against.
 
 It works under ``mx.compile``, ``mx.grad`` and ``nn.value_and_grad``. Results equal
 ``mx.conv2d(..., groups=C)`` up to float32 summation order.
@@ -36,6 +41,8 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import mlx.core as mx
+
+from . import native
 
 #: "same" (TensorFlow: output ceil(size/stride), the odd padding pixel right/bottom), a
 #: symmetric int, or explicit ((top, bottom), (left, right)).
@@ -192,4 +199,10 @@ def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Pa
     # per-pixel kernel, where it would be recomputed for every pixel.
     taps = mx.contiguous(weight.reshape(c, kh, kw).transpose(1, 2, 0))
     bias = mx.contiguous(bias) if bias is not None else mx.zeros((c,), x.dtype)
+    kernels = native.load() if x.dtype == mx.float32 else None
+    if kernels is not None:
+        top, bottom, left, right = pads
+        out_h = (x.shape[1] + top + bottom - kh) // stride + 1
+        out_w = (x.shape[2] + left + right - kw) // stride + 1
+        return kernels.depthwise_conv2d(x, taps, bias, stride, top, left, out_h, out_w)
     return _depthwise_fn(stride, pads)(x, taps, bias)

@@ -199,7 +199,7 @@ def test_list_layers_and_info(effnet):
     # listing needs no weights: googlenet's names come from its architecture
     assert "inception4c" in ok(run("--list-layers", "--model", "googlenet")).stdout
     info = ok(run("--info")).stdout
-    assert f"mlx {mx.__version__}" in info and "blas:" in info
+    assert f"mlx {mx.__version__}" in info and "blas:" in info and "native CPU kernels" in info
     assert "efficientnet_lite0" in info and "weights missing: run `python export_vgg.py --model vgg16`" in info
 
 
