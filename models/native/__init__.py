@@ -1,8 +1,11 @@
 """Native CPU kernels (an MLX C++ extension), built on this machine the first time they are needed.
 
-MLX's CPU backend has no fast depthwise convolution, and none can be written with MLX
-operations (``models/depthwise.py`` explains why), so ``depthwise.cpp`` adds one as an MLX
-primitive: forward, input gradient and weight gradient, under ``mx.compile`` and ``mx.grad``.
+Two operations MLX's CPU backend cannot make fast with its own operations become MLX
+primitives here, with their gradients, usable under ``mx.compile`` and ``mx.grad``:
+``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
+``max_pool.cpp`` (max pooling, whose gradient MLX can only express as a gather of strided
+views; ``models/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
+loop splitter.
 
 It is compiled like MLX compiles its own fused CPU kernels: on first use, with the machine's
 C++ compiler, against the installed ``mlx`` (whose headers and CMake package ship in its wheel)
@@ -31,7 +34,7 @@ import numpy as np
 
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "depthwise.cpp")
+SOURCES = ("CMakeLists.txt", "common.h", "bindings.cpp", "depthwise.cpp", "max_pool.cpp")
 
 _module: ModuleType | None = None
 #: "not loaded yet", "built and loaded from PATH", or why the pure-MLX path runs instead.
@@ -100,7 +103,7 @@ def _import(path: Path) -> ModuleType:
 
 
 def _smoke_test(module: ModuleType) -> None:
-    """One tiny convolution against numpy: catches a library built for another MLX/nanobind ABI."""
+    """One tiny convolution and pool against numpy: catches a library built for another MLX/nanobind ABI."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 5, 3)).astype(np.float32)
     taps = rng.standard_normal((3, 3, 3)).astype(np.float32)
@@ -109,7 +112,12 @@ def _smoke_test(module: ModuleType) -> None:
     expected = bias + sum(padded[:, i:i + 4, j:j + 5] * taps[i, j] for i in range(3) for j in range(3))
     with mx.stream(mx.cpu):
         got = np.array(module.depthwise_conv2d(mx.array(x), mx.array(taps), mx.array(bias), 1, 1, 1, 4, 5))
-    if not np.allclose(got, expected, atol=1e-5):
+    with mx.stream(mx.cpu):
+        pooled = np.array(module.max_pool2d(mx.array(x), 3, 3, 2, 2, 1, 1, 2, 3))
+    expected_pool = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    expected_pool = np.stack([np.stack([expected_pool[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
+                                        for j in range(3)]) for i in range(2)])[None]
+    if not (np.allclose(got, expected, atol=1e-5) and np.array_equal(pooled, expected_pool)):
         raise RuntimeError("the built library computes wrong values")
 
 

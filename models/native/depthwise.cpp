@@ -10,23 +10,9 @@
 // The three kinds share one loop shape: for every output position, a sum over taps of
 // (a row of one operand) * (a row of another), elementwise over channels.
 
-#include <algorithm>
-#include <cstring>
-#include <stdexcept>
-#include <thread>
-#include <vector>
+#include "common.h"
 
-#include <nanobind/nanobind.h>
-#include <nanobind/stl/tuple.h>
-
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
-#include "mlx/mlx.h"
-#include "mlx/primitives.h"
-
-namespace nb = nanobind;
-namespace mx = mlx::core;
-
+namespace deepdream {
 namespace {
 
 enum class Kind { Forward, InputGrad, WeightGrad };
@@ -36,24 +22,6 @@ struct Geometry {
   int oh, ow;           // output of the forward convolution
   int kh, kw, stride, top, left;
 };
-
-// Run body(begin, end) over [0, count) split across the cores.
-template <typename F>
-void parallel_for(int count, F body) {
-  int threads = std::max(1, std::min<int>(std::thread::hardware_concurrency(), count));
-  if (threads == 1) {
-    body(0, count);
-    return;
-  }
-  std::vector<std::thread> pool;
-  int chunk = (count + threads - 1) / threads;
-  for (int t = 1; t < threads; ++t) {
-    int begin = t * chunk, end = std::min(count, begin + chunk);
-    if (begin < end) pool.emplace_back(body, begin, end);
-  }
-  body(0, std::min(count, chunk));
-  for (auto& thread : pool) thread.join();
-}
 
 // out[n, oy, ox] = bias + sum_ij x[n, s*oy + i - top, s*ox + j - left] * taps[i, j]
 void forward(const float* x, const float* taps, const float* bias, float* out, const Geometry& g) {
@@ -140,15 +108,11 @@ class DepthwiseConv : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), kind_(kind), g_(geometry) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& input : inputs) encoder.set_input_array(input);
-    encoder.set_output_array(out);
     const float* a = inputs[0].data<float>();
     const float* b = inputs[1].data<float>();
     const float* bias = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
-    float* o = out.data<float>();
-    encoder.dispatch([kind = kind_, g = g_, a, b, bias, o]() {
+    float* o = allocate(out);
+    dispatch(stream(), inputs, out, [kind = kind_, g = g_, a, b, bias, o]() {
       if (kind == Kind::Forward) forward(a, b, bias, o, g);
       else if (kind == Kind::InputGrad) input_grad(a, b, o, g);
       else weight_grad(a, b, o, g);
@@ -186,13 +150,14 @@ class DepthwiseConv : public mx::UnaryPrimitive {
 };
 
 mx::array make(Kind kind, const Geometry& g, std::vector<mx::array> inputs) {
-  auto stream = mx::default_stream(mx::Device::cpu);
-  for (auto& input : inputs) input = mx::contiguous(mx::astype(input, mx::float32, stream), false, stream);
   mx::Shape shape = kind == Kind::Forward ? mx::Shape{g.n, g.oh, g.ow, g.c}
                   : kind == Kind::InputGrad ? mx::Shape{g.n, g.h, g.w, g.c}
                   : mx::Shape{g.kh, g.kw, g.c};
-  return mx::array(shape, mx::float32, std::make_shared<DepthwiseConv>(stream, kind, g), std::move(inputs));
+  auto stream = mx::default_stream(mx::Device::cpu);
+  return mx::array(shape, mx::float32, std::make_shared<DepthwiseConv>(stream, kind, g), prepare(std::move(inputs)));
 }
+
+}  // namespace
 
 // x (N, H, W, C), taps (kh, kw, C), bias (C,); zero padding top/left given, bottom/right implied
 // by the output size (oh, ow).
@@ -205,11 +170,4 @@ mx::array depthwise_conv2d(const mx::array& x, const mx::array& taps, const mx::
   return make(Kind::Forward, g, {x, taps, bias});
 }
 
-}  // namespace
-
-NB_MODULE(_native, m) {
-  m.doc() = "Native CPU kernels for DeepDream-MLX (see models/native/__init__.py)";
-  m.def("depthwise_conv2d", &depthwise_conv2d, nb::arg("x"), nb::arg("taps"), nb::arg("bias"), nb::arg("stride"),
-        nb::arg("top"), nb::arg("left"), nb::arg("out_h"), nb::arg("out_w"),
-        "Depthwise convolution of x (N, H, W, C) with taps (kh, kw, C) plus bias (C,), zero-padded.");
-}
+}  // namespace deepdream

@@ -1,0 +1,16 @@
+// The Python module models.native._native: one function per kernel (see models/native/__init__.py).
+#include <nanobind/nanobind.h>
+
+#include "common.h"
+
+namespace nb = nanobind;
+
+NB_MODULE(_native, m) {
+  m.doc() = "Native CPU kernels for DeepDream-MLX (MLX primitives; see models/native/__init__.py)";
+  m.def("depthwise_conv2d", &deepdream::depthwise_conv2d, nb::arg("x"), nb::arg("taps"), nb::arg("bias"),
+        nb::arg("stride"), nb::arg("top"), nb::arg("left"), nb::arg("out_h"), nb::arg("out_w"),
+        "Depthwise convolution of x (N, H, W, C) with taps (kh, kw, C) plus bias (C,), zero-padded.");
+  m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
+        nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
+        "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");
+}
