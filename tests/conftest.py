@@ -23,3 +23,20 @@ def weights_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights")
     os.environ["DEEPDREAM_WEIGHTS_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(params=["native", "mlx-ops"])
+def cpu_kernels(request, monkeypatch) -> str:
+    """Runs a test on both CPU paths of an operation that has one: ``models/native``'s C++ kernel
+    and the pure-MLX fallback (selected by making ``native.load`` report no kernels)."""
+    import shutil
+
+    from models import native
+
+    if request.param == "mlx-ops":
+        monkeypatch.setattr(native, "load", lambda: None)
+    elif native.load() is None:
+        if shutil.which("cmake") is None or os.environ.get(native.DISABLE_VAR):
+            pytest.skip(f"native kernels: {native.status}")
+        pytest.fail(f"native kernels should build here (cmake present): {native.status}")
+    return request.param

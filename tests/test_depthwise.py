@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
-from models import native
 from models.depthwise import _resolve_padding, depthwise_conv2d, same_padding
 
 
-@pytest.fixture(autouse=True, params=["native", "mlx-ops"])
-def kernels(request, monkeypatch):
-    """Every test runs on both CPU paths: the native extension and the pure-MLX shifted multiply-adds."""
-    if request.param == "mlx-ops":
-        monkeypatch.setattr(native, "load", lambda: None)
-    elif native.load() is None:
-        if shutil.which("cmake") is None or os.environ.get(native.DISABLE_VAR):
-            pytest.skip(f"native kernels: {native.status}")
-        pytest.fail(f"native kernels should build here (cmake present): {native.status}")
-    return request.param
+# every test on both CPU paths: the native kernel and the pure-MLX shifted multiply-adds
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 # (batch, height, width, channels, kernel, stride, padding): odd and even sizes, sizes that
 # leave the TF-SAME extra pixel on one side only, explicit asymmetric and over-wide padding,

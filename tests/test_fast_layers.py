@@ -8,9 +8,6 @@ with ceil_mode, padding and ReLU ties (torch routes a tied window's gradient to 
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -18,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import layers, native
+from models import layers
 from models.layers import Conv2d, avg_pool2d, conv2d, max_pool2d
 
 
@@ -115,22 +112,10 @@ POOL_CASES = [
 ]
 
 
-@pytest.fixture(params=["native", "mlx-ops"])
-def pool_kernels(request, monkeypatch):
-    """Max pooling on both CPU paths: models/native's kernel and the pure-MLX gather forms."""
-    if request.param == "mlx-ops":
-        monkeypatch.setattr(native, "load", lambda: None)
-    elif native.load() is None:
-        if shutil.which("cmake") is None or os.environ.get(native.DISABLE_VAR):
-            pytest.skip(f"native kernels: {native.status}")
-        pytest.fail(f"native kernels should build here (cmake present): {native.status}")
-    return request.param
-
-
 @pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu-ties"])
 @pytest.mark.parametrize("h,w,k,s,p,ceil_mode", POOL_CASES)
 def test_max_pool2d_matches_torch(h: int, w: int, k: int, s: int, p: int, ceil_mode: bool, relu: bool,
-                                  pool_kernels: str) -> None:
+                                  cpu_kernels: str) -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, h, w, 70)).astype(np.float32)   # 70 channels: past one 64-wide chunk
     if relu:
