@@ -3,8 +3,8 @@
 Two operations MLX's CPU backend cannot make fast with its own operations become MLX
 primitives here, with their gradients, usable under ``mx.compile`` and ``mx.grad``:
 ``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
-``max_pool.cpp`` (max pooling, whose gradient MLX can only express as a gather of strided
-views; ``models/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
+``pooling.cpp`` (max and average pooling, whose gradients MLX can only express as gathers of
+strided views; ``models/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
 loop splitter.
 
 It is compiled like MLX compiles its own fused CPU kernels: on first use, with the machine's
@@ -34,7 +34,7 @@ import numpy as np
 
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "common.h", "bindings.cpp", "depthwise.cpp", "max_pool.cpp")
+SOURCES = ("CMakeLists.txt", "common.h", "bindings.cpp", "depthwise.cpp", "pooling.cpp")
 
 _module: ModuleType | None = None
 #: "not loaded yet", "built and loaded from PATH", or why the pure-MLX path runs instead.

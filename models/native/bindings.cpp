@@ -13,4 +13,7 @@ NB_MODULE(_native, m) {
   m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
         nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
         "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");
+  m.def("avg_pool2d", &deepdream::avg_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
+        nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
+        nb::arg("count_include_pad"), "torch's avg_pool2d on x (N, H, W, C), with torch's divisor.");
 }

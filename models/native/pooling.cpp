@@ -1,13 +1,15 @@
-// Max pooling (NHWC, float32) with torch's semantics for MLX's CPU backend: forward and input
-// gradient as one MLX primitive.
+// Max and average pooling (NHWC, float32) with torch's semantics for MLX's CPU backend: forward
+// and input gradient of each as one MLX primitive.
 //
 // Why native: with MLX operations the gradient of a strided max pool is a gather of every
 // window tap's share, several passes over strided views interleaved by copies (3x3/2 on
 // 256x256x64: 55 ms forward + gradient, torch 35). Here each window is scanned once per
 // output, and the gradient goes straight to the input element that won.
 //
-// Windows start at s*o - p and are clipped to the input (padding is -inf, so it never wins);
-// ties go to the first maximum in row-major window order, as torch's do.
+// Windows start at s*o - p and are clipped to the input. Max: padding is -inf, so it never
+// wins; ties go to the first maximum in row-major window order, as torch's do. Average: the
+// divisor is torch's, the window clipped to the padded input (count_include_pad) or to the
+// input itself.
 
 #include "common.h"
 
@@ -16,6 +18,7 @@ namespace {
 
 struct Pool {
   int n, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw;
+  int average;            // 0: max pooling; 1: average, padding counted; 2: average, padding not counted
 };
 
 constexpr int kChunk = 64;  // channels per scan: the running maxima stay in registers/L1
@@ -90,9 +93,64 @@ void input_grad(const float* x, const float* grad, float* dx, const Pool& p) {
   });
 }
 
-class MaxPool : public mx::UnaryPrimitive {
+// torch's divisor of output (oy, ox): the window clipped to the padded input, or to the input.
+inline float divisor(const Pool& p, int oy, int ox) {
+  int y = oy * p.sh - p.ph, x = ox * p.sw - p.pw;
+  if (p.average == 1)
+    return float((std::min(y + p.kh, p.h + p.ph) - y) * (std::min(x + p.kw, p.w + p.pw) - x));
+  Window win = window(p, oy, ox);
+  return float((win.y1 - win.y0) * (win.x1 - win.x0));
+}
+
+void average_forward(const float* x, float* out, const Pool& p) {
+  parallel_for(p.n * p.oh, [&](int begin, int end) {
+    for (int row = begin; row < end; ++row) {
+      int n = row / p.oh, oy = row % p.oh;
+      for (int ox = 0; ox < p.ow; ++ox) {
+        float* __restrict o = out + ((size_t)row * p.ow + ox) * p.c;
+        Window win = window(p, oy, ox);
+        std::fill(o, o + p.c, 0.0f);
+        for (int iy = win.y0; iy < win.y1; ++iy)
+          for (int ix = win.x0; ix < win.x1; ++ix) {
+            const float* __restrict v = pixel(x, p, n, iy, ix);
+            for (int k = 0; k < p.c; ++k) o[k] += v[k];
+          }
+        float scale = 1.0f / divisor(p, oy, ox);
+        for (int k = 0; k < p.c; ++k) o[k] *= scale;
+      }
+    }
+  });
+}
+
+// Every input element of a window receives the output's gradient / divisor; threads own
+// channel ranges, as in the max pool's gradient.
+void average_input_grad(const float* grad, float* dx, const Pool& p) {
+  std::fill(dx, dx + (size_t)p.n * p.h * p.w * p.c, 0.0f);
+  int chunks = (p.c + kChunk - 1) / kChunk;
+  parallel_for(chunks, [&](int begin, int end) {
+    float share[kChunk];
+    for (int chunk = begin; chunk < end; ++chunk) {
+      int c0 = chunk * kChunk, len = std::min(kChunk, p.c - c0);
+      for (int n = 0; n < p.n; ++n)
+        for (int oy = 0; oy < p.oh; ++oy)
+          for (int ox = 0; ox < p.ow; ++ox) {
+            const float* g = grad + (((size_t)n * p.oh + oy) * p.ow + ox) * p.c + c0;
+            float scale = 1.0f / divisor(p, oy, ox);
+            for (int k = 0; k < len; ++k) share[k] = g[k] * scale;
+            Window win = window(p, oy, ox);
+            for (int iy = win.y0; iy < win.y1; ++iy)
+              for (int ix = win.x0; ix < win.x1; ++ix) {
+                float* __restrict d = dx + (((size_t)n * p.h + iy) * p.w + ix) * p.c + c0;
+                for (int k = 0; k < len; ++k) d[k] += share[k];
+              }
+          }
+    }
+  });
+}
+
+class Pooling : public mx::UnaryPrimitive {
  public:
-  MaxPool(mx::Stream stream, bool gradient, Pool pool)
+  Pooling(mx::Stream stream, bool gradient, Pool pool)
       : mx::UnaryPrimitive(stream), gradient_(gradient), p_(pool) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
@@ -100,27 +158,27 @@ class MaxPool : public mx::UnaryPrimitive {
     const float* g = gradient_ ? inputs[1].data<float>() : nullptr;
     float* o = allocate(out);
     dispatch(stream(), inputs, out, [gradient = gradient_, p = p_, x, g, o]() {
-      if (gradient) input_grad(x, g, o, p);
-      else forward(x, o, p);
+      if (p.average) gradient ? average_input_grad(g, o, p) : average_forward(x, o, p);
+      else gradient ? input_grad(x, g, o, p) : forward(x, o, p);
     });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[MaxPool] CPU only");
+    throw std::runtime_error("[Pooling] CPU only");
   }
 
   std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
                              const std::vector<int>&, const std::vector<mx::array>&) override {
-    if (gradient_) throw std::runtime_error("[MaxPool] no second derivative");
+    if (gradient_) throw std::runtime_error("[Pooling] no second derivative");
     auto stream = mx::default_stream(mx::Device::cpu);
-    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<MaxPool>(stream, true, p_),
+    return {mx::array(primals[0].shape(), mx::float32, std::make_shared<Pooling>(stream, true, p_),
                       prepare({primals[0], cotangents[0]}))};
   }
 
-  const char* name() const override { return "MaxPool"; }
+  const char* name() const override { return p_.average ? "AvgPool" : "MaxPool"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const MaxPool&>(other);
+    auto& o = static_cast<const Pooling&>(other);
     return gradient_ == o.gradient_ && std::memcmp(&p_, &o.p_, sizeof(Pool)) == 0;
   }
 
@@ -131,16 +189,26 @@ class MaxPool : public mx::UnaryPrimitive {
 
 }  // namespace
 
-mx::array max_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w) {
+mx::array pool2d(const mx::array& x, int average, int kh, int kw, int sh, int sw, int ph, int pw, int out_h,
+                 int out_w) {
   if (x.ndim() != 4 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || out_h < 1 || out_w < 1)
-    throw std::invalid_argument("max_pool2d: x (N, H, W, C), positive kernel, stride and output size");
-  Pool p{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out_h, out_w, kh, kw, sh, sw, ph, pw};
+    throw std::invalid_argument("pool2d: x (N, H, W, C), positive kernel, stride and output size");
+  Pool p{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out_h, out_w, kh, kw, sh, sw, ph, pw, average};
   // every window must hold at least one input element (torch guarantees it; so does layers.py)
   if ((out_h - 1) * sh - ph >= p.h || (out_w - 1) * sw - pw >= p.w || kh <= ph || kw <= pw)
-    throw std::invalid_argument("max_pool2d: a window lies entirely in the padding");
+    throw std::invalid_argument("pool2d: a window lies entirely in the padding");
   auto stream = mx::default_stream(mx::Device::cpu);
-  return mx::array({p.n, out_h, out_w, p.c}, mx::float32, std::make_shared<MaxPool>(stream, false, p),
+  return mx::array({p.n, out_h, out_w, p.c}, mx::float32, std::make_shared<Pooling>(stream, false, p),
                    prepare({x}));
+}
+
+mx::array max_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w) {
+  return pool2d(x, 0, kh, kw, sh, sw, ph, pw, out_h, out_w);
+}
+
+mx::array avg_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w,
+                     bool count_include_pad) {
+  return pool2d(x, count_include_pad ? 1 : 2, kh, kw, sh, sw, ph, pw, out_h, out_w);
 }
 
 }  // namespace deepdream
