@@ -37,21 +37,25 @@ inline const float* pixel(const float* x, const Pool& p, int n, int iy, int ix) 
   return x + (((size_t)n * p.h + iy) * p.w + ix) * p.c;
 }
 
-void forward(const float* x, float* out, const Pool& p) {
+// visit(n, oy, ox, output index, window) for every output, rows split across the cores.
+template <typename Visit>
+void for_each_output(const Pool& p, Visit visit) {
   parallel_for(p.n * p.oh, [&](int begin, int end) {
-    for (int row = begin; row < end; ++row) {
-      int n = row / p.oh, oy = row % p.oh;
-      for (int ox = 0; ox < p.ow; ++ox) {
-        float* __restrict o = out + ((size_t)row * p.ow + ox) * p.c;
-        Window win = window(p, oy, ox);
-        std::memcpy(o, pixel(x, p, n, win.y0, win.x0), sizeof(float) * p.c);
-        for (int iy = win.y0; iy < win.y1; ++iy)
-          for (int ix = win.x0; ix < win.x1; ++ix) {
-            const float* __restrict v = pixel(x, p, n, iy, ix);
-            for (int k = 0; k < p.c; ++k) o[k] = std::max(o[k], v[k]);
-          }
+    for (int row = begin; row < end; ++row)
+      for (int ox = 0; ox < p.ow; ++ox)
+        visit(row / p.oh, row % p.oh, ox, (size_t)row * p.ow + ox, window(p, row % p.oh, ox));
+  });
+}
+
+void forward(const float* x, float* out, const Pool& p) {
+  for_each_output(p, [&](int n, int, int, size_t index, Window win) {
+    float* __restrict o = out + index * p.c;
+    std::memcpy(o, pixel(x, p, n, win.y0, win.x0), sizeof(float) * p.c);
+    for (int iy = win.y0; iy < win.y1; ++iy)
+      for (int ix = win.x0; ix < win.x1; ++ix) {
+        const float* __restrict v = pixel(x, p, n, iy, ix);
+        for (int k = 0; k < p.c; ++k) o[k] = std::max(o[k], v[k]);
       }
-    }
   });
 }
 
@@ -103,22 +107,16 @@ inline float divisor(const Pool& p, int oy, int ox) {
 }
 
 void average_forward(const float* x, float* out, const Pool& p) {
-  parallel_for(p.n * p.oh, [&](int begin, int end) {
-    for (int row = begin; row < end; ++row) {
-      int n = row / p.oh, oy = row % p.oh;
-      for (int ox = 0; ox < p.ow; ++ox) {
-        float* __restrict o = out + ((size_t)row * p.ow + ox) * p.c;
-        Window win = window(p, oy, ox);
-        std::fill(o, o + p.c, 0.0f);
-        for (int iy = win.y0; iy < win.y1; ++iy)
-          for (int ix = win.x0; ix < win.x1; ++ix) {
-            const float* __restrict v = pixel(x, p, n, iy, ix);
-            for (int k = 0; k < p.c; ++k) o[k] += v[k];
-          }
-        float scale = 1.0f / divisor(p, oy, ox);
-        for (int k = 0; k < p.c; ++k) o[k] *= scale;
+  for_each_output(p, [&](int n, int oy, int ox, size_t index, Window win) {
+    float* __restrict o = out + index * p.c;
+    std::fill(o, o + p.c, 0.0f);
+    for (int iy = win.y0; iy < win.y1; ++iy)
+      for (int ix = win.x0; ix < win.x1; ++ix) {
+        const float* __restrict v = pixel(x, p, n, iy, ix);
+        for (int k = 0; k < p.c; ++k) o[k] += v[k];
       }
-    }
+    float scale = 1.0f / divisor(p, oy, ox);
+    for (int k = 0; k < p.c; ++k) o[k] *= scale;
   });
 }
 
