@@ -272,7 +272,7 @@ def info_text() -> str:
         f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"mlx {mx.__version__}, device {mx.default_device()}",
         f"blas: {_blas.blas_in_use}",
-        f"native CPU kernels (depthwise convolution): {native.status}",
+        f"native CPU kernels (depthwise convolution, pooling): {native.status}",
         "models:",
     ]
     for name, spec in MODELS.items():

@@ -142,22 +142,23 @@ def _weight_grad(xp: mx.array, g: mx.array, kh: int, kw: int, stride: int) -> mx
     return mx.stack(rows)
 
 
+def _out_size(x: mx.array, taps: mx.array, stride: int, pads: Pads) -> tuple[int, int]:
+    """Output (height, width) of x (N, H, W, C) convolved with taps (kh, kw, C) after ``pads``."""
+    top, bottom, left, right = pads
+    return ((x.shape[1] + top + bottom - taps.shape[0]) // stride + 1,
+            (x.shape[2] + left + right - taps.shape[1]) // stride + 1)
+
+
 @lru_cache(maxsize=256)
 def _depthwise_fn(stride: int, pads: Pads) -> Callable[[mx.array, mx.array, mx.array], mx.array]:
     """The custom function for one (stride, padding) pair: the VJP needs them as constants."""
-    top, bottom, left, right = pads
-
     def padded(x: mx.array) -> mx.array:
-        return _pad_hw(x, top, bottom, left, right)
-
-    def out_size(x: mx.array, taps: mx.array) -> tuple[int, int]:
-        return ((x.shape[1] + top + bottom - taps.shape[0]) // stride + 1,
-                (x.shape[2] + left + right - taps.shape[1]) // stride + 1)
+        return _pad_hw(x, *pads)
 
     @mx.custom_function
     def conv(x: mx.array, taps: mx.array, bias: mx.array) -> mx.array:
         # the bias joins the first tap, so under mx.compile it costs no extra pass
-        return _correlate(padded(x), taps, *out_size(x, taps), stride=stride) + bias
+        return _correlate(padded(x), taps, *_out_size(x, taps, stride, pads), stride=stride) + bias
 
     @conv.vjp
     def conv_vjp(primals: list[mx.array], cotangent: mx.array,
@@ -199,10 +200,7 @@ def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Pa
     # per-pixel kernel, where it would be recomputed for every pixel.
     taps = mx.contiguous(weight.reshape(c, kh, kw).transpose(1, 2, 0))
     bias = mx.contiguous(bias) if bias is not None else mx.zeros((c,), x.dtype)
-    kernels = native.load() if x.dtype == mx.float32 else None
+    kernels = native.for_array(x)
     if kernels is not None:
-        top, bottom, left, right = pads
-        out_h = (x.shape[1] + top + bottom - kh) // stride + 1
-        out_w = (x.shape[2] + left + right - kw) // stride + 1
-        return kernels.depthwise_conv2d(x, taps, bias, stride, top, left, out_h, out_w)
+        return kernels.depthwise_conv2d(x, taps, bias, stride, pads[0], pads[2], *_out_size(x, taps, stride, pads))
     return _depthwise_fn(stride, pads)(x, taps, bias)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from types import ModuleType
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -456,19 +457,28 @@ def _crop_padding(dxp: mx.array, p: Pair, hw: Pair) -> mx.array:
     return dxp[:, p[0]:p[0] + hw[0], p[1]:p[1] + hw[1], :]
 
 
+def _native_pool(x: mx.array, k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> tuple[ModuleType, Pair] | None:
+    """The native kernels and the output size for a pooling of x, or None to use the MLX forms
+    (no kernels for x, or an empty output, which the native primitives do not make)."""
+    kernels = native.for_array(x)
+    out_hw = (_pool_out(x.shape[1], k[0], s[0], p[0], ceil_mode), _pool_out(x.shape[2], k[1], s[1], p[1], ceil_mode))
+    if kernels is None or min(out_hw) < 1:
+        return None
+    return kernels, out_hw
+
+
 def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False) -> mx.array:
     """torch.nn.functional.max_pool2d on NHWC input (padding counts as -inf)."""
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
-    kernels = native.load() if _on_cpu() and x.dtype == mx.float32 else None
-    oh = _pool_out(x.shape[1], k[0], s[0], p[0], ceil_mode)
-    ow = _pool_out(x.shape[2], k[1], s[1], p[1], ceil_mode)
-    if kernels is not None and oh > 0 and ow > 0:
+    native_pool = _native_pool(x, k, s, p, ceil_mode)
+    if native_pool is not None:
         # models/native/pooling.cpp: each window scanned once, the gradient sent straight to
         # the winner (3x3/2 on 256x256x64, forward + gradient: 57 -> 13 ms; torch 35)
-        return kernels.max_pool2d(x, *k, *s, *p, oh, ow)
+        kernels, out_hw = native_pool
+        return kernels.max_pool2d(x, *k, *s, *p, *out_hw)
     if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
         return _flat_pool_function("max", k, p, True)(x)
     return _max_pool_function(k, s, p, ceil_mode)(x)
@@ -524,12 +534,11 @@ def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
     k = _pair(kernel_size)
     s = _pair(stride if stride is not None else kernel_size)
     p = _pair(padding)
-    kernels = native.load() if _on_cpu() and x.dtype == mx.float32 else None
-    oh = _pool_out(x.shape[1], k[0], s[0], p[0], ceil_mode)
-    ow = _pool_out(x.shape[2], k[1], s[1], p[1], ceil_mode)
-    if kernels is not None and oh > 0 and ow > 0:
+    native_pool = _native_pool(x, k, s, p, ceil_mode)
+    if native_pool is not None:
         # models/native/pooling.cpp (inception_v3's 3x3/1 branch pools: ~5x faster, forward + gradient)
-        return kernels.avg_pool2d(x, *k, *s, *p, oh, ow, count_include_pad)
+        kernels, out_hw = native_pool
+        return kernels.avg_pool2d(x, *k, *s, *p, *out_hw, count_include_pad)
     if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
         return _flat_pool_function("avg", k, p, count_include_pad)(x)
     return _avg_pool_function(k, s, p, ceil_mode, count_include_pad)(x)

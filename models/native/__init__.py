@@ -146,3 +146,11 @@ def load() -> ModuleType | None:
     _module = module
     status = f"built and loaded from {library}"
     return module
+
+
+def for_array(x: mx.array) -> ModuleType | None:
+    """The kernels for an operation on ``x``, or None where they do not apply: they are float32
+    CPU primitives (other devices keep MLX's own operations), or they are unavailable here."""
+    if x.dtype != mx.float32 or mx.default_device().type != mx.DeviceType.cpu:
+        return None
+    return load()
