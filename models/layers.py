@@ -9,7 +9,9 @@ ops are slow (measured with ``bench.py``): the input gradient of a strided convo
 MLX's naive convolution loop (56x56x128 3x3/2: 0.6 s vs torch's 0.01 s), the gradient of a
 pooling window view is a scatter (a 3x3 max pool of 28x28x480: 0.15 s vs 0.02 s), and even a
 plain 3x3 convolution spends more time building its im2col matrix than in the matrix product.
-So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx.custom_function``):
+So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx.custom_function``),
+or run as native primitives (``models/native``: the stride-1 convolution in ``conv.cpp``, both
+poolings in ``pooling.cpp``) where those are built; the MLX forms below are the fallback:
 
 - A stride-1 convolution is a sum of kh*kw matrix products over *shifted views* of the padded
   input flattened to (pixels, channels): shifting the flat view by one row of the padded image
@@ -209,13 +211,32 @@ def _conv_function(stride: Pair, padding: Pair) -> Callable[[mx.array, mx.array]
     return conv
 
 
-def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int | Pair = 0) -> mx.array:
-    """``mx.conv2d`` (groups 1, dilation 1; x NHWC, weight (C_out, kh, kw, C_in)), fast forward and
-    input gradient on CPU (see the module docstring). Same values and gradients as ``mx.conv2d``."""
+def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int | Pair = 0,
+           bias: mx.array | None = None) -> mx.array:
+    """``mx.conv2d`` (groups 1, dilation 1; x NHWC, weight (C_out, kh, kw, C_in)) plus ``bias``, fast
+    forward and input gradient on CPU (see the module docstring). Same values and gradients as
+    ``mx.conv2d``."""
     stride, padding = _pair(stride), _pair(padding)
     if not _on_cpu():
-        return mx.conv2d(x, weight, stride=stride, padding=padding)
-    return _conv_function(stride, padding)(x, weight)
+        y = mx.conv2d(x, weight, stride=stride, padding=padding)
+    elif (kernels := _native_conv(x, weight, stride, padding)) is not None:
+        _, kh, kw, _ = weight.shape
+        out_hw = (x.shape[1] + 2 * padding[0] - kh + 1, x.shape[2] + 2 * padding[1] - kw + 1)
+        zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
+        return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw)
+    else:
+        y = _conv_function(stride, padding)(x, weight)
+    return y if bias is None else y + bias
+
+
+def _native_conv(x: mx.array, weight: mx.array, stride: Pair, padding: Pair) -> ModuleType | None:
+    """The native kernels where they run this convolution: stride 1, a kernel wider than 1x1
+    (1x1 layers already are one matrix product) and padding inside the kernel."""
+    _, kh, kw, _ = weight.shape
+    if stride != (1, 1) or (kh, kw) == (1, 1) or padding[0] >= kh or padding[1] >= kw:
+        return None
+    kernels = native.for_array(x)
+    return kernels if kernels is not None and kernels.has_sgemm() else None
 
 
 class Conv2d(nn.Conv2d):
@@ -224,8 +245,7 @@ class Conv2d(nn.Conv2d):
     def __call__(self, x: mx.array) -> mx.array:
         if self.groups != 1 or self.dilation not in (1, (1, 1)):
             return super().__call__(x)
-        y = conv2d(x, self.weight, self.stride, self.padding)
-        return y + self.bias if "bias" in self else y
+        return conv2d(x, self.weight, self.stride, self.padding, self.bias if "bias" in self else None)
 
 
 # -- pooling --------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """models.layers' convolution and pooling, with their own gradients, against torch.
 
-Every code path is exercised: the shifted-product convolution (large maps, >= 16 channels)
-and MLX's im2col one (small maps, RGB input), the shifted and the col2im input gradients
-(stride 1, strided, 1x1, few channels), batches, non-square kernels, and max/avg pooling
-with ceil_mode, padding and ReLU ties (torch routes a tied window's gradient to its first max).
+Every code path is exercised, on both CPU paths (``cpu_kernels``): the native stride-1
+convolution (models/native/conv.cpp: per-tap and all-taps-at-once input gradients) and, without
+it, the shifted-product convolution (large maps, >= 16 channels) and MLX's im2col one (small
+maps, RGB input), the shifted and the col2im input gradients (stride 1, strided, 1x1, few
+channels), batches, non-square kernels, biases, and max/avg pooling with ceil_mode, padding
+and ReLU ties (torch routes a tied window's gradient to its first max).
 """
 
 from __future__ import annotations
@@ -46,35 +48,71 @@ CONV_CASES = [
     (1, 13, 11, 32, 48, 3, 1, 1),          # small map: im2col forward, shifted gradient
     (2, 52, 50, 16, 8, 3, 1, 1),           # a batch (training)
     (2, 17, 16, 4, 6, 5, 3, 1),
+    (2, 9, 10, 5, 7, 5, 1, 2),             # native: fewer than 16 input channels, wide input gradient
+    (1, 11, 9, 6, 20, (3, 5), 1, (2, 1)),  # native: padding wider than half the kernel
 ]
 
 
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("n,h,w,ci,co,k,s,p", CONV_CASES)
-def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: int, p) -> None:
+def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: int, p, with_bias: bool,
+                              cpu_kernels: str) -> None:
     rng = np.random.default_rng(0)
     kh, kw = (k, k) if isinstance(k, int) else k
     x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
     weight = (rng.standard_normal((co, kh, kw, ci)) / np.sqrt(ci * kh * kw)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
     xt = _nchw(x).requires_grad_(True)
     wt = torch.from_numpy(np.ascontiguousarray(weight.transpose(0, 3, 1, 2))).requires_grad_(True)
-    yt = F.conv2d(xt, wt, stride=s, padding=p)
+    bt = torch.from_numpy(bias).requires_grad_(True)
+    yt = F.conv2d(xt, wt, bt if with_bias else None, stride=s, padding=p)
     upstream = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
-    gxt, gwt = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), (xt, wt))
+    gxt, gwt, gbt = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), (xt, wt, bt), allow_unused=True)
 
     up = mx.array(upstream.transpose(0, 2, 3, 1))
-    y = conv2d(mx.array(x), mx.array(weight), s, p)
-    loss = mx.compile(mx.grad(lambda a, b: (conv2d(a, b, s, p) * up).sum(), argnums=(0, 1)))
-    gx, gw = loss(mx.array(x), mx.array(weight))
+
+    def run(a: mx.array, b: mx.array, c: mx.array) -> mx.array:
+        return conv2d(a, b, s, p, c if with_bias else None)
+
+    y = run(mx.array(x), mx.array(weight), mx.array(bias))
+    loss = mx.compile(mx.grad(lambda a, b, c: (run(a, b, c) * up).sum(), argnums=(0, 1, 2)))
+    gx, gw, gb = loss(mx.array(x), mx.array(weight), mx.array(bias))
     assert y.shape == _nhwc(yt).shape
     assert _rel(y, _nhwc(yt)) < 1e-5
     assert _rel(gx, _nhwc(gxt)) < 1e-5
     assert _rel(gw, gwt.numpy().transpose(0, 2, 3, 1)) < 1e-5
+    if with_bias:
+        assert _rel(gb, gbt.numpy()) < 1e-5
+
+
+def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the native kernels, stride-1 convolutions wider than 1x1 go to conv.cpp (so the
+    cases above test it); strided and 1x1 layers, and the pure-MLX path, never do."""
+    from models import native
+
+    kernels = native.load()
+    calls = []
+    if kernels is not None:
+        class Counting:
+            def __getattr__(self, name: str):
+                if name == "conv2d":
+                    return lambda *a, **k: calls.append(1) or kernels.conv2d(*a, **k)
+                return getattr(kernels, name)
+        monkeypatch.setattr(native, "load", lambda: Counting())
+    x = mx.random.normal((1, 20, 20, 8))
+    for weight, stride, padding in [(mx.random.normal((4, 3, 3, 8)), 1, 1), (mx.random.normal((4, 3, 3, 8)), 2, 1),
+                                    (mx.random.normal((4, 1, 1, 8)), 1, 0)]:
+        mx.eval(mx.grad(lambda a: conv2d(a, weight, stride, padding).sum())(x))
+    assert len(calls) == (1 if cpu_kernels == "native" else 0)
 
 
 @pytest.mark.parametrize("size,expected", [(52, 2), (20, 1)])
 def test_shifted_products_are_used_on_large_maps(monkeypatch: pytest.MonkeyPatch, size: int, expected: int) -> None:
-    """A large 16-channel map runs forward and input gradient as shifted products; a small
-    one keeps MLX's im2col forward (so the CASES above cover both routes)."""
+    """Without the native kernels, a large 16-channel map runs forward and input gradient as
+    shifted products; a small one keeps MLX's im2col forward (so the CASES above cover both routes)."""
+    from models import native
+
+    monkeypatch.setattr(native, "load", lambda: None)
     calls = []
     real = layers._shifted_correlation
     monkeypatch.setattr(layers, "_shifted_correlation", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -1,8 +1,9 @@
 """Native CPU kernels (an MLX C++ extension), built on this machine the first time they are needed.
 
-Two operations MLX's CPU backend cannot make fast with its own operations become MLX
-primitives here, with their gradients, usable under ``mx.compile`` and ``mx.grad``:
-``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
+Operations MLX's CPU backend cannot make fast with its own operations become MLX primitives
+here, with their gradients, usable under ``mx.compile`` and ``mx.grad``: ``conv.cpp`` (the
+stride-1 convolution as cache-sized blocks of BLAS products over shifted views, no im2col
+copy), ``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
 ``pooling.cpp`` (max and average pooling, whose gradients MLX can only express as gathers of
 strided views; ``models/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
 loop splitter.
@@ -34,7 +35,7 @@ import numpy as np
 
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "common.h", "bindings.cpp", "depthwise.cpp", "pooling.cpp")
+SOURCES = ("CMakeLists.txt", "common.h", "bindings.cpp", "conv.cpp", "depthwise.cpp", "pooling.cpp")
 
 _module: ModuleType | None = None
 #: "not loaded yet", "built and loaded from PATH", or why the pure-MLX path runs instead.
@@ -103,7 +104,7 @@ def _import(path: Path) -> ModuleType:
 
 
 def _smoke_test(module: ModuleType) -> None:
-    """One tiny convolution and pool against numpy: catches a library built for another MLX/nanobind ABI."""
+    """A tiny depthwise and full convolution and pool against numpy: catches a library built for another MLX/nanobind ABI."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 5, 3)).astype(np.float32)
     taps = rng.standard_normal((3, 3, 3)).astype(np.float32)
@@ -117,7 +118,14 @@ def _smoke_test(module: ModuleType) -> None:
     expected_pool = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     expected_pool = np.stack([np.stack([expected_pool[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
                                         for j in range(3)]) for i in range(2)])[None]
-    if not (np.allclose(got, expected, atol=1e-5) and np.array_equal(pooled, expected_pool)):
+    conv_ok = True
+    if module.has_sgemm():       # else models.layers never calls conv2d
+        weight = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+        with mx.stream(mx.cpu):
+            conv = np.array(module.conv2d(mx.array(x), mx.array(weight), mx.zeros((2,)), 1, 1, 4, 5))
+        windows = np.stack([np.stack([padded[:, i:i + 4, j:j + 5] for j in range(3)], axis=3) for i in range(3)], axis=3)
+        conv_ok = np.allclose(conv, np.einsum("nhwijc,oijc->nhwo", windows, weight), atol=1e-4)
+    if not (np.allclose(got, expected, atol=1e-5) and np.array_equal(pooled, expected_pool) and conv_ok):
         raise RuntimeError("the built library computes wrong values")
 
 

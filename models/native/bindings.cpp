@@ -10,6 +10,10 @@ NB_MODULE(_native, m) {
   m.def("depthwise_conv2d", &deepdream::depthwise_conv2d, nb::arg("x"), nb::arg("taps"), nb::arg("bias"),
         nb::arg("stride"), nb::arg("top"), nb::arg("left"), nb::arg("out_h"), nb::arg("out_w"),
         "Depthwise convolution of x (N, H, W, C) with taps (kh, kw, C) plus bias (C,), zero-padded.");
+  m.def("conv2d", &deepdream::conv2d, nb::arg("x"), nb::arg("w"), nb::arg("bias"), nb::arg("top"), nb::arg("left"),
+        nb::arg("out_h"), nb::arg("out_w"),
+        "Stride-1 convolution of x (N, H, W, C_in) with w (C_out, kh, kw, C_in) plus bias, zero-padded.");
+  m.def("has_sgemm", &deepdream::has_sgemm, "Whether the process has a cblas_sgemm for conv2d.");
   m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
         nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
         "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");

@@ -59,6 +59,8 @@ inline std::vector<mx::array> prepare(std::vector<mx::array> inputs) {
 
 mx::array depthwise_conv2d(const mx::array& x, const mx::array& taps, const mx::array& bias, int stride,
                            int top, int left, int out_h, int out_w);
+bool has_sgemm();
+mx::array conv2d(const mx::array& x, const mx::array& w, const mx::array& bias, int top, int left, int oh, int ow);
 mx::array max_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w);
 mx::array avg_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w,
                      bool count_include_pad);
