@@ -5,6 +5,7 @@
 #include <limits>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -56,6 +57,69 @@ inline std::vector<mx::array> prepare(std::vector<mx::array> inputs) {
   for (auto& input : inputs) input = mx::contiguous(mx::astype(input, mx::float32, stream), false, stream);
   return inputs;
 }
+
+// The three evaluations of an operation with inputs (x, weights, bias): the forward and its two gradients.
+enum class Kind { Forward, InputGrad, WeightGrad };
+
+// One MLX primitive per such operation (the convolutions), its gradients being two more kinds of
+// the same primitive. `Op` supplies the `Geometry` (a plain struct), `name`, `gpu_alternative`,
+// `shape(kind, g)` and the three loops: forward(x, w, bias, out, g), input_grad(grad, w, dx, g),
+// weight_grad(x, grad, dw, g).
+template <typename Op>
+class WeightedPrimitive : public mx::UnaryPrimitive {
+ public:
+  using Geometry = typename Op::Geometry;
+
+  WeightedPrimitive(mx::Stream stream, Kind kind, Geometry geometry)
+      : mx::UnaryPrimitive(stream), kind_(kind), g_(geometry) {}
+
+  static mx::array make(Kind kind, const Geometry& g, std::vector<mx::array> inputs) {
+    auto stream = mx::default_stream(mx::Device::cpu);
+    return mx::array(Op::shape(kind, g), mx::float32, std::make_shared<WeightedPrimitive>(stream, kind, g),
+                     prepare(std::move(inputs)));
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const float* a = inputs[0].data<float>();
+    const float* b = inputs[1].data<float>();
+    const float* bias = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
+    float* o = allocate(out);
+    dispatch(stream(), inputs, out, [kind = kind_, g = g_, a, b, bias, o]() {
+      if (kind == Kind::Forward) Op::forward(a, b, bias, o, g);
+      else if (kind == Kind::InputGrad) Op::input_grad(a, b, o, g);
+      else Op::weight_grad(a, b, o, g);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string("[") + Op::name + "] CPU only; on the GPU use " + Op::gpu_alternative);
+  }
+
+  // Forward only: inputs (x, w, bias). Second derivatives are not needed for dreaming or training.
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>&) override {
+    if (kind_ != Kind::Forward) throw std::runtime_error(std::string("[") + Op::name + "] no second derivative");
+    const auto& grad = cotangents[0];
+    std::vector<mx::array> result;
+    for (int arg : argnums) {
+      if (arg == 0) result.push_back(make(Kind::InputGrad, g_, {grad, primals[1]}));
+      else if (arg == 1) result.push_back(make(Kind::WeightGrad, g_, {primals[0], grad}));
+      else result.push_back(mx::sum(grad, {0, 1, 2}, false, stream()));
+    }
+    return result;
+  }
+
+  const char* name() const override { return Op::name; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const WeightedPrimitive&>(other);
+    return kind_ == o.kind_ && std::memcmp(&g_, &o.g_, sizeof(Geometry)) == 0;
+  }
+
+ private:
+  Kind kind_;
+  Geometry g_;
+};
 
 mx::array depthwise_conv2d(const mx::array& x, const mx::array& taps, const mx::array& bias, int stride,
                            int top, int left, int out_h, int out_w);

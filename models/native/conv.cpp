@@ -36,8 +36,6 @@ Sgemm sgemm() {
   return fn;
 }
 
-enum class Kind { Forward, InputGrad, WeightGrad };
-
 struct Geometry {
   int n, h, w, ci;        // input (N, H, W, C_in)
   int oh, ow, co;         // output (N, oh, ow, C_out)
@@ -184,61 +182,26 @@ void weight_grad(const float* x, const float* grad, float* dw, const Geometry& g
   }
 }
 
-mx::array make(Kind kind, const Geometry& g, std::vector<mx::array> inputs);
-
-class Conv : public mx::UnaryPrimitive {
- public:
-  Conv(mx::Stream stream, Kind kind, Geometry geometry) : mx::UnaryPrimitive(stream), kind_(kind), g_(geometry) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    const float* a = inputs[0].data<float>();
-    const float* b = inputs[1].data<float>();
-    const float* bias = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
-    float* o = allocate(out);
-    dispatch(stream(), inputs, out, [kind = kind_, g = g_, a, b, bias, o]() {
-      if (kind == Kind::Forward) forward(a, b, bias, o, g);
-      else if (kind == Kind::InputGrad) input_grad(a, b, o, g);
-      else weight_grad(a, b, o, g);
-    });
+// The primitive's loops and result shapes (common.h).
+struct ConvOp {
+  using Geometry = deepdream::Geometry;
+  static constexpr const char* name = "Conv";
+  static constexpr const char* gpu_alternative = "mx.conv2d";
+  static mx::Shape shape(Kind kind, const Geometry& g) {
+    return kind == Kind::Forward ? mx::Shape{g.n, g.oh, g.ow, g.co}
+         : kind == Kind::InputGrad ? mx::Shape{g.n, g.h, g.w, g.ci}
+         : mx::Shape{g.co, g.kh, g.kw, g.ci};
   }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[Conv] CPU only; on the GPU use mx.conv2d");
+  static void forward(const float* x, const float* w, const float* bias, float* out, const Geometry& g) {
+    deepdream::forward(x, w, bias, out, g);
   }
-
-  // Forward only: inputs (x, w, bias). Second derivatives are not needed for dreaming or training.
-  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
-                             const std::vector<int>& argnums, const std::vector<mx::array>&) override {
-    if (kind_ != Kind::Forward) throw std::runtime_error("[Conv] no second derivative");
-    const auto& grad = cotangents[0];
-    std::vector<mx::array> result;
-    for (int arg : argnums) {
-      if (arg == 0) result.push_back(make(Kind::InputGrad, g_, {grad, primals[1]}));
-      else if (arg == 1) result.push_back(make(Kind::WeightGrad, g_, {primals[0], grad}));
-      else result.push_back(mx::sum(grad, {0, 1, 2}, false, stream()));
-    }
-    return result;
+  static void input_grad(const float* grad, const float* w, float* dx, const Geometry& g) {
+    deepdream::input_grad(grad, w, dx, g);
   }
-
-  const char* name() const override { return "Conv"; }
-
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const Conv&>(other);
-    return kind_ == o.kind_ && std::memcmp(&g_, &o.g_, sizeof(Geometry)) == 0;
+  static void weight_grad(const float* x, const float* grad, float* dw, const Geometry& g) {
+    deepdream::weight_grad(x, grad, dw, g);
   }
-
- private:
-  Kind kind_;
-  Geometry g_;
 };
-
-mx::array make(Kind kind, const Geometry& g, std::vector<mx::array> inputs) {
-  mx::Shape shape = kind == Kind::Forward ? mx::Shape{g.n, g.oh, g.ow, g.co}
-                  : kind == Kind::InputGrad ? mx::Shape{g.n, g.h, g.w, g.ci}
-                  : mx::Shape{g.co, g.kh, g.kw, g.ci};
-  auto stream = mx::default_stream(mx::Device::cpu);
-  return mx::array(shape, mx::float32, std::make_shared<Conv>(stream, kind, g), prepare(std::move(inputs)));
-}
 
 }  // namespace
 
@@ -252,7 +215,7 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const mx::array& bias, 
     throw std::invalid_argument("conv2d: x (N, H, W, C_in), w (C_out, kh, kw, C_in), bias (C_out,), 0 <= padding < k");
   if (!has_sgemm()) throw std::runtime_error("conv2d: no cblas_sgemm in the process");
   Geometry g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), oh, ow, w.shape(0), w.shape(1), w.shape(2), top, left};
-  return make(Kind::Forward, g, {x, w, bias});
+  return WeightedPrimitive<ConvOp>::make(Kind::Forward, g, {x, w, bias});
 }
 
 }  // namespace deepdream

@@ -15,8 +15,6 @@
 namespace deepdream {
 namespace {
 
-enum class Kind { Forward, InputGrad, WeightGrad };
-
 struct Geometry {
   int n, h, w, c;       // input (N, H, W, C)
   int oh, ow;           // output of the forward convolution
@@ -100,62 +98,26 @@ void weight_grad(const float* x, const float* grad, float* dtaps, const Geometry
   });
 }
 
-mx::array make(Kind kind, const Geometry& g, std::vector<mx::array> inputs);
-
-class DepthwiseConv : public mx::UnaryPrimitive {
- public:
-  DepthwiseConv(mx::Stream stream, Kind kind, Geometry geometry)
-      : mx::UnaryPrimitive(stream), kind_(kind), g_(geometry) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    const float* a = inputs[0].data<float>();
-    const float* b = inputs[1].data<float>();
-    const float* bias = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
-    float* o = allocate(out);
-    dispatch(stream(), inputs, out, [kind = kind_, g = g_, a, b, bias, o]() {
-      if (kind == Kind::Forward) forward(a, b, bias, o, g);
-      else if (kind == Kind::InputGrad) input_grad(a, b, o, g);
-      else weight_grad(a, b, o, g);
-    });
+// The primitive's loops and result shapes (common.h).
+struct DepthwiseConvOp {
+  using Geometry = deepdream::Geometry;
+  static constexpr const char* name = "DepthwiseConv";
+  static constexpr const char* gpu_alternative = "mx.conv2d(groups=C)";
+  static mx::Shape shape(Kind kind, const Geometry& g) {
+    return kind == Kind::Forward ? mx::Shape{g.n, g.oh, g.ow, g.c}
+         : kind == Kind::InputGrad ? mx::Shape{g.n, g.h, g.w, g.c}
+         : mx::Shape{g.kh, g.kw, g.c};
   }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[DepthwiseConv] CPU only; on the GPU use mx.conv2d(groups=C)");
+  static void forward(const float* x, const float* w, const float* bias, float* out, const Geometry& g) {
+    deepdream::forward(x, w, bias, out, g);
   }
-
-  // Forward only: inputs (x, taps, bias). Second derivatives are not needed for dreaming or training.
-  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
-                             const std::vector<int>& argnums, const std::vector<mx::array>&) override {
-    if (kind_ != Kind::Forward) throw std::runtime_error("[DepthwiseConv] no second derivative");
-    const auto& grad = cotangents[0];
-    std::vector<mx::array> result;
-    for (int arg : argnums) {
-      if (arg == 0) result.push_back(make(Kind::InputGrad, g_, {grad, primals[1]}));
-      else if (arg == 1) result.push_back(make(Kind::WeightGrad, g_, {primals[0], grad}));
-      else result.push_back(mx::sum(grad, {0, 1, 2}, false, stream()));
-    }
-    return result;
+  static void input_grad(const float* grad, const float* w, float* dx, const Geometry& g) {
+    deepdream::input_grad(grad, w, dx, g);
   }
-
-  const char* name() const override { return "DepthwiseConv"; }
-
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const DepthwiseConv&>(other);
-    return kind_ == o.kind_ && std::memcmp(&g_, &o.g_, sizeof(Geometry)) == 0;
+  static void weight_grad(const float* x, const float* grad, float* dw, const Geometry& g) {
+    deepdream::weight_grad(x, grad, dw, g);
   }
-
- private:
-  Kind kind_;
-  Geometry g_;
 };
-
-mx::array make(Kind kind, const Geometry& g, std::vector<mx::array> inputs) {
-  mx::Shape shape = kind == Kind::Forward ? mx::Shape{g.n, g.oh, g.ow, g.c}
-                  : kind == Kind::InputGrad ? mx::Shape{g.n, g.h, g.w, g.c}
-                  : mx::Shape{g.kh, g.kw, g.c};
-  auto stream = mx::default_stream(mx::Device::cpu);
-  return mx::array(shape, mx::float32, std::make_shared<DepthwiseConv>(stream, kind, g), prepare(std::move(inputs)));
-}
 
 }  // namespace
 
@@ -167,7 +129,7 @@ mx::array depthwise_conv2d(const mx::array& x, const mx::array& taps, const mx::
       bias.shape(0) != x.shape(3) || stride < 1 || oh < 1 || ow < 1)
     throw std::invalid_argument("depthwise_conv2d: x (N, H, W, C), taps (kh, kw, C), bias (C,), stride >= 1");
   Geometry g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), oh, ow, taps.shape(0), taps.shape(1), stride, top, left};
-  return make(Kind::Forward, g, {x, taps, bias});
+  return WeightedPrimitive<DepthwiseConvOp>::make(Kind::Forward, g, {x, taps, bias});
 }
 
 }  // namespace deepdream
