@@ -219,9 +219,8 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
     stride, padding = _pair(stride), _pair(padding)
     if not _on_cpu():
         y = mx.conv2d(x, weight, stride=stride, padding=padding)
-    elif (kernels := _native_conv(x, weight, stride, padding)) is not None:
-        _, kh, kw, _ = weight.shape
-        out_hw = (x.shape[1] + 2 * padding[0] - kh + 1, x.shape[2] + 2 * padding[1] - kw + 1)
+    elif (native_conv := _native_conv(x, weight, stride, padding)) is not None:
+        kernels, out_hw = native_conv
         zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
         return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw)
     else:
@@ -229,14 +228,18 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
     return y if bias is None else y + bias
 
 
-def _native_conv(x: mx.array, weight: mx.array, stride: Pair, padding: Pair) -> ModuleType | None:
-    """The native kernels where they run this convolution: stride 1, a kernel wider than 1x1
-    (1x1 layers already are one matrix product) and padding inside the kernel."""
+def _native_conv(x: mx.array, weight: mx.array, stride: Pair,
+                 padding: Pair) -> tuple[ModuleType, Pair] | None:
+    """The native kernels and the output size where they run this convolution (stride 1, a kernel
+    wider than 1x1, since 1x1 layers already are one matrix product, and padding inside the
+    kernel), or None to use the MLX forms."""
     _, kh, kw, _ = weight.shape
     if stride != (1, 1) or (kh, kw) == (1, 1) or padding[0] >= kh or padding[1] >= kw:
         return None
     kernels = native.for_array(x)
-    return kernels if kernels is not None and kernels.has_sgemm() else None
+    if kernels is None or not kernels.has_sgemm():
+        return None
+    return kernels, (x.shape[1] + 2 * padding[0] - kh + 1, x.shape[2] + 2 * padding[1] - kw + 1)
 
 
 class Conv2d(nn.Conv2d):

@@ -192,15 +192,9 @@ struct ConvOp {
          : kind == Kind::InputGrad ? mx::Shape{g.n, g.h, g.w, g.ci}
          : mx::Shape{g.co, g.kh, g.kw, g.ci};
   }
-  static void forward(const float* x, const float* w, const float* bias, float* out, const Geometry& g) {
-    deepdream::forward(x, w, bias, out, g);
-  }
-  static void input_grad(const float* grad, const float* w, float* dx, const Geometry& g) {
-    deepdream::input_grad(grad, w, dx, g);
-  }
-  static void weight_grad(const float* x, const float* grad, float* dw, const Geometry& g) {
-    deepdream::weight_grad(x, grad, dw, g);
-  }
+  static constexpr auto forward = &deepdream::forward;
+  static constexpr auto input_grad = &deepdream::input_grad;
+  static constexpr auto weight_grad = &deepdream::weight_grad;
 };
 
 }  // namespace
