@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", metavar="NAME", help="models to time (default: all seven)")
     parser.add_argument("--sizes", nargs="+", type=_positive, metavar="PX",
                         help=f"square image sides (default: {' '.join(map(str, DEFAULT_SIZES))})")
-    parser.add_argument("--repeats", type=_positive, help="timed steps per side, median reported (default 5)")
+    parser.add_argument("--repeats", type=_positive, help="timed steps per side, median reported (default 7)")
     parser.add_argument("--warmup", type=int, help="untimed steps per side first (default 2; compiles the step)")
     parser.add_argument("--threads", type=_positive,
                         help="threads for both sides (torch.set_num_threads and the BLAS; default: all cores)")
@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="instead of the table: per-stage cost of forward + gradient of one model, ours vs torch")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: elapsed time (default); cpu: CPU time of all threads, steadier on a busy machine")
+    parser.add_argument("--same-process", action="store_true",
+                        help="time both sides inside this process instead of one worker process each "
+                             "(torch's OpenMP then also runs MLX's BLAS: slower for ours, see benchmarks/isolated.py)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--memory-child", metavar="WEIGHTS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -94,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {
         "models": ["googlenet"] if quick else None,
         "sizes": [64] if quick else list(DEFAULT_SIZES),
-        "repeats": 1 if quick else 5,
+        "repeats": 1 if quick else 7,
         "warmup": 1 if quick else 2,
         "e2e_size": 128 if quick else 1024,
         "e2e_steps": 2 if quick else None,
@@ -161,54 +164,67 @@ def _notice(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def _test_image(height: int, width: int) -> np.ndarray:
-    """The sample photo resized to (height, width), float32 RGB in [0, 1] (noise if it is missing)."""
+def worker_specs(pair: ModelPair, layers: list[str], workdir: Path, threads: int,
+                 clock: str) -> dict[str, dict[str, object]]:
+    """What each side's worker process needs to rebuild its half of ``pair`` (see benchmarks.isolated)."""
+    import torch
+
+    net_path = workdir / f"{pair.name}_net.pt"
+    if not net_path.exists():
+        torch.save(pair.net, net_path)      # the whole module: the worker needs neither torchvision calls nor weights
+    qualified = {id(module): name for name, module in pair.net.named_modules()}
+    modules = {layer: qualified[id(module)] for layer, module in pair.torch_modules(layers).items()}
+    return {
+        "ours": {"model": pair.name, "weights": str(pair.weights_path), "layers": layers, "clock": clock},
+        "torch": {"net": str(net_path), "modules": modules, "mean": list(pair.ours.mean),
+                  "std": list(pair.ours.std), "threads": threads, "clock": clock},
+    }
+
+
+def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int, clock: str,
+               specs: dict[str, dict[str, object]] | None) -> list[StepResult]:
+    """Our engine's step vs the torch step for one model at each size.
+
+    With ``specs`` each side is timed in its own worker process (benchmarks.isolated says why);
+    without, both are timed in this process. Either way the agreement of the two steps and the
+    FLOP count are measured here, on this process's copies.
+    """
     import numpy as np
-    from PIL import Image
 
-    path = ROOT / "assets" / "chelsea.png"
-    if not path.exists():
-        return np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
-    with Image.open(path) as image:
-        image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-        return np.asarray(image, np.float32) / 255.0
-
-
-def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
-               clock: Callable[[], float]) -> list[StepResult]:
-    """Our engine's step vs the torch step for one model at each size."""
-    import numpy as np
-
+    from benchmarks.isolated import CLOCKS, STEP_ARGS, SideWorker, alternating_times, test_image
     from benchmarks.measure import forward_flops, interleaved_times, median
     from benchmarks.report import StepResult
     from benchmarks.torch_dream import TorchDreamStep
     from deepdream.objectives import build_objective
     from deepdream.render import make_step
-    from deepdream.transforms import smoothing_sigma
 
     model = pair.ours
     step = make_step(model, build_objective(model, pair.layers))
     tstep = TorchDreamStep(pair.net, pair.torch_modules(pair.layers), model.mean, model.std)
-    shift, sigma, lr = (7, -5), smoothing_sigma(0, 10, 0.5), 0.09
+    workers = [SideWorker(side, spec) for side, spec in specs.items()] if specs else []
     results = []
     try:
         for size in sizes:
             if size < model.MIN_INPUT_SIZE:
                 _notice(f"{pair.name}: skipping {size} px, below its minimum input of {model.MIN_INPUT_SIZE} px")
                 continue
-            rgb = _test_image(size, size)
+            rgb = test_image(size, size)
             state = step.space.encode(rgb)
             tstate = tstep.encode(rgb)
-            ours_new, _ = step(state, shift, sigma, lr)
-            torch_new = tstep(tstate, shift, sigma, lr)
+            ours_new, _ = step(state, *STEP_ARGS)
+            torch_new = tstep(tstate, *STEP_ARGS)
             ours_delta = np.array(ours_new - state)[0]
             torch_delta = (torch_new - tstate)[0].permute(1, 2, 0).numpy()
             # Relative L2, not max: a max-pool window whose two largest values differ by float
             # rounding may pick a different winner on each side, which moves a few pixels' gradient.
             agreement = float(np.linalg.norm(ours_delta - torch_delta) / max(np.linalg.norm(torch_delta), 1e-30))
             flops = 2.0 * forward_flops(lambda s=tstate: tstep.tap(s), pair.net)
-            times = interleaved_times({"ours": lambda s=state: step(s, shift, sigma, lr),
-                                       "torch": lambda s=tstate: tstep(s, shift, sigma, lr)}, warmup, repeats, clock)
+            if workers:
+                times = alternating_times(workers, size, warmup, repeats)
+            else:
+                times = interleaved_times({"ours": lambda s=state: step(s, *STEP_ARGS),
+                                           "torch": lambda s=tstate: tstep(s, *STEP_ARGS)},
+                                          warmup, repeats, CLOCKS[clock])
             result = StepResult(pair.name, pair.layers, size, median(times["ours"]), median(times["torch"]),
                                 flops, agreement, repeats)
             _notice(f"{pair.name} {size} px: ours {result.ours_s * 1000:.0f} ms, torch {result.torch_s * 1000:.0f} ms "
@@ -216,13 +232,19 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
             results.append(result)
     finally:
         tstep.close()
+        for worker in workers:
+            worker.close()
     return results
 
 
-def time_end_to_end(pair: ModelPair, size: int, steps: int | None) -> EndToEndResult:
-    """The googlenet preset (4 octaves) on the sample photo, long side ``size``: ours vs torch."""
+def time_end_to_end(pair: ModelPair, size: int, steps: int | None,
+                    specs: Callable[[list[str]], dict[str, dict[str, object]]] | None) -> EndToEndResult:
+    """The googlenet preset (4 octaves) on the sample photo, long side ``size``: ours vs torch.
+
+    ``specs(layers)``: each side's worker spec (timed in its own process); None: both here."""
     import numpy as np
 
+    from benchmarks.isolated import SideWorker, test_image
     from benchmarks.report import EndToEndResult
     from benchmarks.torch_dream import TorchDreamStep, torch_dream
     from deepdream.presets import PRESETS
@@ -234,22 +256,32 @@ def time_end_to_end(pair: ModelPair, size: int, steps: int | None) -> EndToEndRe
         values["steps"] = steps
     settings = DreamSettings(**values, seed=0)
     height = round(size * 300 / 451)        # chelsea.png's aspect ratio, long side ``size``
-    rgb = _test_image(height, size)
-    start = time.perf_counter()
-    dreamer = Dreamer(pair.ours, settings, quiet=True)
-    dreamer(rgb, rng=np.random.default_rng(0))
-    ours_s = time.perf_counter() - start
-    # The same octaves on the torch side (the engine drops any too small for the model).
-    sizes = dreamer.octave_sizes(height, size)
-    tstep = TorchDreamStep(pair.net, pair.torch_modules(list(settings.layers)), pair.ours.mean, pair.ours.std)
-    try:
+    layers = list(settings.layers)
+    if specs is not None:
+        # The ours worker dreams first and reports the octaves it used (it drops any too small
+        # for the model); the torch worker dreams the same ones.
+        with SideWorker("ours", specs(layers)["ours"]) as ours:
+            answer = ours.ask("dream", height=height, width=size, settings=values)
+        with SideWorker("torch", specs(layers)["torch"]) as torch_side:
+            torch_s = torch_side.ask("dream", height=height, width=size, settings=values,
+                                     sizes=answer["sizes"])["seconds"]
+        ours_s, sizes = answer["seconds"], answer["sizes"]
+    else:
+        rgb = test_image(height, size)
         start = time.perf_counter()
-        torch_dream(tstep, rgb, sizes=sizes, steps=settings.steps, lr=settings.lr, jitter=settings.jitter,
-                    smoothing=settings.smoothing, rng=np.random.default_rng(0))
-        torch_s = time.perf_counter() - start
-    finally:
-        tstep.close()
-    return EndToEndResult(f"{E2E_RECIPE} preset ({', '.join(settings.layers)})", size, height, len(sizes),
+        dreamer = Dreamer(pair.ours, settings, quiet=True)
+        dreamer(rgb, rng=np.random.default_rng(0))
+        ours_s = time.perf_counter() - start
+        sizes = dreamer.octave_sizes(height, size)
+        tstep = TorchDreamStep(pair.net, pair.torch_modules(layers), pair.ours.mean, pair.ours.std)
+        try:
+            start = time.perf_counter()
+            torch_dream(tstep, rgb, sizes=sizes, steps=settings.steps, lr=settings.lr, jitter=settings.jitter,
+                        smoothing=settings.smoothing, rng=np.random.default_rng(0))
+            torch_s = time.perf_counter() - start
+        finally:
+            tstep.close()
+    return EndToEndResult(f"{E2E_RECIPE} preset ({', '.join(layers)})", size, height, len(sizes),
                           settings.steps, ours_s, torch_s)
 
 
@@ -271,7 +303,7 @@ def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int
 
 def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], sgemm: float,
                 load_before: tuple[float, float, float]) -> int:
-    from benchmarks.measure import CLOCKS
+    from benchmarks.isolated import CLOCKS
     from benchmarks.pairs import ModelUnavailable, build_pair
     from benchmarks.profile import profile_stages, profile_table
     from benchmarks.report import header_lines
@@ -313,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise BenchError(f"the dream engine is not importable ({exc})") from None
 
-    from benchmarks.measure import CLOCKS, machine_description, sgemm_gflops
+    from benchmarks.measure import machine_description, sgemm_gflops
     from benchmarks.pairs import BENCH_MODELS, ModelUnavailable, build_pair
     from benchmarks.report import FOOTNOTES, end_to_end_table, header_lines, memory_table, step_table
 
@@ -346,12 +378,15 @@ def run(args: argparse.Namespace) -> int:
             pair = pair_for(name)
             if pair is None:
                 continue
-            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, CLOCKS[args.clock])
+            specs = None if args.same_process else worker_specs(pair, pair.layers, workdir, threads, args.clock)
+            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, args.clock, specs)
             if name not in (E2E_RECIPE, args.memory_model):
                 del pairs[name]             # free its memory before the next model
         if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
             _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
-            e2e.append(time_end_to_end(pair, args.e2e_size, args.e2e_steps))
+            e2e_specs = None if args.same_process else (
+                lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock))
+            e2e.append(time_end_to_end(pair, args.e2e_size, args.e2e_steps, e2e_specs))
         if not args.no_memory and (pair := pair_for(args.memory_model)) is not None:
             w, h = args.memory_size
             _notice(f"memory: tiled dream of {w}x{h} (tile {args.tile_size}) in a child process ...")
@@ -359,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     load_after = os.getloadavg()
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
-    print(header_lines(machine, threads, sgemm, load_before, load_after))
+    print(header_lines(machine, threads, sgemm, load_before, load_after, args.same_process))
     if args.clock == "cpu":
         print("- times are CPU seconds of all threads (--clock cpu), not elapsed time")
     print()

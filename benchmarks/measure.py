@@ -12,10 +12,6 @@ import mlx.core as mx
 import torch
 from torch import nn
 
-#: What a measurement reads: wall-clock time (what a user waits), or the CPU time of all of
-#: this process's threads (steadier on a loaded machine; counts work, not waiting).
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-
 
 def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, repeats: int,
                       clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:

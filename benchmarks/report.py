@@ -92,11 +92,14 @@ def memory_table(results: Sequence[MemoryResult]) -> str:
 
 
 def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
-                 load_before: Sequence[float], load_after: Sequence[float]) -> str:
+                 load_before: Sequence[float], load_after: Sequence[float], same_process: bool = False) -> str:
+    timing = ("both sides in the benchmark's own process (--same-process)" if same_process else
+              "each side in a worker process of its own (ours never imports torch), taking turns")
     return "\n".join([
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, Python {machine['python']}",
         f"- MLX {machine['mlx']} (BLAS: {machine['blas']}); torch {machine['torch']} with {threads} threads",
         f"- MLX sgemm (2048^3): {sgemm_gflops:.0f} GFLOP/s",
+        f"- timing: {timing}",
         (f"- load average (1/5/15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
          f"after: {' '.join(f'{v:.2f}' for v in load_after)}"),
     ])

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +25,7 @@ def test_quick_prints_the_tables(weights_dir: Path) -> None:
     out = result.stdout
     # the header names the machine, the BLAS and the sgemm rate it compares against
     assert re.search(r"MLX sgemm \(2048\^3\): \d+ GFLOP/s", out)
+    assert "timing: each side in a worker process of its own" in out
     assert "BLAS:" in out and "load average" in out
     # one dream-step row for googlenet at 64 px, with numbers in every column
     row = next(line for line in out.splitlines() if line.startswith("| googlenet | inception4c | 64 |"))
@@ -67,3 +70,35 @@ def test_memory_child_reports_its_own_peak_not_its_parents() -> None:
     peak = int(result.stdout.strip())
     assert 5 * 2 ** 20 < peak < 512 * 2 ** 20, peak   # a bare interpreter, not the 1 GiB parent
     assert ballast.sum() == ballast.size
+
+
+def test_same_process_mode_says_so(weights_dir: Path) -> None:
+    result = _bench("--quick", "--same-process", "--no-e2e", "--no-memory", weights_dir=weights_dir)
+    assert result.returncode == 0, result.stderr
+    assert "timing: both sides in the benchmark's own process (--same-process)" in result.stdout
+    assert re.search(r"^\| googlenet \| inception4c \| 64 \| \d+ \| \d+ \|", result.stdout, re.M)
+
+
+def test_side_workers_time_their_own_step_and_report_failures(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    import bench
+    from benchmarks.isolated import SideWorker, WorkerError, alternating_times
+    from benchmarks.pairs import build_pair
+
+    pair = build_pair("alexnet", tmp_path)
+    specs = bench.worker_specs(pair, ["relu2"], tmp_path, threads=1, clock="cpu")
+    assert specs["torch"]["modules"] == {"relu2": "features.4"}    # found again by name in the worker
+    workers = [SideWorker(side, spec) for side, spec in specs.items()]
+    try:
+        times = alternating_times(workers, size=67, warmup=1, repeats=2)
+        assert set(times) == {"ours", "torch"}
+        assert all(len(v) == 2 and all(t > 0 for t in v) for v in times.values())
+        with pytest.raises(WorkerError, match="unknown command 'fly'"):
+            workers[0].ask("fly")
+        assert workers[0].ask("step")["seconds"] > 0               # still serving after a bad command
+    finally:
+        for worker in workers:
+            worker.close()
+    broken = {**specs["ours"], "weights": str(tmp_path / "missing.npz")}
+    with SideWorker("ours", broken) as worker, pytest.raises(WorkerError, match="missing.npz"):
+        worker.ask("prepare", size=67, warmup=0)

@@ -1,0 +1,218 @@
+"""Each side of a timing in a process of its own, so that ours never shares a process with torch.
+
+Why not time both in the benchmark's process: torch brings its own OpenMP runtime (GNU
+``libgomp``), and once it is loaded MKL runs MLX's products on it (``libmkl_gnu_thread``)
+instead of Intel's ``libiomp5``; the two libraries' thread pools also spin on the same two
+cores. ``dream.py`` never imports torch, so that is not what a user gets: the vgg16 step at
+224 px measured 253-261 ms in a process of its own and 360-400 ms next to torch on this
+2-core host. The sides run in two worker processes that take turns (A, B, A, B: a change in
+machine load hits both alike), with a short pause before each timed turn so the other
+side's idle threads have stopped spinning. Both workers run with the same allocator setting
+(``models._blas.keep_freed_memory``), as both did in one process.
+
+Protocol: the parent starts ``python -m benchmarks.isolated SIDE SPEC_JSON`` and writes one
+JSON command per line; the worker answers each with one JSON line (``{"error": ...}`` on
+failure). The ``ours`` worker never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: What a measurement reads: wall-clock time (what a user waits), or the CPU time of all of
+#: the process's threads (steadier on a loaded machine; counts work, not waiting).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+#: Seconds to wait before each timed turn: the other worker's BLAS/OpenMP threads spin for a
+#: while after its last call (Intel OpenMP's KMP_BLOCKTIME is 200 ms) before they sleep.
+SETTLE_S = 0.25
+
+
+def test_image(height: int, width: int) -> np.ndarray:
+    """The sample photo resized to (height, width), float32 RGB in [0, 1] (noise if it is missing)."""
+    from PIL import Image
+
+    path = ROOT / "assets" / "chelsea.png"
+    if not path.exists():
+        return np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+    with Image.open(path) as image:
+        image = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        return np.asarray(image, np.float32) / 255.0
+
+
+# -- the worker (child) side ---------------------------------------------------------------------------
+
+#: The step's fixed arguments on both sides: jitter shift, smoothing sigma, step size.
+STEP_ARGS = ((7, -5), 1.0, 0.09)
+
+
+class _OursSide:
+    """Our engine: the compiled step and the octave loop, on the exported weights. No torch."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import models  # first: puts the fast BLAS under MLX  # isort: skip
+        from deepdream.objectives import build_objective
+        from deepdream.render import make_step
+
+        self.model = models.load_model(spec["model"], weights=spec["weights"])
+        self.step = make_step(self.model, build_objective(self.model, spec["layers"]))
+        if "torch" in sys.modules:      # the whole point of this process; dream.py never imports it either
+            raise RuntimeError("the ours worker imported torch")
+
+    def prepare(self, size: int) -> Callable[[], object]:
+        state = self.step.space.encode(test_image(size, size))
+        return lambda: self.step(state, *STEP_ARGS)
+
+    def dream(self, height: int, width: int, settings: dict[str, Any], sizes: list | None) -> dict[str, Any]:
+        from deepdream.render import Dreamer, DreamSettings
+
+        rgb = test_image(height, width)
+        start = time.perf_counter()
+        dreamer = Dreamer(self.model, DreamSettings(**settings, seed=0), quiet=True)
+        dreamer(rgb, rng=np.random.default_rng(0))
+        return {"seconds": time.perf_counter() - start, "sizes": dreamer.octave_sizes(height, width)}
+
+
+class _TorchSide:
+    """The PyTorch reference: the same step and octave loop on the pickled torch network."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        # The allocator setting ours runs with (keep_freed_memory; importing models applies it):
+        # without it torch's step page-faults its activations afresh every time (vgg16 step
+        # measured 1.1-1.45x slower), and the table would compare glibc settings, not steps.
+        import models  # noqa: F401  # isort: skip
+        import torch
+
+        from .torch_dream import TorchDreamStep
+
+        torch.set_num_threads(spec["threads"])
+        net = torch.load(spec["net"], weights_only=False).eval()
+        modules = dict(net.named_modules())
+        self.step = TorchDreamStep(net, {layer: modules[name] for layer, name in spec["modules"].items()},
+                                   spec["mean"], spec["std"])
+
+    def prepare(self, size: int) -> Callable[[], object]:
+        state = self.step.encode(test_image(size, size))
+        return lambda: self.step(state, *STEP_ARGS)
+
+    def dream(self, height: int, width: int, settings: dict[str, Any], sizes: list | None) -> dict[str, Any]:
+        from .torch_dream import torch_dream
+
+        assert sizes is not None, "the torch side dreams the octave sizes our engine chose"
+        rgb = test_image(height, width)
+        start = time.perf_counter()
+        torch_dream(self.step, rgb, sizes=[tuple(s) for s in sizes], steps=settings["steps"], lr=settings["lr"],
+                    jitter=settings["jitter"], smoothing=settings["smoothing"], rng=np.random.default_rng(0))
+        return {"seconds": time.perf_counter() - start, "sizes": sizes}
+
+
+def serve(side: str, spec: dict[str, Any]) -> None:
+    """The worker's loop: one JSON command per stdin line, one JSON answer per stdout line."""
+    clock = CLOCKS[spec["clock"]]
+    try:
+        worker = (_OursSide if side == "ours" else _TorchSide)(spec)
+        failed = None
+    except Exception as exc:  # every command is answered with it, so the parent reports it in one line
+        failed = f"{type(exc).__name__}: {exc}"
+    run: Callable[[], object] | None = None
+    answer: dict[str, Any]
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        try:
+            if failed:
+                answer = {"error": failed}
+            elif op == "prepare":
+                run = worker.prepare(command["size"])
+                for _ in range(command["warmup"]):
+                    run()
+                answer = {}
+            elif op == "step":
+                assert run is not None, "'prepare' comes before 'step'"
+                start = clock()
+                run()
+                answer = {"seconds": clock() - start}
+            elif op == "dream":
+                answer = worker.dream(command["height"], command["width"], command["settings"], command.get("sizes"))
+            else:
+                answer = {"error": f"unknown command {op!r}"}
+        except Exception as exc:  # reported to the parent, which raises it there
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+
+
+# -- the parent side -------------------------------------------------------------------------------------
+
+class WorkerError(RuntimeError):
+    """A worker failed; the message is its last words."""
+
+
+class SideWorker:
+    """One side (``ours`` or ``torch``) in a child process; ``ask`` sends a command and returns the answer."""
+
+    def __init__(self, side: str, spec: dict[str, Any]) -> None:
+        self.side = side
+        self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks.isolated", side, json.dumps(spec)],
+                                      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass                                        # it died; readline says so below
+        line = self._proc.stdout.readline()
+        if not line:
+            raise WorkerError(f"the {self.side} worker exited (status {self._proc.wait()}); its stderr is above")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise WorkerError(f"the {self.side} worker failed: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()                    # end of commands: the worker's loop ends
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> SideWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def alternating_times(workers: list[SideWorker], size: int, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each worker at ``size``, taking turns, ``repeats`` each after ``warmup``."""
+    for worker in workers:
+        worker.ask("prepare", size=size, warmup=warmup)
+    times: dict[str, list[float]] = {worker.side: [] for worker in workers}
+    for _ in range(repeats):
+        for worker in workers:
+            time.sleep(SETTLE_S)
+            times[worker.side].append(worker.ask("step")["seconds"])
+    return times
+
+
+if __name__ == "__main__":
+    try:
+        serve(sys.argv[1], json.loads(sys.argv[2]))
+    except KeyboardInterrupt:       # Ctrl-C reaches the whole process group; the parent reports it
+        sys.exit(130)
