@@ -90,7 +90,7 @@ class _TorchSide:
     def __init__(self, spec: dict[str, Any]) -> None:
         # The allocator setting ours runs with (keep_freed_memory; importing models applies it):
         # without it torch's step page-faults its activations afresh every time (vgg16 step
-        # measured 1.1-1.45x slower), and the table would compare glibc settings, not steps.
+        # measured 1.0-1.45x slower), and the table would compare glibc settings, not steps.
         import models  # noqa: F401  # isort: skip
         import torch
 
