@@ -53,8 +53,11 @@ def test_image(height: int, width: int) -> np.ndarray:
 
 # -- the worker (child) side ---------------------------------------------------------------------------
 
-#: The step's fixed arguments on both sides: jitter shift, smoothing sigma, step size.
-STEP_ARGS = ((7, -5), 1.0, 0.09)
+#: The step's fixed arguments on both sides: jitter shift, smoothing sigma, step size. The sigma
+#: is ``deepdream.transforms.smoothing_sigma(0, 10, 0.5)`` (first step of a 10-step octave), the
+#: value the benchmark has always timed; written out because this module is imported before
+#: ``models`` has put the fast BLAS under MLX, so it may not import ``deepdream`` at the top.
+STEP_ARGS = ((7, -5), 0.7, 0.09)
 
 
 class _OursSide:

@@ -102,3 +102,11 @@ def test_side_workers_time_their_own_step_and_report_failures(tmp_path: Path) ->
     broken = {**specs["ours"], "weights": str(tmp_path / "missing.npz")}
     with SideWorker("ours", broken) as worker, pytest.raises(WorkerError, match="missing.npz"):
         worker.ask("prepare", size=67, warmup=0)
+
+
+def test_the_timed_step_uses_the_engine_s_first_smoothing_sigma() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.isolated import STEP_ARGS
+    from deepdream.transforms import smoothing_sigma
+
+    assert STEP_ARGS[1] == pytest.approx(smoothing_sigma(0, 10, 0.5))
