@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the real imports wait until the BLAS is in place (``import models`` first)
-    import numpy as np
-
     from benchmarks.pairs import ModelPair
     from benchmarks.report import EndToEndResult, MemoryResult, StepResult
 
@@ -166,7 +164,7 @@ def _notice(message: str) -> None:
 
 def worker_specs(pair: ModelPair, layers: list[str], workdir: Path, threads: int,
                  clock: str) -> dict[str, dict[str, object]]:
-    """What each side's worker process needs to rebuild its half of ``pair`` (see benchmarks.isolated)."""
+    """What each side needs to rebuild its half of ``pair``, in a worker process or here (benchmarks.isolated)."""
     import torch
 
     net_path = workdir / f"{pair.name}_net.pt"
@@ -181,18 +179,18 @@ def worker_specs(pair: ModelPair, layers: list[str], workdir: Path, threads: int
     }
 
 
-def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int, clock: str,
-               specs: dict[str, dict[str, object]] | None) -> list[StepResult]:
+def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
+               specs: dict[str, dict[str, object]], same_process: bool) -> list[StepResult]:
     """Our engine's step vs the torch step for one model at each size.
 
-    With ``specs`` each side is timed in its own worker process (benchmarks.isolated says why);
-    without, both are timed in this process. Either way the agreement of the two steps and the
-    FLOP count are measured here, on this process's copies.
+    Each side is timed in its own worker process (benchmarks.isolated says why), or with
+    ``same_process`` both in this one. Either way the agreement of the two steps and the FLOP
+    count are measured here, on this process's copies.
     """
     import numpy as np
 
-    from benchmarks.isolated import CLOCKS, STEP_ARGS, SideWorker, alternating_times, test_image
-    from benchmarks.measure import forward_flops, interleaved_times, median
+    from benchmarks.isolated import STEP_ARGS, Side, SideWorker, alternating_times, test_image
+    from benchmarks.measure import forward_flops, median
     from benchmarks.report import StepResult
     from benchmarks.torch_dream import TorchDreamStep
     from deepdream.objectives import build_objective
@@ -201,7 +199,8 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int, clo
     model = pair.ours
     step = make_step(model, build_objective(model, pair.layers))
     tstep = TorchDreamStep(pair.net, pair.torch_modules(pair.layers), model.mean, model.std)
-    workers = [SideWorker(side, spec) for side, spec in specs.items()] if specs else []
+    open_side = Side if same_process else SideWorker
+    sides = [open_side(side, spec) for side, spec in specs.items()]
     results = []
     try:
         for size in sizes:
@@ -219,12 +218,7 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int, clo
             # rounding may pick a different winner on each side, which moves a few pixels' gradient.
             agreement = float(np.linalg.norm(ours_delta - torch_delta) / max(np.linalg.norm(torch_delta), 1e-30))
             flops = 2.0 * forward_flops(lambda s=tstate: tstep.tap(s), pair.net)
-            if workers:
-                times = alternating_times(workers, size, warmup, repeats)
-            else:
-                times = interleaved_times({"ours": lambda s=state: step(s, *STEP_ARGS),
-                                           "torch": lambda s=tstate: tstep(s, *STEP_ARGS)},
-                                          warmup, repeats, CLOCKS[clock])
+            times = alternating_times(sides, size, warmup, repeats)
             result = StepResult(pair.name, pair.layers, size, median(times["ours"]), median(times["torch"]),
                                 flops, agreement, repeats)
             _notice(f"{pair.name} {size} px: ours {result.ours_s * 1000:.0f} ms, torch {result.torch_s * 1000:.0f} ms "
@@ -232,23 +226,21 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int, clo
             results.append(result)
     finally:
         tstep.close()
-        for worker in workers:
-            worker.close()
+        for side in sides:
+            side.close()
     return results
 
 
-def time_end_to_end(pair: ModelPair, size: int, steps: int | None,
-                    specs: Callable[[list[str]], dict[str, dict[str, object]]] | None) -> EndToEndResult:
+def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], dict[str, dict[str, object]]],
+                    same_process: bool) -> EndToEndResult:
     """The googlenet preset (4 octaves) on the sample photo, long side ``size``: ours vs torch.
 
-    ``specs(layers)``: each side's worker spec (timed in its own process); None: both here."""
-    import numpy as np
-
-    from benchmarks.isolated import SideWorker, test_image
+    ``specs(layers)``: each side's spec, run in its own worker process or, with ``same_process``,
+    in this one, one side after the other."""
+    from benchmarks.isolated import Side, SideWorker
     from benchmarks.report import EndToEndResult
-    from benchmarks.torch_dream import TorchDreamStep, torch_dream
     from deepdream.presets import PRESETS
-    from deepdream.render import Dreamer, DreamSettings
+    from deepdream.render import DreamSettings
 
     preset = PRESETS[E2E_RECIPE]
     values = dict(preset.values())
@@ -257,30 +249,15 @@ def time_end_to_end(pair: ModelPair, size: int, steps: int | None,
     settings = DreamSettings(**values, seed=0)
     height = round(size * 300 / 451)        # chelsea.png's aspect ratio, long side ``size``
     layers = list(settings.layers)
-    if specs is not None:
-        # The ours worker dreams first and reports the octaves it used (it drops any too small
-        # for the model); the torch worker dreams the same ones.
-        with SideWorker("ours", specs(layers)["ours"]) as ours:
-            answer = ours.ask("dream", height=height, width=size, settings=values)
-        with SideWorker("torch", specs(layers)["torch"]) as torch_side:
-            torch_s = torch_side.ask("dream", height=height, width=size, settings=values,
-                                     sizes=answer["sizes"])["seconds"]
-        ours_s, sizes = answer["seconds"], answer["sizes"]
-    else:
-        rgb = test_image(height, size)
-        start = time.perf_counter()
-        dreamer = Dreamer(pair.ours, settings, quiet=True)
-        dreamer(rgb, rng=np.random.default_rng(0))
-        ours_s = time.perf_counter() - start
-        sizes = dreamer.octave_sizes(height, size)
-        tstep = TorchDreamStep(pair.net, pair.torch_modules(layers), pair.ours.mean, pair.ours.std)
-        try:
-            start = time.perf_counter()
-            torch_dream(tstep, rgb, sizes=sizes, steps=settings.steps, lr=settings.lr, jitter=settings.jitter,
-                        smoothing=settings.smoothing, rng=np.random.default_rng(0))
-            torch_s = time.perf_counter() - start
-        finally:
-            tstep.close()
+    spec = specs(layers)
+    open_side = Side if same_process else SideWorker
+    # Ours dreams first and reports the octaves it used (the engine drops any too small for the
+    # model); the torch side dreams the same ones.
+    with open_side("ours", spec["ours"]) as ours:
+        answer = ours.ask("dream", height=height, width=size, settings=values)
+    with open_side("torch", spec["torch"]) as torch_side:
+        torch_s = torch_side.ask("dream", height=height, width=size, settings=values, sizes=answer["sizes"])["seconds"]
+    ours_s, sizes = answer["seconds"], answer["sizes"]
     return EndToEndResult(f"{E2E_RECIPE} preset ({', '.join(layers)})", size, height, len(sizes),
                           settings.steps, ours_s, torch_s)
 
@@ -378,15 +355,15 @@ def run(args: argparse.Namespace) -> int:
             pair = pair_for(name)
             if pair is None:
                 continue
-            specs = None if args.same_process else worker_specs(pair, pair.layers, workdir, threads, args.clock)
-            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, args.clock, specs)
+            specs = worker_specs(pair, pair.layers, workdir, threads, args.clock)
+            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, specs, args.same_process)
             if name not in (E2E_RECIPE, args.memory_model):
                 del pairs[name]             # free its memory before the next model
         if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
             _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
-            e2e_specs = None if args.same_process else (
-                lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock))
-            e2e.append(time_end_to_end(pair, args.e2e_size, args.e2e_steps, e2e_specs))
+            e2e.append(time_end_to_end(args.e2e_size, args.e2e_steps,
+                                       lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock),
+                                       args.same_process))
         if not args.no_memory and (pair := pair_for(args.memory_model)) is not None:
             w, h = args.memory_size
             _notice(f"memory: tiled dream of {w}x{h} (tile {args.tile_size}) in a child process ...")

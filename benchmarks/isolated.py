@@ -61,7 +61,7 @@ STEP_ARGS = ((7, -5), 0.7, 0.09)
 
 
 class _OursSide:
-    """Our engine: the compiled step and the octave loop, on the exported weights. No torch."""
+    """Our engine: the compiled step and the octave loop, on the exported weights. Imports no torch."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import models  # first: puts the fast BLAS under MLX  # isort: skip
@@ -70,8 +70,6 @@ class _OursSide:
 
         self.model = models.load_model(spec["model"], weights=spec["weights"])
         self.step = make_step(self.model, build_objective(self.model, spec["layers"]))
-        if "torch" in sys.modules:      # the whole point of this process; dream.py never imports it either
-            raise RuntimeError("the ours worker imported torch")
 
     def prepare(self, size: int) -> Callable[[], object]:
         state = self.step.space.encode(test_image(size, size))
@@ -120,36 +118,61 @@ class _TorchSide:
         return {"seconds": time.perf_counter() - start, "sizes": sizes}
 
 
+#: The two sides, by the name the commands and the results use.
+SIDES: dict[str, type[_OursSide | _TorchSide]] = {"ours": _OursSide, "torch": _TorchSide}
+
+
+class Side:
+    """One side's commands, run in this process: the worker's loop below, and ``bench.py
+    --same-process``. ``ask`` takes the same commands as ``SideWorker.ask``."""
+
+    #: No pause before a timed turn in one process (that is the old method, kept as it was).
+    settle_s = 0.0
+
+    def __init__(self, side: str, spec: dict[str, Any]) -> None:
+        self.side = side
+        self._impl = SIDES[side](spec)
+        self._clock = CLOCKS[spec["clock"]]
+        self._run: Callable[[], object] | None = None
+
+    def ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        if op == "prepare":
+            self._run = self._impl.prepare(fields["size"])
+            for _ in range(fields["warmup"]):
+                self._run()
+            return {}
+        if op == "step":
+            assert self._run is not None, "'prepare' comes before 'step'"
+            start = self._clock()
+            self._run()
+            return {"seconds": self._clock() - start}
+        if op == "dream":
+            return self._impl.dream(fields["height"], fields["width"], fields["settings"], fields.get("sizes"))
+        raise ValueError(f"unknown command {op!r}")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Side:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def serve(side: str, spec: dict[str, Any]) -> None:
     """The worker's loop: one JSON command per stdin line, one JSON answer per stdout line."""
-    clock = CLOCKS[spec["clock"]]
     try:
-        worker = (_OursSide if side == "ours" else _TorchSide)(spec)
+        local: Side | None = Side(side, spec)
         failed = None
+        if side == "ours" and "torch" in sys.modules:  # the point of this process; dream.py never imports it either
+            raise RuntimeError("the ours worker imported torch")
     except Exception as exc:  # every command is answered with it, so the parent reports it in one line
-        failed = f"{type(exc).__name__}: {exc}"
-    run: Callable[[], object] | None = None
-    answer: dict[str, Any]
+        local, failed = None, f"{type(exc).__name__}: {exc}"
     for line in sys.stdin:
         command = json.loads(line)
-        op = command["op"]
         try:
-            if failed:
-                answer = {"error": failed}
-            elif op == "prepare":
-                run = worker.prepare(command["size"])
-                for _ in range(command["warmup"]):
-                    run()
-                answer = {}
-            elif op == "step":
-                assert run is not None, "'prepare' comes before 'step'"
-                start = clock()
-                run()
-                answer = {"seconds": clock() - start}
-            elif op == "dream":
-                answer = worker.dream(command["height"], command["width"], command["settings"], command.get("sizes"))
-            else:
-                answer = {"error": f"unknown command {op!r}"}
+            answer = local.ask(**command) if local else {"error": failed}
         except Exception as exc:  # reported to the parent, which raises it there
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(answer), flush=True)
@@ -163,6 +186,8 @@ class WorkerError(RuntimeError):
 
 class SideWorker:
     """One side (``ours`` or ``torch``) in a child process; ``ask`` sends a command and returns the answer."""
+
+    settle_s = SETTLE_S
 
     def __init__(self, side: str, spec: dict[str, Any]) -> None:
         self.side = side
@@ -202,14 +227,15 @@ class SideWorker:
         self.close()
 
 
-def alternating_times(workers: list[SideWorker], size: int, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per step of each worker at ``size``, taking turns, ``repeats`` each after ``warmup``."""
+def alternating_times(workers: list[Side] | list[SideWorker], size: int, warmup: int,
+                      repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each side at ``size``, taking turns, ``repeats`` each after ``warmup``."""
     for worker in workers:
         worker.ask("prepare", size=size, warmup=warmup)
     times: dict[str, list[float]] = {worker.side: [] for worker in workers}
     for _ in range(repeats):
         for worker in workers:
-            time.sleep(SETTLE_S)
+            time.sleep(worker.settle_s)
             times[worker.side].append(worker.ask("step")["seconds"])
     return times
 
