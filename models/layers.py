@@ -10,8 +10,8 @@ MLX's naive convolution loop (56x56x128 3x3/2: 0.6 s vs torch's 0.01 s), the gra
 pooling window view is a scatter (a 3x3 max pool of 28x28x480: 0.15 s vs 0.02 s), and even a
 plain 3x3 convolution spends more time building its im2col matrix than in the matrix product.
 So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx.custom_function``),
-or run as native primitives (``models/native``: the stride-1 convolution in ``conv.cpp``, both
-poolings in ``pooling.cpp``) where those are built; the MLX forms below are the fallback:
+or run as native primitives (``models/native``: the stride-1 convolution in ``conv.cpp``, its 3x3
+layers in ``winograd.cpp``, both poolings in ``pooling.cpp``) where those are built; the MLX forms below are the fallback:
 
 - A stride-1 convolution is a sum of kh*kw matrix products over *shifted views* of the padded
   input flattened to (pixels, channels): shifting the flat view by one row of the padded image
@@ -223,9 +223,33 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
         kernels, out_hw = native_conv
         zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
         return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw)
+    elif stride != (1, 1) and weight.shape[1:3] != (1, 1) and _native_conv(x, weight, (1, 1), (0, 0)) is not None:
+        return conv2d(*_phases_as_channels(x, weight, stride, padding), 1, 0, bias)
     else:
         y = _conv_function(stride, padding)(x, weight)
     return y if bias is None else y + bias
+
+
+def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tuple[mx.array, mx.array]:
+    """A stride-s convolution as a stride-1 one (padding 0), for the native kernels: input pixel
+    (s*t + a, s*u + b) of the padded image becomes channel block (a, b) of pixel (t, u), and kernel
+    tap (s*i + a, s*j + b) tap (i, j) of that block (taps past the kernel are zero). The strided
+    stems (alexnet's 11x11/4 becomes a 3x3 over 48 channels, Winograd's case; googlenet's and
+    resnet50's 7x7/2 a 4x4 over 12) and resnet50's 3x3/2 layers then run as native products, with
+    gradients through the rearrangement (a reshape and a transpose) for free."""
+    n, h, w, c = x.shape
+    co, kh, kw, _ = weight.shape
+    (sh, sw), (ph, pw) = s, p
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    th, tw = -(-kh // sh), -(-kw // sw)                    # taps of the stride-1 kernel
+    rows, cols = oh + th - 1, ow + tw - 1                  # phase pixels the outputs read
+    # Pad (or crop) the image to exactly sh*rows x sw*cols pixels.
+    x = mx.pad(x, [(0, 0), (ph, max(0, sh * rows - h - ph)), (pw, max(0, sw * cols - w - pw)), (0, 0)])
+    x = x[:, :sh * rows, :sw * cols]
+    x = x.reshape(n, rows, sh, cols, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, rows, cols, sh * sw * c)
+    weight = mx.pad(weight, [(0, 0), (0, sh * th - kh), (0, sw * tw - kw), (0, 0)])
+    weight = weight.reshape(co, th, sh, tw, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(co, th, tw, sh * sw * c)
+    return x, weight
 
 
 def _native_conv(x: mx.array, weight: mx.array, stride: Pair,

@@ -1,7 +1,8 @@
 """models.layers' convolution and pooling, with their own gradients, against torch.
 
 Every code path is exercised, on both CPU paths (``cpu_kernels``): the native stride-1
-convolution (models/native/conv.cpp: per-tap and all-taps-at-once input gradients) and, without
+convolution (models/native/conv.cpp: per-tap and all-taps-at-once input gradients; its Winograd
+3x3 layers have their own cases in tests/test_native.py) and, without
 it, the shifted-product convolution (large maps, >= 16 channels) and MLX's im2col one (small
 maps, RGB input), the shifted and the col2im input gradients (stride 1, strided, 1x1, few
 channels), batches, non-square kernels, biases, and max/avg pooling with ceil_mode, padding
@@ -35,7 +36,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 CONV_CASES = [
     # (batch, H, W, C_in, C_out, kernel, stride, padding): the path each one takes
-    (1, 52, 50, 16, 24, 3, 1, 1),          # shifted forward + shifted input gradient
+    (1, 52, 50, 16, 24, 3, 1, 1),          # shifted forward + shifted input gradient (native: Winograd)
     (1, 51, 53, 20, 8, (1, 7), 1, (0, 3)),  # shifted, non-square kernel (inception_v3)
     (1, 50, 52, 24, 16, (7, 1), 1, (3, 0)),
     (1, 52, 52, 16, 16, 5, 1, 0),          # shifted without padding
@@ -86,8 +87,9 @@ def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: in
 
 
 def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the native kernels, stride-1 convolutions wider than 1x1 go to conv.cpp (so the
-    cases above test it); strided and 1x1 layers, and the pure-MLX path, never do."""
+    """With the native kernels, convolutions wider than 1x1 go to conv.cpp (so the cases above test
+    it), strided ones with their phases as channels (``layers._phases_as_channels``); 1x1 layers,
+    and the pure-MLX path, never do."""
     from models import native
 
     kernels = native.load()
@@ -103,7 +105,7 @@ def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch
     for weight, stride, padding in [(mx.random.normal((4, 3, 3, 8)), 1, 1), (mx.random.normal((4, 3, 3, 8)), 2, 1),
                                     (mx.random.normal((4, 1, 1, 8)), 1, 0)]:
         mx.eval(mx.grad(lambda a: conv2d(a, weight, stride, padding).sum())(x))
-    assert len(calls) == (1 if cpu_kernels == "native" else 0)
+    assert len(calls) == (2 if cpu_kernels == "native" else 0)
 
 
 @pytest.mark.parametrize("size,expected", [(52, 2), (20, 1)])

@@ -3,10 +3,10 @@
 Operations MLX's CPU backend cannot make fast with its own operations become MLX primitives
 here, with their gradients, usable under ``mx.compile`` and ``mx.grad``: ``conv.cpp`` (the
 stride-1 convolution as cache-sized blocks of BLAS products over shifted views, no im2col
-copy), ``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
+copy; ``winograd.cpp`` runs its 3x3 layers with 4x fewer multiplications), ``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
 ``pooling.cpp`` (max and average pooling, whose gradients MLX can only express as gathers of
 strided views; ``models/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
-loop splitter.
+loop splitter and primitive, ``conv.h`` what the convolution's two algorithms share.
 
 It is compiled like MLX compiles its own fused CPU kernels: on first use, with the machine's
 C++ compiler, against the installed ``mlx`` (whose headers and CMake package ship in its wheel)
@@ -35,7 +35,8 @@ import numpy as np
 
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "common.h", "bindings.cpp", "conv.cpp", "depthwise.cpp", "pooling.cpp")
+SOURCES = ("CMakeLists.txt", "common.h", "conv.h", "bindings.cpp", "conv.cpp", "winograd.cpp", "depthwise.cpp",
+           "pooling.cpp")
 
 _module: ModuleType | None = None
 #: "not loaded yet", "built and loaded from PATH", or why the pure-MLX path runs instead.

@@ -1,7 +1,7 @@
 // The Python module models.native._native: one function per kernel (see models/native/__init__.py).
 #include <nanobind/nanobind.h>
 
-#include "common.h"
+#include "conv.h"
 
 namespace nb = nanobind;
 
@@ -14,6 +14,15 @@ NB_MODULE(_native, m) {
         nb::arg("out_h"), nb::arg("out_w"),
         "Stride-1 convolution of x (N, H, W, C_in) with w (C_out, kh, kw, C_in) plus bias, zero-padded.");
   m.def("has_sgemm", &deepdream::has_sgemm, "Whether the process has a cblas_sgemm for conv2d.");
+  m.def(
+      "conv2d_uses_winograd",
+      [](int c_in, int c_out, int kh, int kw, int out_h, int out_w) {
+        return deepdream::winograd_applies({1, out_h, out_w, c_in, out_h, out_w, c_out, kh, kw, 0, 0});
+      },
+      nb::arg("c_in"), nb::arg("c_out"), nb::arg("kh"), nb::arg("kw"), nb::arg("out_h"), nb::arg("out_w"),
+      "Whether conv2d runs this shape with Winograd's F(4x4, 3x3) (winograd.cpp) rather than shifted products.");
+  m.def("winograd_cached_kernels", &deepdream::winograd_cached_kernels,
+        "How many transformed 3x3 kernels are cached (one per weight array still alive that conv2d used).");
   m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
         nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
         "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");

@@ -2,8 +2,9 @@
 #pragma once
 
 #include <algorithm>
-#include <limits>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -58,13 +59,17 @@ inline std::vector<mx::array> prepare(std::vector<mx::array> inputs) {
   return inputs;
 }
 
+// The buffer the weights live in: what an operation keys anything it derives from them on (conv.cpp's
+// Winograd kernels), since MLX never changes a buffer that someone else still holds.
+using WeightsBuffer = std::shared_ptr<mx::array::Data>;
+
 // The three evaluations of an operation with inputs (x, weights, bias): the forward and its two gradients.
 enum class Kind { Forward, InputGrad, WeightGrad };
 
 // One MLX primitive per such operation (the convolutions), its gradients being two more kinds of
 // the same primitive. `Op` supplies the `Geometry` (a plain struct), `name`, `gpu_alternative`,
-// `shape(kind, g)` and the three loops: forward(x, w, bias, out, g), input_grad(grad, w, dx, g),
-// weight_grad(x, grad, dw, g).
+// `shape(kind, g)` and the three loops: forward(x, w, w_buffer, bias, out, g), input_grad(grad, w, w_buffer,
+// dx, g), weight_grad(x, grad, dw, g).
 template <typename Op>
 class WeightedPrimitive : public mx::UnaryPrimitive {
  public:
@@ -84,9 +89,10 @@ class WeightedPrimitive : public mx::UnaryPrimitive {
     const float* b = inputs[1].data<float>();
     const float* bias = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
     float* o = allocate(out);
-    dispatch(stream(), inputs, out, [kind = kind_, g = g_, a, b, bias, o]() {
-      if (kind == Kind::Forward) Op::forward(a, b, bias, o, g);
-      else if (kind == Kind::InputGrad) Op::input_grad(a, b, o, g);
+    WeightsBuffer w_buffer = kind_ == Kind::WeightGrad ? nullptr : inputs[1].data_shared_ptr();
+    dispatch(stream(), inputs, out, [kind = kind_, g = g_, a, b, w_buffer, bias, o]() {
+      if (kind == Kind::Forward) Op::forward(a, b, w_buffer, bias, o, g);
+      else if (kind == Kind::InputGrad) Op::input_grad(a, b, w_buffer, o, g);
       else Op::weight_grad(a, b, o, g);
     });
   }

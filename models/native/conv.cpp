@@ -14,34 +14,28 @@
 // kw - 1 columns of a padded row wrap around; they are dropped (forward, input gradient) or
 // zero (weight gradient). The input gradient is the same correlation of the padded output
 // gradient with the flipped kernel.
+//
+// 3x3 layers with >= 16 channels on each side and >= 16 4x4 output tiles (every VGG layer but
+// the first, most 3x3 layers of the other models) take winograd.cpp's F(4x4, 3x3) for the forward
+// and the input gradient instead: 4x fewer multiply-adds. The weight gradient is always here.
 
 #include <dlfcn.h>
 
 #include <memory>
 #include <tuple>
 
-#include "common.h"
+#include "conv.h"
 
 namespace deepdream {
-namespace {
-
-// cblas_sgemm from whichever BLAS the process loaded (models/_blas.py puts MKL or OpenBLAS in
-// the global scope before MLX, which resolves the same symbol).
-enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
-using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
-                       int);
 
 Sgemm sgemm() {
   static Sgemm fn = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
   return fn;
 }
 
-struct Geometry {
-  int n, h, w, ci;        // input (N, H, W, C_in)
-  int oh, ow, co;         // output (N, oh, ow, C_out)
-  int kh, kw;
-  int top, left;          // zero padding before the first row / column (after: implied by oh, ow)
-};
+namespace {
+
+using Geometry = ConvGeometry;
 
 // A zero-padded copy of one image, flattened to (rows * wp + slack, c); `slack` zero pixels at the
 // end let the last tap's view run past the last row.
@@ -107,7 +101,9 @@ void correlate(const Padded& src, int cs, int oh, int ow, int cd, int kh, int kw
 }
 
 // Forward: tap (i, j) of weight (C_out, kh, kw, C_in) is w[:, i, j, :]^T.
-void forward(const float* x, const float* w, const float* bias, float* out, const Geometry& g) {
+void forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias, float* out,
+             const Geometry& g) {
+  if (winograd_applies(g)) return winograd_forward(x, w, w_buffer, bias, out, g);
   int hp = g.oh + g.kh - 1, wp = g.ow + g.kw - 1, ld = g.kh * g.kw * g.ci;
   for (int n = 0; n < g.n; ++n) {
     Padded src = pad(x + (size_t)n * g.h * g.w * g.ci, g.h, g.w, g.ci, g.top, g.left, hp, wp, g.kw - 1);
@@ -151,7 +147,8 @@ void correlate_wide(const Padded& src, int cs, int oh, int ow, int cd, int kh, i
 // Input gradient: output pixel (y, x) read input (y + i - top, x + j - left), so
 // dx[y, x] = sum_ij g[y + top - i, x + left - j] @ w[:, i, j, :], the correlation of g padded by
 // (kh - 1 - top, kw - 1 - left) with the flipped kernel.
-void input_grad(const float* grad, const float* w, float* dx, const Geometry& g) {
+void input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, float* dx, const Geometry& g) {
+  if (winograd_applies(g)) return winograd_input_grad(grad, w, w_buffer, dx, g);
   int hp = g.h + g.kh - 1, wp = g.w + g.kw - 1, ld = g.kh * g.kw * g.ci;
   auto flipped = [&](int i, int j) { return (g.kh - 1 - i) * g.kw + (g.kw - 1 - j); };
   for (int n = 0; n < g.n; ++n) {

@@ -22,7 +22,7 @@ struct Geometry {
 };
 
 // out[n, oy, ox] = bias + sum_ij x[n, s*oy + i - top, s*ox + j - left] * taps[i, j]
-void forward(const float* x, const float* taps, const float* bias, float* out, const Geometry& g) {
+void forward(const float* x, const float* taps, const WeightsBuffer&, const float* bias, float* out, const Geometry& g) {
   parallel_for(g.n * g.oh, [&](int begin, int end) {
     for (int row = begin; row < end; ++row) {
       int n = row / g.oh, oy = row % g.oh;
@@ -47,7 +47,7 @@ void forward(const float* x, const float* taps, const float* bias, float* out, c
 
 // dx[n, y, x] = sum over the taps (i, j) and outputs (oy, ox) that read input (y, x)
 //             = sum_ij g[n, (y + top - i) / s, (x + left - j) / s] * taps[i, j] (exact divisions only)
-void input_grad(const float* grad, const float* taps, float* dx, const Geometry& g) {
+void input_grad(const float* grad, const float* taps, const WeightsBuffer&, float* dx, const Geometry& g) {
   parallel_for(g.n * g.h, [&](int begin, int end) {
     for (int row = begin; row < end; ++row) {
       int n = row / g.h, y = row % g.h;

@@ -1,0 +1,36 @@
+// The stride-1 convolution's pieces shared by its two algorithms: conv.cpp (shifted-view products,
+// any kernel) and winograd.cpp (F(4x4, 3x3), the 3x3 kernels on maps big enough to pay for it).
+#pragma once
+
+#include <memory>
+
+#include "common.h"
+
+namespace deepdream {
+
+// cblas_sgemm from whichever BLAS the process loaded (models/_blas.py puts MKL or OpenBLAS in
+// the global scope before MLX, which resolves the same symbol).
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
+                       int);
+Sgemm sgemm();
+
+struct ConvGeometry {
+  int n, h, w, ci;        // input (N, H, W, C_in)
+  int oh, ow, co;         // output (N, oh, ow, C_out)
+  int kh, kw;
+  int top, left;          // zero padding before the first row / column (after: implied by oh, ow)
+};
+
+// Whether winograd.cpp runs this convolution's forward and input gradient (else conv.cpp's products do).
+bool winograd_applies(const ConvGeometry& g);
+// x (N, H, W, C_in), w (C_out, 3, 3, C_in) living in `w_buffer` (the key of the transformed-weight cache).
+void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias, float* out,
+                      const ConvGeometry& g);
+void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, float* dx,
+                         const ConvGeometry& g);
+
+// How many transformed kernels winograd.cpp holds (those of weights still alive elsewhere).
+size_t winograd_cached_kernels();
+
+}  // namespace deepdream
