@@ -223,7 +223,7 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
         kernels, out_hw = native_conv
         zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
         return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw)
-    elif stride != (1, 1) and weight.shape[1:3] != (1, 1) and _native_conv(x, weight, (1, 1), (0, 0)) is not None:
+    elif stride != (1, 1) and weight.shape[1:3] != (1, 1) and _conv_kernels(x) is not None:
         return conv2d(*_phases_as_channels(x, weight, stride, padding), 1, 0, bias)
     else:
         y = _conv_function(stride, padding)(x, weight)
@@ -260,10 +260,16 @@ def _native_conv(x: mx.array, weight: mx.array, stride: Pair,
     _, kh, kw, _ = weight.shape
     if stride != (1, 1) or (kh, kw) == (1, 1) or padding[0] >= kh or padding[1] >= kw:
         return None
-    kernels = native.for_array(x)
-    if kernels is None or not kernels.has_sgemm():
+    kernels = _conv_kernels(x)
+    if kernels is None:
         return None
     return kernels, (x.shape[1] + 2 * padding[0] - kh + 1, x.shape[2] + 2 * padding[1] - kw + 1)
+
+
+def _conv_kernels(x: mx.array) -> ModuleType | None:
+    """The native kernels if they can convolve x (built, and a BLAS in the process), else None."""
+    kernels = native.for_array(x)
+    return kernels if kernels is not None and kernels.has_sgemm() else None
 
 
 class Conv2d(nn.Conv2d):

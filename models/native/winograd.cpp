@@ -272,6 +272,36 @@ struct Window {
   }
 };
 
+// The first step of either direction for one tile: its window's kPoints transformed values, stored in
+// the block's point buffer as points[p][tile][channel] (B^T d B forward, A dY A^T for the gradient).
+template <int kRows, auto one_d>
+void window_to_points(const Window<kRows>& win, const float* image, float* points, int block, int tile) {
+  float lanes[kRows * kRows * kLanes], transformed[kPoints * kLanes];
+  win.read(image, lanes);
+  transform_2d<kRows, kIn, one_d>(lanes, transformed);
+  for (int p = 0; p < kPoints; ++p)
+    store_lanes(transformed + p * kLanes, win.c1 - win.c0, points + ((size_t)p * block + tile) * win.c + win.c0);
+}
+
+// The last step: one tile's products transformed back onto its window (A^T M A forward, B dV B^T for the
+// gradient), plus `bias` (per channel, or null), written or (overlapping windows) added.
+template <int kRows, auto one_d, bool add>
+void points_to_window(const float* points, int block, int tile, const float* bias, const Window<kRows>& win,
+                      float* image) {
+  int count = win.c1 - win.c0;
+  float transformed[kPoints * kLanes], lanes[kRows * kRows * kLanes];
+  for (int p = 0; p < kPoints; ++p)
+    load_lanes(points + ((size_t)p * block + tile) * win.c + win.c0, count, transformed + p * kLanes);
+  transform_2d<kIn, kRows, one_d>(transformed, lanes);
+  if (bias) {
+    float shift[kLanes];
+    load_lanes(bias + win.c0, count, shift);
+    for (int q = 0; q < kRows * kRows; ++q)
+      for (int l = 0; l < kLanes; ++l) lanes[q * kLanes + l] += shift[l];
+  }
+  win.template write<add>(lanes, image);
+}
+
 }  // namespace
 
 size_t winograd_cached_kernels() { return kernel_cache().size(); }
@@ -279,8 +309,7 @@ size_t winograd_cached_kernels() { return kernel_cache().size(); }
 bool winograd_applies(const ConvGeometry& g) {
   // Fewer tiles than this and the point products are too small for the BLAS to run them fast.
   constexpr int kMinTiles = 16;
-  return g.kh == 3 && g.kw == 3 && g.ci >= kLanes && g.co >= kLanes && tiling(g).tiles() >= kMinTiles &&
-         sgemm() != nullptr;
+  return g.kh == 3 && g.kw == 3 && g.ci >= kLanes && g.co >= kLanes && tiling(g).tiles() >= kMinTiles;
 }
 
 void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias, float* out,
@@ -297,23 +326,16 @@ void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buf
       int count = std::min(block, tiles - t0);
       // V[p][tile][ci] = (B^T d B)[p]
       over_channels(count, g.ci, [&](int b, int c0, int c1) {
-        float d[kPoints * kLanes], vt[kPoints * kLanes];
-        Window<kIn>{g.h, g.w, g.ci, t.y(t0 + b) - g.top, t.x(t0 + b) - g.left, c0, c1}.read(image, d);
-        transform_2d<kIn, kIn, input_1d>(d, vt);
-        for (int p = 0; p < kPoints; ++p) store_lanes(vt + p * kLanes, c1 - c0, &v[((size_t)p * block + b) * g.ci + c0]);
+        Window<kIn> win{g.h, g.w, g.ci, t.y(t0 + b) - g.top, t.x(t0 + b) - g.left, c0, c1};
+        window_to_points<kIn, input_1d>(win, image, v.get(), block, b);
       });
       // M[p] = V[p] @ U[p]^T: (tiles, C_in) @ (C_in, C_out)
       point_products(count, g.co, g.ci, v.get(), (size_t)block * g.ci, u->data(), true, (size_t)g.co * g.ci,
                      m.get(), (size_t)block * g.co);
       // out = A^T M A + bias, cropped to the output
       over_channels(count, g.co, [&](int b, int c0, int c1) {
-        float mt[kPoints * kLanes], y[kOut * kOut * kLanes], shift[kLanes] = {};
-        if (bias) load_lanes(bias + c0, c1 - c0, shift);
-        for (int p = 0; p < kPoints; ++p) load_lanes(&m[((size_t)p * block + b) * g.co + c0], c1 - c0, mt + p * kLanes);
-        transform_2d<kIn, kOut, output_1d>(mt, y);
-        for (int q = 0; q < kOut * kOut; ++q)
-          for (int l = 0; l < kLanes; ++l) y[q * kLanes + l] += shift[l];
-        Window<kOut>{g.oh, g.ow, g.co, t.y(t0 + b), t.x(t0 + b), c0, c1}.write<false>(y, result);
+        Window<kOut> win{g.oh, g.ow, g.co, t.y(t0 + b), t.x(t0 + b), c0, c1};
+        points_to_window<kOut, output_1d, false>(m.get(), block, b, bias, win, result);
       });
     }
   }
@@ -333,20 +355,16 @@ void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer&
       int count = std::min(block, tiles - t0);
       // dM[p][tile][co] = (A dY A^T)[p], dY zero past the output's edge
       over_channels(count, g.co, [&](int b, int c0, int c1) {
-        float y[kOut * kOut * kLanes], mt[kPoints * kLanes];
-        Window<kOut>{g.oh, g.ow, g.co, t.y(t0 + b), t.x(t0 + b), c0, c1}.read(dy, y);
-        transform_2d<kOut, kIn, output_1d_adjoint>(y, mt);
-        for (int p = 0; p < kPoints; ++p) store_lanes(mt + p * kLanes, c1 - c0, &dm[((size_t)p * block + b) * g.co + c0]);
+        Window<kOut> win{g.oh, g.ow, g.co, t.y(t0 + b), t.x(t0 + b), c0, c1};
+        window_to_points<kOut, output_1d_adjoint>(win, dy, dm.get(), block, b);
       });
       // dV[p] = dM[p] @ U[p]: (tiles, C_out) @ (C_out, C_in)
       point_products(count, g.ci, g.co, dm.get(), (size_t)block * g.co, u->data(), false, (size_t)g.co * g.ci,
                      dv.get(), (size_t)block * g.ci);
       // dx += B dV B^T over each tile's 6x6 window (windows overlap; each core owns its channels)
       over_channels(count, g.ci, [&](int b, int c0, int c1) {
-        float vt[kPoints * kLanes], d[kPoints * kLanes];
-        for (int p = 0; p < kPoints; ++p) load_lanes(&dv[((size_t)p * block + b) * g.ci + c0], c1 - c0, vt + p * kLanes);
-        transform_2d<kIn, kIn, input_1d_adjoint>(vt, d);
-        Window<kIn>{g.h, g.w, g.ci, t.y(t0 + b) - g.top, t.x(t0 + b) - g.left, c0, c1}.write<true>(d, image);
+        Window<kIn> win{g.h, g.w, g.ci, t.y(t0 + b) - g.top, t.x(t0 + b) - g.left, c0, c1};
+        points_to_window<kIn, input_1d_adjoint, true>(dv.get(), block, b, nullptr, win, image);
       });
     }
   }
