@@ -1,8 +1,8 @@
 """Where a step's time goes: per-stage cost of forward + input gradient, ours vs torch.
 
 For each stage s of the model (input to output, up to a limit) both sides time the gradient
-of mean(activation_s^2) w.r.t. the input (ours compiled, like the engine's step), which runs
-every stage up to s forward and back. The increase over the previous stage is that stage's
+of mean(activation_s^2) w.r.t. the input (ours compiled, BatchNorms folded, like the engine's
+step), which runs every stage up to s forward and back. The increase over the previous stage is that stage's
 own cost. It is a differential measurement, so small stages read noisy; the big ones are what
 matters.
 """
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 import torch
+
+from models.batchnorm import constant_weights
 
 from .measure import interleaved_times, median
 from .pairs import ModelPair, torch_layer
@@ -47,7 +49,8 @@ def profile_stages(pair: ModelPair, size: int, upto: str | None = None, warmup: 
             continue                    # a stage the torch reference does not expose as a module
 
         def loss(x: mx.array, stage: str = stage) -> mx.array:
-            a = model(x, outputs=[stage])[stage]
+            with constant_weights():            # as the engine's step runs the model
+                a = model(x, outputs=[stage])[stage]
             return mx.mean(a * a)
 
         grad = mx.compile(mx.grad(loss))

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import DreamModel
+from models.batchnorm import constant_weights
 
 from . import colour, transforms
 from .errors import DreamError
@@ -209,7 +210,9 @@ class DreamStep:
 
     # The three functions below are traced by mx.compile: MLX operations only, no host syncs.
     def _loss(self, state: mx.array) -> mx.array:
-        activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
+        # The step differentiates only the image: BatchNorms fold into their convolutions once.
+        with constant_weights():
+            activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
         return self.objective(activations)
 
     def _rolled_value_and_grad(self, state: mx.array, start: mx.array) -> tuple[mx.array, mx.array]:

@@ -35,13 +35,13 @@ symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparis
 Speed on CPU (dreaming differentiates the whole stack w.r.t. the image, under mx.compile):
 depthwise convolutions run through ``models.depthwise`` (MLX's grouped convolution is ~10x
 slower there), 1x1 convolutions are plain matrix products, the stem uses
-``models.layers.conv2d`` (fast input gradient of a strided conv), inference-mode BatchNorms
-fold into the preceding convolution, and ReLU6 has a one-kernel gradient.
+``models.layers.conv2d`` (fast input gradient of a strided conv), the dream step folds each
+inference-mode BatchNorm into the preceding convolution (``models.batchnorm``), and ReLU6 has a
+one-kernel gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -49,6 +49,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import DreamModel, Stage
+from .batchnorm import BatchNorm, conv_bn
 from .depthwise import depthwise_conv2d, same_padding
 from .layers import conv2d, global_avg_pool
 
@@ -93,23 +94,6 @@ def _relu6_vjp(x: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
     return g * ((x > 0) & (x < 6)).astype(g.dtype)
 
 
-def folded_batch_norm(bn: nn.BatchNorm) -> tuple[mx.array, mx.array]:
-    """Inference-mode BatchNorm as ``x * scale + shift`` (per channel)."""
-    scale = bn.weight * mx.rsqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
-
-
-def conv_bn(conv: Callable[[mx.array, mx.array | None], mx.array], weight: mx.array, bn: nn.BatchNorm) -> mx.array:
-    """``bn(conv(weight, bias=None))``. In inference the BatchNorm folds into the convolution:
-    weight * scale and bias = shift, which saves a pass over the activation and, under
-    mx.compile, keeps the per-channel rsqrt out of the per-pixel kernels. In training mode
-    (batch statistics) the BatchNorm runs as such. Gradients reach the BN parameters either way."""
-    if bn.training:
-        return bn(conv(weight, None))
-    scale, shift = folded_batch_norm(bn)
-    return conv(weight * scale.reshape(-1, *([1] * (weight.ndim - 1))), shift)
-
-
 def pointwise_conv(x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
     """1x1 convolution (weight (C_out, 1, 1, C_in), nn.Conv2d's layout) as one matrix product:
     MLX's conv2d takes 1.5-4x longer for 1x1 kernels on CPU, forward and backward."""
@@ -126,7 +110,7 @@ class ConvBNReLU6(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: str) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, bias=False)
-        self.bn = nn.BatchNorm(out_channels, eps=BN_EPS)
+        self.bn = BatchNorm(out_channels, eps=BN_EPS)
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
@@ -137,9 +121,7 @@ class ConvBNReLU6(nn.Module):
         ph = _pads(x.shape[1], self.kernel_size, self.stride, self.padding)
         pw = _pads(x.shape[2], self.kernel_size, self.stride, self.padding)
         # models.layers.conv2d: MLX's own input gradient of a strided conv is ~7x slower on CPU
-        y = conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride)
-        # mx.contiguous: a barrier that keeps mx.compile from recomputing the folded shift per pixel
-        return y + mx.contiguous(bias) if bias is not None else y
+        return conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
         return relu6(conv_bn(lambda w, b: self._conv(x, w, b), self.conv.weight, self.bn))
@@ -191,11 +173,11 @@ class MBConvBlock(nn.Module):
         self.has_expand = expand_ratio != 1
         if self.has_expand:
             self.expand_conv = Conv1x1(in_channels, mid)
-            self.bn0 = nn.BatchNorm(mid, eps=BN_EPS)
+            self.bn0 = BatchNorm(mid, eps=BN_EPS)
         self.depthwise_conv = DepthwiseConv(mid, kernel_size, stride, padding)
-        self.bn1 = nn.BatchNorm(mid, eps=BN_EPS)
+        self.bn1 = BatchNorm(mid, eps=BN_EPS)
         self.project_conv = Conv1x1(mid, out_channels)
-        self.bn2 = nn.BatchNorm(out_channels, eps=BN_EPS)
+        self.bn2 = BatchNorm(out_channels, eps=BN_EPS)
         self.residual = stride == 1 and in_channels == out_channels
 
     def __call__(self, x: mx.array) -> mx.array:

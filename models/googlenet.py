@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, Stage
+from .batchnorm import BatchNorm, conv2d_bn
 from .layers import Conv2d, adaptive_avg_pool2d, global_avg_pool, max_pool2d
 
 CLASSIFIER_WEIGHT = "fc.weight"
@@ -26,17 +27,18 @@ _AUX_PREFIXES = ("aux1.", "aux2.")
 
 
 class BasicConv2d(nn.Module):
-    """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, as torchvision's GoogLeNet/Inception define it."""
+    """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, as torchvision's GoogLeNet/Inception define it;
+    the dream step folds the BatchNorm into the conv (``models.batchnorm``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> None:
         super().__init__()
         # layers.Conv2d: nn.Conv2d's parameters, with a fast input gradient on CPU (dreaming's hot path)
         self.conv = Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm(out_channels, eps=1e-3)
+        self.bn = BatchNorm(out_channels, eps=1e-3)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.relu(self.bn(self.conv(x)))
+        return nn.relu(conv2d_bn(self.conv, self.bn, x))
 
 
 class MaxPool2d(nn.Module):

@@ -276,9 +276,14 @@ class Conv2d(nn.Conv2d):
     """Drop-in ``nn.Conv2d`` (same parameters and keys) that runs through ``conv2d``."""
 
     def __call__(self, x: mx.array) -> mx.array:
+        return self.convolve(x, self.weight, self.bias if "bias" in self else None)
+
+    def convolve(self, x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+        """This layer's convolution with another weight and bias (a folded BatchNorm's)."""
         if self.groups != 1 or self.dilation not in (1, (1, 1)):
-            return super().__call__(x)
-        return conv2d(x, self.weight, self.stride, self.padding, self.bias if "bias" in self else None)
+            y = mx.conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
+            return y if bias is None else y + bias
+        return conv2d(x, weight, self.stride, self.padding, bias)
 
 
 # -- pooling --------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the gradient's anchors, which torch module is each of our stages) and asks ``che
 about the layers it cares for.
 
 Activations and logits: float32, relative error ``rel_err`` (max |ours - torch| / max |torch|)
-< 1e-4.
+< 1e-4, both as trained and called (BatchNorms as such) and as the dream step calls the model
+(``constant_weights``: BatchNorms folded into their convolutions).
 
 Input gradients: < 1e-3, with torch linearised at OUR forward pass. These networks are piecewise
 linear (ReLU, max pool); float32 rounding (~1e-6) puts a few of their millions of ReLU units and
@@ -46,6 +47,7 @@ import mlx.nn as nn
 
 torch = pytest.importorskip("torch")
 
+from models.batchnorm import constant_weights  # noqa: E402
 from models.convert import export_model, torchvision_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,6 +283,10 @@ def check_layer(pair: Pair, layer: str, x: np.ndarray, rng: np.random.Generator)
     assert np.abs(ref).max() > 1e-3, layer  # a meaningful scale for the relative error
     act_err = rel_err(ours, ref)
     assert act_err < 1e-4, (layer, act_err)
+    # The dream step's form: weights constant, inference BatchNorms folded into their convolutions.
+    with constant_weights():
+        folded = model(nhwc(x), outputs=[layer])[layer]
+    assert rel_err(nchw(folded), ref) < 1e-4, (layer, "folded")
 
     w = rng.standard_normal(ref.shape).astype(np.float32)
     xt = torch.tensor(x, requires_grad=True)

