@@ -10,6 +10,7 @@ the torchvision network with identical weights. Then one end-to-end recipe (goog
     python bench.py                      # the full table (several minutes on 2 cores)
     python bench.py --models googlenet vgg16 --sizes 224 --repeats 3
     python bench.py --quick              # tiny sizes, one model: checks that it all runs (CI)
+    python bench.py --device gpu         # both sides on the GPU (MLX's CUDA backend vs PyTorch CUDA)
 
 Needs torch and torchvision (the reference side); dreaming itself never imports them.
 """
@@ -35,6 +36,9 @@ if TYPE_CHECKING:  # the real imports wait until the BLAS is in place (``import 
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SIZES = (224, 512)
+#: On a GPU small images measure launch overhead, not the step: larger sizes, and a 24 MP photo.
+GPU_SIZES = (512, 1024)
+GPU_MEMORY_SIZE = (6000, 4000)
 MEMORY_LIMIT_BYTES = 4 * 2 ** 30
 E2E_RECIPE = "googlenet"
 
@@ -88,18 +92,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--same-process", action="store_true",
                         help="time both sides inside this process instead of one worker process each "
                              "(torch's OpenMP then also runs MLX's BLAS: slower for ours, see benchmarks/isolated.py)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="where both sides run: cpu (default) or gpu (MLX's GPU backend against PyTorch "
+                             "CUDA on the same card; default sizes then 512 1024 and a 6000x4000 memory test)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--memory-child", metavar="WEIGHTS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
+    gpu = args.device == "gpu"
     defaults = {
         "models": ["googlenet"] if quick else None,
-        "sizes": [64] if quick else list(DEFAULT_SIZES),
+        "sizes": [64] if quick else list(GPU_SIZES if gpu else DEFAULT_SIZES),
         "repeats": 1 if quick else 7,
         "warmup": 1 if quick else 2,
         "e2e_size": 128 if quick else 1024,
         "e2e_steps": 2 if quick else None,
-        "memory_size": (400, 300) if quick else (4000, 3000),
+        "memory_size": (400, 300) if quick else GPU_MEMORY_SIZE if gpu else (4000, 3000),
         "tile_size": 160 if quick else 512,
         "memory_steps": 1,
         "memory_model": "googlenet",
@@ -142,17 +150,22 @@ def own_peak_rss_bytes() -> int:
 def memory_child(args: argparse.Namespace) -> int:
     """Dream a large random image with tiling; print seconds and peak RSS as JSON. Never imports torch."""
     import models  # first: puts the fast BLAS under MLX  # isort: skip
+    import mlx.core as mx
     import numpy as np
 
+    from deepdream import device
     from deepdream.render import Dreamer, DreamSettings
 
+    device.use(args.device)
     model = models.load_model(weights=args.memory_child)
     width, height = args.memory_size
     rgb = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
     settings = DreamSettings(octaves=1, steps=args.memory_steps, tile_size=args.tile_size, seed=0)
     start = time.perf_counter()
     Dreamer(model, settings, quiet=True)(rgb)
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_bytes": own_peak_rss_bytes()}))
+    device_peak = mx.get_peak_memory() if device.on_gpu() else None
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_bytes": own_peak_rss_bytes(),
+                      "device_peak_bytes": device_peak}))
     return 0
 
 
@@ -163,24 +176,26 @@ def _notice(message: str) -> None:
 
 
 def worker_specs(pair: ModelPair, layers: list[str], workdir: Path, threads: int,
-                 clock: str) -> dict[str, dict[str, object]]:
+                 clock: str, device: str = "cpu") -> dict[str, dict[str, object]]:
     """What each side needs to rebuild its half of ``pair``, in a worker process or here (benchmarks.isolated)."""
     import torch
 
     net_path = workdir / f"{pair.name}_net.pt"
     if not net_path.exists():
-        torch.save(pair.net, net_path)      # the whole module: the worker needs neither torchvision calls nor weights
+        # the whole module (on the CPU; the worker maps it to its device): no torchvision calls, no weights
+        torch.save(pair.net.cpu(), net_path)
     qualified = {id(module): name for name, module in pair.net.named_modules()}
     modules = {layer: qualified[id(module)] for layer, module in pair.torch_modules(layers).items()}
     return {
-        "ours": {"model": pair.name, "weights": str(pair.weights_path), "layers": layers, "clock": clock},
+        "ours": {"model": pair.name, "weights": str(pair.weights_path), "layers": layers, "clock": clock,
+                 "device": device},
         "torch": {"net": str(net_path), "modules": modules, "mean": list(pair.ours.mean),
-                  "std": list(pair.ours.std), "threads": threads, "clock": clock},
+                  "std": list(pair.ours.std), "threads": threads, "clock": clock, "device": device},
     }
 
 
 def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
-               specs: dict[str, dict[str, object]], same_process: bool) -> list[StepResult]:
+               specs: dict[str, dict[str, object]], same_process: bool, device: str = "cpu") -> list[StepResult]:
     """Our engine's step vs the torch step for one model at each size.
 
     Each side is timed in its own worker process (benchmarks.isolated says why), or with
@@ -189,7 +204,7 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
     """
     import numpy as np
 
-    from benchmarks.isolated import STEP_ARGS, Side, SideWorker, alternating_times, test_image
+    from benchmarks.isolated import STEP_ARGS, Side, SideWorker, alternating_times, test_image, torch_device
     from benchmarks.measure import forward_flops, median
     from benchmarks.report import StepResult
     from benchmarks.torch_dream import TorchDreamStep
@@ -198,7 +213,8 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
 
     model = pair.ours
     step = make_step(model, build_objective(model, pair.layers))
-    tstep = TorchDreamStep(pair.net, pair.torch_modules(pair.layers), model.mean, model.std)
+    tdevice = torch_device(device)
+    tstep = TorchDreamStep(pair.net.to(tdevice), pair.torch_modules(pair.layers), model.mean, model.std, tdevice)
     open_side = Side if same_process else SideWorker
     sides = [open_side(side, spec) for side, spec in specs.items()]
     results = []
@@ -213,7 +229,7 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
             ours_new, _ = step(state, *STEP_ARGS)
             torch_new = tstep(tstate, *STEP_ARGS)
             ours_delta = np.array(ours_new - state)[0]
-            torch_delta = (torch_new - tstate)[0].permute(1, 2, 0).numpy()
+            torch_delta = (torch_new - tstate)[0].permute(1, 2, 0).cpu().numpy()
             # Relative L2, not max: a max-pool window whose two largest values differ by float
             # rounding may pick a different winner on each side, which moves a few pixels' gradient.
             agreement = float(np.linalg.norm(ours_delta - torch_delta) / max(np.linalg.norm(torch_delta), 1e-30))
@@ -262,11 +278,13 @@ def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], d
                           settings.steps, ours_s, torch_s)
 
 
-def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int) -> MemoryResult:
+def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int,
+                   device: str = "cpu") -> MemoryResult:
     from benchmarks.report import MemoryResult
 
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(pair.weights_path),
-               "--memory-size", f"{size[0]}x{size[1]}", "--tile-size", str(tile), "--memory-steps", str(steps)]
+               "--memory-size", f"{size[0]}x{size[1]}", "--tile-size", str(tile), "--memory-steps", str(steps),
+               "--device", device]
     # A separate process, so that the peak is the dream's alone (no torch, no other models);
     # it reports its own peak (``own_peak_rss_bytes`` says why not wait4's).
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -275,7 +293,7 @@ def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int
         raise RuntimeError(f"the tiled dream child failed: {tail}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return MemoryResult(pair.name, size[0], size[1], tile, steps, result["peak_rss_bytes"], result["seconds"],
-                        MEMORY_LIMIT_BYTES)
+                        MEMORY_LIMIT_BYTES, result.get("device_peak_bytes"))
 
 
 def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], sgemm: float,
@@ -326,6 +344,16 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.pairs import BENCH_MODELS, ModelUnavailable, build_pair
     from benchmarks.report import FOOTNOTES, end_to_end_table, header_lines, memory_table, step_table
 
+    if args.device == "gpu":
+        from deepdream import device
+        from deepdream.errors import DreamError
+
+        if not torch.cuda.is_available():
+            raise BenchError("--device gpu needs PyTorch with CUDA for the reference side, and torch sees no GPU")
+        try:
+            device.use("gpu")
+        except DreamError as exc:
+            raise BenchError(str(exc)) from None
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
@@ -355,19 +383,20 @@ def run(args: argparse.Namespace) -> int:
             pair = pair_for(name)
             if pair is None:
                 continue
-            specs = worker_specs(pair, pair.layers, workdir, threads, args.clock)
-            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, specs, args.same_process)
+            specs = worker_specs(pair, pair.layers, workdir, threads, args.clock, args.device)
+            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, specs, args.same_process, args.device)
             if name not in (E2E_RECIPE, args.memory_model):
                 del pairs[name]             # free its memory before the next model
         if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
             _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
             e2e.append(time_end_to_end(args.e2e_size, args.e2e_steps,
-                                       lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock),
+                                       lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock,
+                                                                           args.device),
                                        args.same_process))
         if not args.no_memory and (pair := pair_for(args.memory_model)) is not None:
             w, h = args.memory_size
             _notice(f"memory: tiled dream of {w}x{h} (tile {args.tile_size}) in a child process ...")
-            memory.append(measure_memory(pair, args.memory_size, args.tile_size, args.memory_steps))
+            memory.append(measure_memory(pair, args.memory_size, args.tile_size, args.memory_steps, args.device))
     load_after = os.getloadavg()
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")

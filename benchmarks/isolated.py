@@ -65,9 +65,11 @@ class _OursSide:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         import models  # first: puts the fast BLAS under MLX  # isort: skip
+        from deepdream import device
         from deepdream.objectives import build_objective
         from deepdream.render import make_step
 
+        device.use(spec.get("device", "cpu"))
         self.model = models.load_model(spec["model"], weights=spec["weights"])
         self.step = make_step(self.model, build_objective(self.model, spec["layers"]))
 
@@ -98,14 +100,19 @@ class _TorchSide:
         from .torch_dream import TorchDreamStep
 
         torch.set_num_threads(spec["threads"])
-        net = torch.load(spec["net"], weights_only=False).eval()
+        device = torch_device(spec.get("device", "cpu"))
+        net = torch.load(spec["net"], weights_only=False, map_location=device).eval()
         modules = dict(net.named_modules())
         self.step = TorchDreamStep(net, {layer: modules[name] for layer, name in spec["modules"].items()},
-                                   spec["mean"], spec["std"])
+                                   spec["mean"], spec["std"], device=device)
 
     def prepare(self, size: int) -> Callable[[], object]:
         state = self.step.encode(test_image(size, size))
-        return lambda: self.step(state, *STEP_ARGS)
+
+        def run() -> None:
+            self.step(state, *STEP_ARGS)
+            self.step.synchronize()
+        return run
 
     def dream(self, height: int, width: int, settings: dict[str, Any], sizes: list | None) -> dict[str, Any]:
         from .torch_dream import torch_dream
@@ -115,7 +122,13 @@ class _TorchSide:
         start = time.perf_counter()
         torch_dream(self.step, rgb, sizes=[tuple(s) for s in sizes], steps=settings["steps"], lr=settings["lr"],
                     jitter=settings["jitter"], smoothing=settings["smoothing"], rng=np.random.default_rng(0))
+        self.step.synchronize()
         return {"seconds": time.perf_counter() - start, "sizes": sizes}
+
+
+def torch_device(device: str) -> str:
+    """torch's name for the benchmark's ``--device``: the GPU is CUDA's on the torch side."""
+    return "cuda" if device == "gpu" else "cpu"
 
 
 #: The two sides, by the name the commands and the results use.

@@ -98,4 +98,6 @@ def machine_description() -> dict[str, str]:
         "mlx": mx.__version__,
         "blas": models.ensure_fast_blas(),
         "torch": torch.__version__,
+        "gpu": (f"{torch.cuda.get_device_name()} (MLX: {mx.device_info().get('device_name', '?')})"
+                if torch.cuda.is_available() and mx.default_device().type == mx.DeviceType.gpu else ""),
     }

@@ -50,6 +50,7 @@ class MemoryResult:
     peak_rss_bytes: int
     seconds: float
     limit_bytes: int
+    device_peak_bytes: int | None = None     # MLX's peak GPU memory, on a GPU run
 
     @property
     def ok(self) -> bool:
@@ -85,10 +86,19 @@ def end_to_end_table(results: Sequence[EndToEndResult]) -> str:
 
 
 def memory_table(results: Sequence[MemoryResult]) -> str:
-    rows = [[r.model, f"{r.width}x{r.height}", str(r.tile_size), str(r.steps),
-             f"{r.peak_rss_bytes / 2 ** 30:.2f} GiB", f"{r.seconds:.0f}",
-             f"{'under' if r.ok else '**OVER**'} {r.limit_bytes / 2 ** 30:.0f} GiB"] for r in results]
-    return markdown_table(["model", "image", "tile", "steps", "peak RSS", "seconds", "limit"], rows, "llrrrrl")
+    on_gpu = any(r.device_peak_bytes is not None for r in results)
+    rows = []
+    for r in results:
+        row = [r.model, f"{r.width}x{r.height}", str(r.tile_size), str(r.steps),
+               f"{r.peak_rss_bytes / 2 ** 30:.2f} GiB", f"{r.seconds:.0f}",
+               f"{'under' if r.ok else '**OVER**'} {r.limit_bytes / 2 ** 30:.0f} GiB"]
+        if on_gpu:
+            row.insert(5, f"{(r.device_peak_bytes or 0) / 2 ** 30:.2f} GiB")
+        rows.append(row)
+    header = ["model", "image", "tile", "steps", "peak RSS", "seconds", "limit"]
+    if on_gpu:
+        header.insert(5, "peak GPU memory")
+    return markdown_table(header, rows, "llrrrrrl" if on_gpu else "llrrrrl")
 
 
 def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
@@ -98,6 +108,7 @@ def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
     return "\n".join([
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, Python {machine['python']}",
         f"- MLX {machine['mlx']} (BLAS: {machine['blas']}); torch {machine['torch']} with {threads} threads",
+        *([f"- GPU: {machine['gpu']}, both sides on it"] if machine.get("gpu") else []),
         f"- MLX sgemm (2048^3): {sgemm_gflops:.0f} GFLOP/s",
         f"- timing: {timing}",
         (f"- load average (1/5/15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "

@@ -53,8 +53,8 @@ class LayerTap:
             handle.remove()
 
 
-def gaussian_taps(sigma: float, size: int = KERNEL_SIZE) -> torch.Tensor:
-    grid = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+def gaussian_taps(sigma: float, size: int = KERNEL_SIZE, device: torch.device | str = "cpu") -> torch.Tensor:
+    grid = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
     g = torch.exp(-(grid * grid) / (2 * sigma * sigma))
     return g / g.sum()
 
@@ -64,7 +64,7 @@ def cascade_smooth(grad: torch.Tensor, sigma: float, size: int = KERNEL_SIZE) ->
     channels, pad = grad.shape[1], size // 2
     out = torch.zeros_like(grad)
     for coeff in CASCADE_SIGMAS:
-        taps = gaussian_taps(sigma * coeff, size)
+        taps = gaussian_taps(sigma * coeff, size, grad.device)
         vertical = taps.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
         horizontal = taps.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
         g = F.conv2d(F.pad(grad, (0, 0, pad, pad), mode="reflect"), vertical, groups=channels)
@@ -74,13 +74,18 @@ def cascade_smooth(grad: torch.Tensor, sigma: float, size: int = KERNEL_SIZE) ->
 
 
 class TorchDreamStep:
-    """``step(state, shift, sigma, lr) -> new state``; state is the ImageNet-normalised image, NCHW."""
+    """``step(state, shift, sigma, lr) -> new state``; state is the ImageNet-normalised image, NCHW.
+
+    ``device``: where the state lives and the step runs (``"cuda"`` for the GPU benchmark); the
+    network must already be there.
+    """
 
     def __init__(self, net: nn.Module, modules: Mapping[str, nn.Module],
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+                 mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
         self.tap = LayerTap(net, modules)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.low = -self.mean / self.std
         self.high = (1.0 - self.mean) / self.std
 
@@ -107,11 +112,16 @@ class TorchDreamStep:
 
     def encode(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) in [0, 1] -> normalised (1, 3, H, W)."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self.device)
         return (x - self.mean) / self.std
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
         return state * self.std + self.mean
+
+    def synchronize(self) -> None:
+        """Wait for the device: CUDA runs asynchronously, so a timer must not stop before it has."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def close(self) -> None:
         self.tap.remove()
@@ -135,8 +145,8 @@ def torch_dream(step: TorchDreamStep, rgb: np.ndarray, *, sizes: list[tuple[int,
 
     ``sizes``: the octaves (height, width), smallest first, e.g. from ``octave_sizes`` (the
     benchmark passes the engine's own list, which drops octaves too small for the model)."""
-    base = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    detail = torch.zeros(1, 3, *sizes[0])
+    base = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(step.device)
+    detail = torch.zeros(1, 3, *sizes[0], device=step.device)
     result = base
     for height, width in sizes:
         octave_base = _resize(base, height, width)
@@ -147,4 +157,4 @@ def torch_dream(step: TorchDreamStep, rgb: np.ndarray, *, sizes: list[tuple[int,
             state = step(state, (int(shift[0]), int(shift[1])), sigma, lr)
         result = step.decode(state)
         detail = result - octave_base
-    return torch.clamp(result, 0.0, 1.0)[0].permute(1, 2, 0).numpy()
+    return torch.clamp(result, 0.0, 1.0)[0].permute(1, 2, 0).cpu().numpy()

@@ -266,15 +266,22 @@ def info_text() -> str:
 
     from models import _blas, native
 
-    if mx.default_device().type == mx.DeviceType.cpu:
-        native.load()   # builds the native kernels if this is the first run (CI's first command)
+    from . import device
+
     lines = [
         f"python {platform.python_version()} on {platform.system()} {platform.machine()}",
-        f"mlx {mx.__version__}, device {mx.default_device()}",
-        f"blas: {_blas.blas_in_use}",
-        f"native CPU kernels (depthwise convolution, pooling): {native.status}",
-        "models:",
+        f"mlx {mx.__version__}, {device.description()}",
     ]
+    if device.on_gpu():
+        lines.append("CPU-only machinery (fast BLAS, native CPU kernels, CPU convolution paths): off, "
+                     "the GPU runs MLX's own operations")
+    else:
+        native.load()   # builds the native kernels if this is the first run (CI's first command)
+        lines += [f"blas: {_blas.blas_in_use}",
+                  f"native CPU kernels (depthwise convolution, pooling): {native.status}"]
+        if wheel := _blas.gpu_wheel():
+            lines.append(f"note: {wheel} is installed but MLX sees no GPU (driver or CUDA libraries missing?)")
+    lines.append("models:")
     for name, spec in MODELS.items():
         if weights_available(name):
             path = default_weights_path(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.metadata
 import os
 import sys
 import warnings
@@ -44,6 +45,20 @@ def _candidates() -> list[str]:
         paths += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
     paths += [p for p in _SYSTEM_OPENBLAS if os.path.exists(p)]
     return paths
+
+
+#: MLX's GPU wheels for Linux; with one installed MLX runs on the GPU and the BLAS is optional.
+_GPU_WHEELS = ("mlx-cuda-13", "mlx-cuda-12")
+
+
+def gpu_wheel() -> str | None:
+    """The MLX CUDA wheel installed in this environment, if any (asked without importing MLX)."""
+    for name in _GPU_WHEELS:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def keep_freed_memory() -> bool:
@@ -96,6 +111,9 @@ def ensure_fast_blas() -> str:
         blas_in_use = path
         return blas_in_use
     blas_in_use = "reference BLAS bundled with mlx (slow)"
+    if gpu_wheel():
+        # MLX dreams on the GPU here; the CPU's BLAS only serves the rare CPU-side operation.
+        return blas_in_use
     detail = f" ({'; '.join(errors)})" if errors else ""
     print(
         "deepdream: no fast BLAS found, MLX will be 30-100x slower on CPU. "
