@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compute a colour decorrelation matrix from your own images (NOTES §4).
+"""Compute a colour decorrelation matrix from your own images (for --decorrelate).
 
     python calc_cm.py --data dataset/ --out weights/my_colours.npy
     python dream.py --input photo.jpg --decorrelate weights/my_colours.npy

@@ -21,15 +21,17 @@ import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 
 from deepdream.cli import (  # noqa: E402
     ALL_MODELS,
-    DreamArgumentParser,
-    add_dream_arguments,
+    OUTPUT_FOLDER,
     available_models,
+    check_image_args,
     handle_info_flags,
     load_dream_model,
     make_notify,
     model_and_settings,
     run_main,
     settings_for_model,
+    still_parser,
+    still_start,
     validate_args,
 )
 from deepdream.contact_sheet import contact_sheet  # noqa: E402
@@ -38,52 +40,13 @@ from deepdream.image_io import (  # noqa: E402
     check_output_path,
     check_writable_folder,
     default_output_path,
-    load_image,
-    noise_image,
     save_image,
 )
 from deepdream.render import Dreamer  # noqa: E402
 
-DEFAULT_SIZE = 512
-OUTPUT_FOLDER = "outputs"
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = DreamArgumentParser(
-        description="DeepDream an image with an MLX model. Without --input, dreams from noise.",
-        epilog="Example: python dream.py --input assets/chelsea.png --preset efficientnet_lite0 --steps 30",
-    )
-    g = parser.add_argument_group("input and output")
-    g.add_argument("--input", metavar="PATH", help="image to dream on (any format Pillow reads); omit to dream from noise")
-    g.add_argument("--output", metavar="PATH",
-                   help="output image (default outputs/<input-stem>_<model>.<ext>); a folder with --model all")
-    g.add_argument("--width", type=int, metavar="PX", help=f"noise image width (default {DEFAULT_SIZE}; no --input only)")
-    g.add_argument("--height", type=int, metavar="PX", help=f"noise image height (default {DEFAULT_SIZE})")
-    g.add_argument("--max-size", type=int, metavar="PX", help="downscale the input so its longest side is at most PX")
-    add_dream_arguments(parser)
-    return parser
-
-
-def start_image(args: argparse.Namespace, rng) -> tuple[object, str]:
-    """The image to dream on and the stem used in output names."""
-    if args.input is not None:
-        return load_image(args.input, max_size=args.max_size), Path(args.input).stem
-    width = args.width if args.width is not None else DEFAULT_SIZE
-    height = args.height if args.height is not None else DEFAULT_SIZE
-    image = noise_image(height, width, rng)
-    if args.max_size is not None:
-        from deepdream.image_io import limit_size
-
-        image = limit_size(image, args.max_size)
-    return image, "dream"
-
-
-def check_io_args(args: argparse.Namespace) -> None:
-    if args.input is not None and (args.width is not None or args.height is not None):
-        raise DreamError("--width/--height size the noise image; with --input use --max-size to resize it")
-    for flag, value in (("--width", args.width), ("--height", args.height), ("--max-size", args.max_size)):
-        if value is not None and value < 1:
-            raise DreamError(f"{flag} must be a positive number of pixels (got {value})")
+    return still_parser()
 
 
 def dream_one(args: argparse.Namespace, notify) -> int:
@@ -93,7 +56,7 @@ def dream_one(args: argparse.Namespace, notify) -> int:
     if output is not None:
         check_output_path(output, args.input)  # before the slow part, so a typo costs nothing
     rng = np.random.default_rng(args.seed)  # one generator: the noise image, then the jitter
-    image, _ = start_image(args, rng)
+    image, _ = still_start(args, rng)
     model, settings = model_and_settings(args, notify)
     if output is None:
         name = Path(args.weights).stem if args.weights else model.name
@@ -121,7 +84,7 @@ def dream_all(args: argparse.Namespace, notify) -> int:
         raise DreamError("no model has weights; run `python export_efficientnet_lite0.py` or another exporter")
     seed = args.seed
     first_rng = np.random.default_rng(seed)
-    image, stem = start_image(args, first_rng)
+    image, stem = still_start(args, first_rng)
     # Validate everything (weights, layers, channels, guide) before the first long dream.
     jobs = []
     for name in names:
@@ -149,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     notify = make_notify(args.quiet)
     if handle_info_flags(args):
         return 0
-    check_io_args(args)
+    check_image_args(args, "image")
     validate_args(args)
     if args.model == ALL_MODELS:
         return dream_all(args, notify)

@@ -55,8 +55,7 @@ def main() -> int:
 
     import numpy as np
 
-    import dream
-    from deepdream.cli import make_notify, settings_for_model
+    from deepdream.cli import make_notify, settings_for_model, still_parser, still_start
     from deepdream.contact_sheet import contact_sheet
     from deepdream.image_io import save_image
     from deepdream.render import Dreamer
@@ -74,10 +73,10 @@ def main() -> int:
     notify = make_notify(False)
 
     def render(args: list[str]) -> np.ndarray:
-        parsed = dream.build_parser().parse_args([*args, *MODEL, "--quiet"])
+        parsed = still_parser().parse_args([*args, *MODEL, "--quiet"])
         settings = settings_for_model(parsed, model, notify)
         rng = np.random.default_rng(settings.seed)
-        image, _ = dream.start_image(parsed, rng)
+        image, _ = still_start(parsed, rng)
         return Dreamer(model, settings, quiet=True, notify=notify)(image, rng=rng), image
 
     (ROOT / OUT).mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,9 @@ from deepdream.dataset import (
     resize_short_side,
     scan_image_folder,
     to_array,
-    to_rgb,
 )
+from deepdream.duplicates import find_exact_duplicates, find_near_duplicates
+from deepdream.image_io import to_rgb
 from deepdream.errors import exit_code
 from models.weights import atomic_write
 
@@ -113,68 +114,6 @@ def analyse(path: Path, label: int, hash_fn, hash_size: int) -> Record:
     pixels = view.reshape(-1, 3).astype(np.float64)
     record.stats = (len(pixels), pixels.sum(axis=0), np.square(pixels).sum(axis=0))
     return record
-
-
-def find_exact_duplicates(records: list[Record]) -> list[tuple[Record, Record]]:
-    """Same bytes (SHA-256): the first file in dataset order is kept."""
-    first: dict[str, Record] = {}
-    pairs = []
-    for record in records:
-        if not record.sha256:
-            continue
-        if record.sha256 in first:
-            pairs.append((record, first[record.sha256]))
-        else:
-            first[record.sha256] = record
-    return pairs
-
-
-def hamming_pairs(hashes: list[int], threshold: int, bits: int) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for every pair with Hamming distance <= threshold (vectorised, row-chunked)."""
-    words = (bits + 63) // 64
-    packed = np.array([[(h >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(words)] for h in hashes],
-                      dtype=np.uint64).reshape(len(hashes), words)
-    pairs = []
-    chunk = 1024
-    for start in range(0, len(hashes), chunk):
-        block = packed[start:start + chunk]
-        dist = np.bitwise_count(block[:, None, :] ^ packed[None, :, :]).sum(axis=2)
-        for a, b in zip(*np.nonzero(dist <= threshold)):
-            i = start + int(a)
-            if i < int(b):
-                pairs.append((i, int(b), int(dist[a, b])))
-    return pairs
-
-
-def find_near_duplicates(records: list[Record], threshold: int, bits: int) -> list[tuple[Record, Record, int]]:
-    """Group images whose perceptual hashes are within ``threshold`` bits (union-find over pairs).
-
-    In each group the image with the most pixels (then the first in dataset order) is kept.
-    """
-    candidates = [r for r in records if r.phash is not None]
-    parent = list(range(len(candidates)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    closest: dict[int, int] = {}
-    for i, j, d in hamming_pairs([r.phash for r in candidates], threshold, bits):
-        parent[root(j)] = root(i)
-        closest[i] = min(closest.get(i, d), d)
-        closest[j] = min(closest.get(j, d), d)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(candidates)):
-        groups[root(i)].append(i)
-    out = []
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        keep = max(members, key=lambda i: (candidates[i].pixels, -i))
-        out += [(candidates[i], candidates[keep], closest[i]) for i in members if i != keep]
-    return sorted(out, key=lambda t: str(t[0].path))
 
 
 def non_image_files(root: Path) -> list[Path]:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -41,18 +40,24 @@ from models import (
     weights_available,
 )
 
-from .errors import EXIT_ERROR, EXIT_INTERRUPTED, DreamError, run_main  # noqa: F401 (re-exported)
-from .presets import GENERIC, PRESETS, get_preset, recipe_for_model
+from .errors import (  # noqa: F401 (re-exported)
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    DreamError,
+    Notify,
+    make_notify,
+    run_main,
+)
+from .image_io import limit_size, load_image, noise_image
+from .presets import PRESETS, get_preset, recipe_for_model
 from .render import GRAD_NORMS, DreamSettings
 
 DEFAULT_MODEL = "googlenet"
+#: dream.py's noise image side when --width/--height are not given.
+STILL_SIZE = 512
+OUTPUT_FOLDER = "outputs"
 OFFLINE_MODEL = "efficientnet_lite0"
 ALL_MODELS = "all"
-
-Notify = Callable[[str], None]
-
-# Exit statuses.
-
 
 class DreamArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (``error: ... (see --help)``) instead of usage + error."""
@@ -61,11 +66,20 @@ class DreamArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _int(text: str) -> int:
+def whole_number(text: str) -> int:
+    """argparse type: an int, or the one-line ``'x' is not a whole number``."""
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
+def number(text: str) -> float:
+    """argparse type: a float, or the one-line ``'x' is not a number``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
 
 
 def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,17 +100,17 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("objective")
     g.add_argument("--layers", nargs="+", metavar="LAYER", help="layer(s) whose activations to amplify")
-    g.add_argument("--channels", nargs="+", type=_int, metavar="C",
+    g.add_argument("--channels", nargs="+", type=whole_number, metavar="C",
                    help="only these channel indices of the layer(s)")
     g.add_argument("--guide", metavar="IMAGE",
                    help="guide image: steer each feature toward its best match in this image's features")
 
     g = parser.add_argument_group("dream")
-    g.add_argument("--octaves", type=_int, metavar="N", help="number of scales (default from recipe, 4)")
+    g.add_argument("--octaves", type=whole_number, metavar="N", help="number of scales (default from recipe, 4)")
     g.add_argument("--scale", type=float, metavar="S", help="size ratio between octaves (e.g. 1.4-2)")
-    g.add_argument("--steps", type=_int, metavar="N", help="gradient steps per octave")
+    g.add_argument("--steps", type=whole_number, metavar="N", help="gradient steps per octave")
     g.add_argument("--lr", type=float, metavar="LR", help="step size (in ImageNet-normalised pixel units)")
-    g.add_argument("--jitter", type=_int, metavar="PX",
+    g.add_argument("--jitter", type=whole_number, metavar="PX",
                    help="random shift of up to PX pixels before each step (hides grid artefacts)")
     g.add_argument("--smoothing", type=float, metavar="S",
                    help="gradient smoothing coefficient (Gaussian cascade; larger is smoother)")
@@ -104,21 +118,81 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Laplacian-pyramid gradient normalisation instead of smoothing (larger, calmer structures)")
     g.add_argument("--grad-norm", choices=GRAD_NORMS, default=None,
                    help="gradient normalisation: std (default, pytorch-deepdream) or mean-abs (2015 Caffe notebook)")
-    g.add_argument("--tile-size", type=_int, metavar="PX",
+    g.add_argument("--tile-size", type=whole_number, metavar="PX",
                    help="compute gradients in tiles of PX pixels: big images with bounded memory (512 is good)")
     g.add_argument("--decorrelate", metavar="MATRIX",
                    help="step in a decorrelated colour space: 'imagenet', 'model' (the weights file's matrix), a "
                         ".npy from calc_cm.py, or 'none' to switch off a preset's")
-    g.add_argument("--seed", type=_int, metavar="N", help="random seed: same arguments, same output bytes")
+    g.add_argument("--seed", type=whole_number, metavar="N", help="random seed: same arguments, same output bytes")
     g.add_argument("--quiet", action="store_true", help="no progress bars or notices")
 
 
-def make_notify(quiet: bool) -> Notify:
-    """Notices go to stderr as ``deepdream: ...`` lines, unless quiet."""
-    def notify(message: str) -> None:
-        if not quiet:
-            print(f"deepdream: {message}", file=sys.stderr)
-    return notify
+# -- the start image: --input, or noise of --width x --height -----------------------------------
+
+def add_image_arguments(parser: argparse.ArgumentParser, *, noun: str, output_help: str, default_size: int,
+                        default_max_size: int | None = None) -> None:
+    """--input, --output, --width, --height and --max-size; ``noun`` ("image" or "frame") and the
+    defaults go into the help."""
+    g = parser.add_argument_group("input and output")
+    if noun == "image":
+        g.add_argument("--input", metavar="PATH",
+                       help="image to dream on (any format Pillow reads); omit to dream from noise")
+    else:
+        g.add_argument("--input", metavar="PATH",
+                       help="start image (any format Pillow reads); omit to start from noise")
+    g.add_argument("--output", metavar="PATH", help=output_help)
+    g.add_argument("--width", type=whole_number, metavar="PX",
+                   help=f"noise {noun} width (default {default_size}; no --input only)")
+    g.add_argument("--height", type=whole_number, metavar="PX", help=f"noise {noun} height (default {default_size})")
+    extra = f" (default {default_max_size}: every {noun} is a dream)" if default_max_size else ""
+    g.add_argument("--max-size", type=whole_number, metavar="PX",
+                   help=f"downscale the input so its longest side is at most PX{extra}")
+
+
+def still_parser() -> argparse.ArgumentParser:
+    """dream.py's command line (here, so make_assets.py resolves its demos exactly as dream.py does)."""
+    parser = DreamArgumentParser(
+        description="DeepDream an image with an MLX model. Without --input, dreams from noise.",
+        epilog="Example: python dream.py --input assets/chelsea.png --preset efficientnet_lite0 --steps 30",
+    )
+    add_image_arguments(parser, noun="image", default_size=STILL_SIZE,
+                        output_help=f"output image (default {OUTPUT_FOLDER}/<input-stem>_<model>.<ext>); "
+                                    "a folder with --model all")
+    add_dream_arguments(parser)
+    return parser
+
+
+def still_start(args: argparse.Namespace, rng) -> tuple[object, str]:
+    """dream.py's start image and the stem of its output names: --input, else noise (drawn from ``rng``)."""
+    image = input_image(args)
+    if image is not None:
+        return image, Path(args.input).stem
+    return noise_start(args, rng, STILL_SIZE), "dream"
+
+
+def check_image_args(args: argparse.Namespace, noun: str) -> None:
+    """The size flags' checks (no model needed, so a typo fails at once)."""
+    if args.input is not None and (args.width is not None or args.height is not None):
+        raise DreamError(f"--width/--height size the noise {noun}; with --input use --max-size to resize it")
+    for flag, value in (("--width", args.width), ("--height", args.height), ("--max-size", args.max_size)):
+        if value is not None and value < 1:
+            raise DreamError(f"{flag} must be a positive number of pixels (got {value})")
+
+
+def input_image(args: argparse.Namespace, default_max_size: int | None = None):
+    """--input read (and downscaled to --max-size, else ``default_max_size``), or None without --input."""
+    if args.input is None:
+        return None
+    max_size = args.max_size if args.max_size is not None else default_max_size
+    return load_image(args.input, max_size=max_size)
+
+
+def noise_start(args: argparse.Namespace, rng, default_size: int):
+    """The noise start image: --width x --height (``default_size`` each if not given), within --max-size."""
+    width = args.width if args.width is not None else default_size
+    height = args.height if args.height is not None else default_size
+    image = noise_image(height, width, rng)
+    return limit_size(image, args.max_size) if args.max_size is not None else image
 
 
 def _is_all(args: argparse.Namespace) -> bool:
@@ -201,16 +275,21 @@ def validate_args(args: argparse.Namespace) -> None:
             raise DreamError("--layers names layers of one model; drop it with --model all (each model uses its recipe)")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise DreamError(f"--seed must be between 0 and {2**32 - 1} (got {args.seed})")
-    # The numbers alone, with generic values for whatever is not given.
+    # The numbers alone, with the generic defaults for whatever is not given.
     checks = {k: getattr(args, k) for k in ("octaves", "scale", "steps", "lr", "jitter", "smoothing", "tile_size")
               if getattr(args, k) is not None}
-    DreamSettings(**{**GENERIC, **checks}).validate()
+    DreamSettings(**checks).validate()
 
 
-def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Notify | None = None) -> DreamSettings:
-    """Resolve the settings for ``model``: explicit flags > --preset (or the model's recipe) > generic defaults."""
+def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Notify | None = None,
+                       over_recipe: Mapping[str, object] | None = None) -> DreamSettings:
+    """Resolve the settings for ``model``: explicit flags > --preset > ``over_recipe`` (the video's
+    per-frame defaults) > the model's recipe > the generic defaults (``DreamSettings``'s own).
+
+    The result is validated where it is used (``Dreamer``); the flags were by ``validate_args``.
+    """
     notify = notify or make_notify(getattr(args, "quiet", False))
-    values: dict[str, object] = dict(GENERIC)
+    values: dict[str, object] = {}
     preset = get_preset(args.preset) if args.preset is not None else recipe_for_model(model.name)
     if preset is not None:
         recipe = preset.values()
@@ -221,6 +300,8 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
         elif args.layers is None:
             notify(f"preset '{args.preset}' is for {preset.model}; using its step settings with {model.name}'s "
                    f"default layers ({' '.join(model.default_layers)})")
+    if args.preset is None and over_recipe:
+        values.update(over_recipe)
     explicit = {
         "layers": tuple(args.layers) if args.layers is not None else None,
         "channels": tuple(args.channels) if args.channels is not None else None,
@@ -234,18 +315,18 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
     if str(values.get("decorrelate")).lower() == "none":  # lets a flag switch off a preset's decorrelation
         values["decorrelate"] = None
     settings = DreamSettings(**values)
-    settings.validate()
     model.check_layers(settings.layers or model.default_layers)
     return settings
 
 
-def model_and_settings(args: argparse.Namespace, notify: Notify | None = None) -> tuple[DreamModel, DreamSettings]:
-    """Parsed arguments -> the loaded model and its resolved ``DreamSettings`` (raises DreamError & co.)."""
+def model_and_settings(args: argparse.Namespace, notify: Notify | None = None,
+                       over_recipe: Mapping[str, object] | None = None) -> tuple[DreamModel, DreamSettings]:
+    """Parsed arguments (checked by ``validate_args``) -> the loaded model and its resolved
+    ``DreamSettings`` (raises DreamError & co.)."""
     notify = notify or make_notify(getattr(args, "quiet", False))
-    validate_args(args)
     name = model_name_from_args(args, notify)
     model = load_dream_model(name, args.weights)
-    return model, settings_for_model(args, model, notify)
+    return model, settings_for_model(args, model, notify, over_recipe)
 
 
 def available_models(notify: Notify) -> list[str]:

@@ -1,4 +1,4 @@
-"""Colour decorrelation (NOTES §4): the square root of the data's RGB covariance.
+"""Colour decorrelation: the square root of the data's RGB covariance (Lucid's colour space).
 
 Dreaming in the decorrelated space means the optimiser moves a latent ``z`` with
 ``rgb = z @ M_n.T``; gradients w.r.t. ``z`` are then preconditioned by the covariance, so

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import DreamError
-from .image_io import flatten_alpha
+from .image_io import to_rgb
 
-#: The calibration view of an image (NOTES §4): short side 256, centre crop 224.
+#: The calibration view of an image (the view the network sees): short side 256, centre crop 224.
 CALIBRATION_SHORT_SIDE = 256
 CALIBRATION_CROP = 224
 
@@ -130,18 +130,6 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
 
 
 # -- decoding ----------------------------------------------------------------------------
-
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB: 16-bit/float scaled (not clipped), alpha composited on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # Pillow's convert("L") clips these at 255; scale a 16-bit range down instead.
-        array = np.asarray(img, dtype=np.float64)
-        if array.max(initial=0) > 255:
-            array = array / 257.0
-        img = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), "L")
-    img = flatten_alpha(img, background)
-    return img.convert("RGB") if img.mode != "RGB" else img
-
 
 def open_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
     """Decode an image file to upright 8-bit RGB.

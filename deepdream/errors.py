@@ -1,4 +1,5 @@
-"""How every script ends on a user's mistake: one line, a non-zero exit, never a traceback.
+"""How every script talks to the user: notices on stderr, and on a mistake one line, a non-zero
+exit, never a traceback.
 
 Errors a user can cause derive from ``DreamError`` (or are the model zoo's ``WeightsError`` /
 ``UnknownLayerError``); their message is a single line naming the problem and the way out.
@@ -14,6 +15,17 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from models import UnknownLayerError, WeightsError
+
+Notify = Callable[[str], None]
+
+
+def make_notify(quiet: bool) -> Notify:
+    """Notices go to stderr as ``deepdream: ...`` lines, unless quiet."""
+    def notify(message: str) -> None:
+        if not quiet:
+            print(f"deepdream: {message}", file=sys.stderr)
+    return notify
+
 
 EXIT_OK = 0
 EXIT_ERROR = 1

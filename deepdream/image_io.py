@@ -33,21 +33,40 @@ def flatten_alpha(img: Image.Image, background: tuple[int, int, int] = BACKGROUN
     return img
 
 
+#: Pillow modes of 16-bit and 32-bit greyscale (16-bit PNG and TIFF open as one of these).
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _high_depth_grey(img: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float greyscale image -> float64 in [0, 1].
+
+    The one rule for deep images: integer data is 16-bit data (full scale 65535, whatever its
+    brightest pixel, so a dark 16-bit image stays dark); a 32-bit image whose values exceed
+    16 bits is scaled by its own maximum; float data is taken as [0, 1] unless it exceeds 1.
+    """
+    grey = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = grey.max(initial=0.0)
+        top = top if top > 1.0 else 1.0
+    else:
+        top = max(65535.0, float(grey.max(initial=0.0)))
+    return np.clip(grey / top, 0.0, 1.0)
+
+
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     """Any Pillow mode -> float32 RGB in [0, 1]: alpha composited on white, 16-bit and float scaled."""
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        grey = np.asarray(img, dtype=np.float64)
-        # 32-bit "I" images are usually 16-bit data widened by Pillow; scale by the range used.
-        top = 65535.0 if mode.startswith("I;16") or grey.max() <= 65535 else float(grey.max())
-        grey = np.clip(grey / top, 0.0, 1.0)
-        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    if mode == "F":
-        grey = np.asarray(img, dtype=np.float64)
-        top = grey.max()
-        grey = grey / top if top > 1.0 else grey
-        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    if img.mode in HIGH_DEPTH_MODES:
+        return np.repeat(_high_depth_grey(img)[..., None], 3, axis=2).astype(np.float32)
     return np.asarray(flatten_alpha(img).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB (the datasets' decoder), with the same rules as ``load_image``:
+    16-bit and float scaled (Pillow's own convert would clip them at 255), alpha composited."""
+    if img.mode in HIGH_DEPTH_MODES:
+        img = Image.fromarray(to_uint8(_high_depth_grey(img)), "L")
+    img = flatten_alpha(img, background)
+    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def load_image(path: str | os.PathLike, max_size: int | None = None, what: str = "input image") -> np.ndarray:

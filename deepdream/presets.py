@@ -63,10 +63,6 @@ PRESETS: dict[str, Preset] = {
                            description="by analogy with googlenet (not tuned on real weights)"),
 }
 
-#: Settings used when neither a preset nor a model recipe provides one (pytorch-deepdream's defaults).
-GENERIC = {"steps": 10, "lr": 0.09, "octaves": 4, "scale": 1.8, "jitter": 32, "smoothing": 0.5}
-
-
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise DreamError(f"unknown preset '{name}'.{did_you_mean(name, PRESETS)} "

@@ -29,7 +29,7 @@ from models import DreamModel
 from models.batchnorm import constant_weights
 
 from . import colour, transforms
-from .errors import DreamError
+from .errors import DreamError, make_notify
 from .image_io import load_image
 from .objectives import Objective, build_objective
 
@@ -42,6 +42,9 @@ GRAD_NORMS = ("std", "mean-abs")
 @dataclass(frozen=True)
 class DreamSettings:
     """Everything that shapes a dream, as plain values (what the command line resolves to).
+
+    The field defaults are the generic settings (pytorch-deepdream's), used where neither a flag,
+    a preset nor the model's recipe gives a value: the one home of the dream's defaults.
 
     ``layers=None`` means the model's default layers. ``decorrelate`` is ``"imagenet"``,
     ``"model"`` (the matrix in the weights file's metadata) or the path of a 3x3 ``.npy``.
@@ -129,7 +132,7 @@ class PixelSpace:
 
 
 class DecorrelatedSpace:
-    """Steps on a latent ``z`` with ``rgb = z @ M_n.T`` (M_n: the normalised colour matrix, NOTES §4).
+    """Steps on a latent ``z`` with ``rgb = z @ M_n.T`` (M_n: the normalised colour matrix, ``colour.normalise``).
 
     The gradient w.r.t. ``z`` is the pixel gradient times ``M_n``: it is preconditioned by the
     colour covariance, so steps follow the colour directions natural images have (mostly
@@ -292,10 +295,6 @@ def make_step(model: DreamModel, objective: Objective, space: Space | None = Non
 
 # -- the octave loop ------------------------------------------------------------------------------
 
-def _print_notice(message: str) -> None:
-    print(f"deepdream: {message}", file=sys.stderr)
-
-
 class Dreamer:
     """A model + settings, ready to dream any number of images (video frames reuse the compiled step).
 
@@ -310,7 +309,7 @@ class Dreamer:
         self.model = model
         self.settings = settings
         self.quiet = quiet
-        self._notify = notify or (lambda message: None if quiet else _print_notice(message))
+        self._notify = notify or make_notify(quiet)
         self._noticed: set[str] = set()
         min_size = model.MIN_INPUT_SIZE
         if settings.tile_size is not None and settings.tile_size < 2 * min_size:

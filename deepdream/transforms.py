@@ -42,18 +42,13 @@ def roll(x: mx.array, start: mx.array) -> mx.array:
 
     A dynamic slice of the image repeated twice: rows are one contiguous slice of the doubled
     *flat* image (the C++ side copies whole rows), columns one of the image doubled along W.
-    4x faster on CPU than gathering with index arrays (``mx.take``: 31 vs 7.6 ms at 1024x681).
+    Gathering with index arrays (``mx.take``) instead goes element by element, several times slower.
     """
     n, h, w, c = x.shape
     flat = x.reshape(-1)
     doubled = mx.concatenate([flat, flat])
     x = mx.slice(doubled, start[0:1] * (w * c), (0,), (n * h * w * c,)).reshape(n, h, w, c)
     return mx.slice(mx.concatenate([x, x], axis=2), start[1:2], (2,), (n, h, w, c))
-
-
-def roll2d(x: mx.array, shift: tuple[int, int]) -> mx.array:
-    """Circularly shift (N, H, W, C) by ``shift = (dy, dx)`` (like ``np.roll`` on axes 1, 2)."""
-    return roll(x, roll_starts(x.shape[1], x.shape[2], shift)[0])
 
 
 def smoothing_sigma(step: int, steps: int, smoothing: float) -> float:
@@ -67,7 +62,7 @@ def _filter_axis(x: mx.array, taps: mx.array | np.ndarray, axis: int, mode: str)
     """Correlate (N, H, W, C) along ``axis`` (1 or 2) with an odd-length 1-D kernel, output the same size.
 
     Written as shifted multiply-adds over slices: on CPU, MLX's convolution with a single
-    input channel is ~100x slower than this (a 9x9 blur of a 12 MP image: 89 s vs 0.9 s).
+    input channel is about two orders of magnitude slower than this.
     """
     pad = len(taps) // 2
     n = x.shape[axis]
@@ -125,7 +120,7 @@ def cascade_smooth(grad: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL
     Each blur is separable (a 2-D Gaussian is the outer product of two 1-D ones), reflect-padded.
     The image is padded once for all six 1-D passes: a vertical blur of the padded image is
     still correctly padded left and right, and the three horizontal passes add up in one
-    fused pass (20-25% faster than padding and summing per blur: 29 -> 22 ms at 512x512).
+    fused pass (faster than padding and summing per blur; docs/performance.md, item 5).
     """
     _, height, width, _ = grad.shape
     pad = size // 2

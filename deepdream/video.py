@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from models.weights import atomic_write
 
-from .errors import DreamError
+from .errors import DreamError, Interrupted, Notify
 from .image_io import ImageError, check_writable_folder, load_image, save_image, to_uint8
 
 #: Video container by extension.
@@ -114,6 +114,26 @@ def frame_rng(seed: int, index: int) -> np.random.Generator:
 def new_seed() -> int:
     """A seed for a run without --seed; it is stored with the frames so a resume keeps using it."""
     return secrets.randbelow(2**31)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run starts: the earlier run's record, the frames it kept, and the seed to use."""
+
+    stored: dict[str, object] | None
+    done: int
+    seed: int
+
+
+def resume_point(folder: Path, seed: int | None, restart: bool = False) -> Resume:
+    """--restart ignores the frames in ``folder`` (they are deleted only once everything has been
+    checked). Without --seed a new video gets a random seed and a continued one keeps its own."""
+    stored = None if restart else read_record(folder)
+    done = 0 if restart else count_frames(folder)
+    if seed is None:
+        stored_seed = stored.get("dream", {}).get("seed") if stored and done else None
+        seed = stored_seed if isinstance(stored_seed, int) else new_seed()
+    return Resume(stored, done, seed)
 
 
 def quantise(rgb: np.ndarray) -> np.ndarray:
@@ -370,3 +390,28 @@ def render_frames(folder: Path, start: np.ndarray, dream: Dream, motion: Motion,
             made += 1
             bar.update(1)
     return made
+
+
+def make_video(folder: Path, output: Path, start: np.ndarray, dream: Dream, motion: Motion, *, record: dict[str, object],
+               resume: Resume, total: int, fps: float, restart: bool, quiet: bool, notify: Notify) -> None:
+    """Dream the frames still missing (continuing after ``resume.done``), then encode the video.
+
+    Ctrl-C raises ``Interrupted`` saying how many frames are kept: frames are written atomically
+    as they finish, so only the frame in progress is lost; the next run continues from the last
+    saved frame and writes the video.
+    """
+    try:
+        if restart:
+            clear_frames(folder)
+        if resume.done < total:
+            if resume.done:
+                notify(f"continuing {folder} after frame {resume.done} of {total}")
+            write_record(folder, record)
+            render_frames(folder, start, dream, motion, resume.seed, total, quiet=quiet)
+        elif resume.done > total:
+            notify(f"{folder} holds {resume.done} frames; the video uses the first {total}")
+        encode_video([frame_path(folder, i) for i in range(total)], output, fps)
+    except KeyboardInterrupt:
+        finished = min(count_frames(folder), total)
+        raise Interrupted(f"interrupted; {finished} of {total} frames are saved in {folder}; run the same "
+                          "command again to continue and write the video") from None

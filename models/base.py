@@ -92,10 +92,6 @@ class DreamModel(nn.Module):
         """(N, H, W, 3) RGB in [0, 1] -> network input."""
         return (rgb - mx.array(self.mean)) / mx.array(self.std)
 
-    def deprocess(self, x: mx.array) -> mx.array:
-        """Network input -> RGB (not clipped)."""
-        return x * mx.array(self.std) + mx.array(self.mean)
-
     def __call__(self, x: mx.array, outputs: Sequence[str] = ("logits",)) -> dict[str, mx.array]:
         """Run the stages in order; return the requested ones (NHWC), stopping after the deepest."""
         wanted = set(outputs)

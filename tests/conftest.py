@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,21 @@ def weights_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights")
     os.environ["DEEPDREAM_WEIGHTS_DIR"] = str(path)
     return path
+
+
+@pytest.fixture
+def terminal_sigint():
+    """Children started during the test get SIGINT's default action, as from an interactive shell.
+
+    A shell without job control starts background jobs (``cmd &``, CI runners) with SIGINT
+    ignored, and an ignored signal stays ignored across exec: Python then installs no
+    KeyboardInterrupt handler, and a Ctrl-C test's child would ignore the signal and finish its
+    work (exit 0). A *handled* signal is reset to the default by exec, so the test process
+    handles SIGINT (Python's own default) while it runs.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(params=["native", "mlx-ops"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -220,6 +221,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "negative scale": (["--scale", "-1.4"], "--scale"),
         "negative lr": (["--lr", "-0.5"], "--lr"),
         "not a number": (["--steps", "many"], "not a whole number"),
+        "size not a number": (["--max-size", "big"], "'big' is not a whole number"),
+        "zero max size": (["--max-size", "0"], "--max-size must be a positive number of pixels"),
         "negative seed": (["--seed", "-1"], "--seed must be between 0"),
         "unwritable output": (["--output", tmp / "blocker" / "out.png"], "cannot write"),
         "output is input": (["--output", CHELSEA], "is the input image"),
@@ -230,8 +233,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
 
 
 BAD_CASES = ["missing", "empty", "corrupt", "unknown model", "unknown layer", "zero steps", "zero octaves",
-             "negative scale", "negative lr", "not a number", "negative seed", "unwritable output", "output is input",
-             "missing weights", "bad channel", "bad guide"]
+             "negative scale", "negative lr", "not a number", "size not a number", "zero max size", "negative seed",
+             "unwritable output", "output is input", "missing weights", "bad channel", "bad guide"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -249,19 +252,34 @@ def test_bad_input_is_one_clear_line(effnet, tmp_path, case):
     assert not (tmp_path / "blocker" / "out.png").exists()
 
 
-def test_ctrl_c_exits_130_without_a_file(effnet, tmp_path):
+def read_until(proc: subprocess.Popen, pattern: bytes, timeout: float) -> bytes:
+    """The child's stderr up to the first match of ``pattern``; the test fails (and the child is
+    killed) if the child ends or ``timeout`` passes first, so no signal is ever sent early."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, seen):
+        remaining = deadline - time.monotonic()
+        ready = select.select([proc.stderr], [], [], max(0.0, remaining))[0] if remaining > 0 else []
+        if not ready:
+            proc.kill()
+            pytest.fail(f"no {pattern!r} on stderr after {timeout:.0f} s: {seen[-2000:]!r}")
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            proc.wait()
+            pytest.fail(f"exited ({proc.returncode}) before {pattern!r}: {seen[-2000:]!r}")
+        seen += chunk
+    return seen
+
+
+def test_ctrl_c_exits_130_without_a_file(effnet, tmp_path, terminal_sigint):
     out_dir = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(DREAM), "--input", str(CHELSEA), "--output", str(out_dir / "x.png"),
                              "--model", "efficientnet_lite0", "--steps", "500", "--octaves", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    seen = b""
-    deadline = time.time() + 120
-    # The dream is under way once tqdm shows any finished step (it skips redraws, so not always "1/500").
-    while not re.search(rb"\b[1-9]\d*/500", seen) and time.time() < deadline:
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        if not chunk:
-            break
-        seen += chunk
+    # The dream is under way once tqdm shows a finished step (it skips redraws, so not always "1/500"):
+    # by then every kernel is built, and 499 steps of work remain. A new machine first builds the
+    # native and MLX kernels, which can take minutes on a busy one.
+    seen = read_until(proc, rb"\b[1-9]\d*/500", timeout=900)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (seen + err)[-2000:]

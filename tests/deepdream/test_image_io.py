@@ -63,6 +63,33 @@ def test_greyscale_16bit_and_palette(tmp_path):
     np.testing.assert_allclose(load_image(tmp_path / "pal.gif")[1, 1], [0, 1, 0])
 
 
+def test_16_bit_images_decode_by_one_rule_for_dreams_and_datasets(tmp_path):
+    """16-bit data is scaled by 65535 whatever its brightest pixel: a dark 16-bit image stays dark
+    (a rule keyed on the maximum would read values up to 255 as 8-bit and brighten it 257x)."""
+    from deepdream.dataset import open_rgb
+
+    data = np.array([[0, 200, 12850, 65535]], dtype=np.uint16)   # 12850 = 50 * 257
+    Image.fromarray(data).save(tmp_path / "deep.png")
+    dark = np.array([[0, 200, 255]], dtype=np.uint16)            # 16-bit, but nothing above 255
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    for name, values in (("deep.png", data), ("dark.png", dark)):
+        dream_view = load_image(tmp_path / name)[0, :, 0]
+        np.testing.assert_allclose(dream_view, values[0] / 65535, atol=1e-6)
+        dataset_view = np.asarray(open_rgb(tmp_path / name))[0, :, 0]
+        np.testing.assert_array_equal(dataset_view, np.round(values[0] / 65535 * 255).astype(np.uint8))
+    assert np.asarray(open_rgb(tmp_path / "deep.png"))[0, 2, 0] == 50
+    assert np.asarray(open_rgb(tmp_path / "dark.png")).max() == 1     # dark stays dark
+
+
+def test_float_images_are_taken_as_0_to_1_unless_they_exceed_it(tmp_path):
+    from deepdream.image_io import to_rgb
+
+    unit = Image.fromarray(np.array([[0.0, 0.25, 1.0]], dtype=np.float32), "F")
+    np.testing.assert_array_equal(np.asarray(to_rgb(unit))[0, :, 0], [0, 64, 255])
+    wide = Image.fromarray(np.array([[0.0, 50.0, 200.0]], dtype=np.float32), "F")
+    np.testing.assert_array_equal(np.asarray(to_rgb(wide))[0, :, 0], [0, 64, 255])
+
+
 def test_max_size_downscales_longest_side(tmp_path):
     Image.new("RGB", (400, 100), (0, 0, 0)).save(tmp_path / "wide.png")
     assert load_image(tmp_path / "wide.png", max_size=100).shape == (25, 100, 3)

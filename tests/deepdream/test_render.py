@@ -19,7 +19,7 @@ from deepdream.objectives import build_objective, guided_dot
 from deepdream.presets import PRESETS
 from deepdream.render import DecorrelatedSpace, Dreamer, DreamSettings, PixelSpace, dream, make_step
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHELSEA = ROOT / "assets" / "chelsea.png"
 
 
