@@ -1,4 +1,4 @@
-"""calc_cm.py: the colour decorrelation matrix of a folder of images (NOTES §4)."""
+"""calc_cm.py: the colour decorrelation matrix of a folder of images."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_matrix_square_root_equals_known_covariance(folder: Path, tmp_path: Path
     matrix = load_colour_matrix(out)  # the file the dream engine reads
     assert matrix.shape == (3, 3)
     # Sampling error over 6 x 224^2 pixels is ~0.3%; 8-bit quantisation adds 1e-6 to the diagonal.
-    # A matrix shrunk by a wrong divisor (NOTES §4: the L0-count bug, ~17x) is far outside this.
+    # A matrix shrunk by a wrong divisor (dividing the covariance by an L0 count: ~17x) is far outside this.
     np.testing.assert_allclose(matrix @ matrix.T, COVARIANCE, atol=0.03 * COVARIANCE.max())
     assert np.all(matrix.sum(axis=0) >= 0)  # columns sign-canonical (luminance first)
     text = capsys.readouterr().out
