@@ -26,7 +26,7 @@ import argparse
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from models import (
     MODELS,
@@ -51,6 +51,9 @@ from .errors import (  # noqa: F401 (re-exported)
 from .image_io import limit_size, load_image, noise_image
 from .presets import PRESETS, get_preset, recipe_for_model
 from .render import GRAD_NORMS, DreamSettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MODEL = "googlenet"
 #: dream.py's noise image side when --width/--height are not given.
@@ -107,12 +110,12 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("dream")
     g.add_argument("--octaves", type=whole_number, metavar="N", help="number of scales (default from recipe, 4)")
-    g.add_argument("--scale", type=float, metavar="S", help="size ratio between octaves (e.g. 1.4-2)")
+    g.add_argument("--scale", type=number, metavar="S", help="size ratio between octaves (e.g. 1.4-2)")
     g.add_argument("--steps", type=whole_number, metavar="N", help="gradient steps per octave")
-    g.add_argument("--lr", type=float, metavar="LR", help="step size (in ImageNet-normalised pixel units)")
+    g.add_argument("--lr", type=number, metavar="LR", help="step size (in ImageNet-normalised pixel units)")
     g.add_argument("--jitter", type=whole_number, metavar="PX",
                    help="random shift of up to PX pixels before each step (hides grid artefacts)")
-    g.add_argument("--smoothing", type=float, metavar="S",
+    g.add_argument("--smoothing", type=number, metavar="S",
                    help="gradient smoothing coefficient (Gaussian cascade; larger is smoother)")
     g.add_argument("--lap-norm", action="store_true", default=None,
                    help="Laplacian-pyramid gradient normalisation instead of smoothing (larger, calmer structures)")
@@ -162,7 +165,7 @@ def still_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def still_start(args: argparse.Namespace, rng) -> tuple[object, str]:
+def still_start(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """dream.py's start image and the stem of its output names: --input, else noise (drawn from ``rng``)."""
     image = input_image(args)
     if image is not None:
@@ -179,7 +182,7 @@ def check_image_args(args: argparse.Namespace, noun: str) -> None:
             raise DreamError(f"{flag} must be a positive number of pixels (got {value})")
 
 
-def input_image(args: argparse.Namespace, default_max_size: int | None = None):
+def input_image(args: argparse.Namespace, default_max_size: int | None = None) -> np.ndarray | None:
     """--input read (and downscaled to --max-size, else ``default_max_size``), or None without --input."""
     if args.input is None:
         return None
@@ -187,7 +190,7 @@ def input_image(args: argparse.Namespace, default_max_size: int | None = None):
     return load_image(args.input, max_size=max_size)
 
 
-def noise_start(args: argparse.Namespace, rng, default_size: int):
+def noise_start(args: argparse.Namespace, rng: np.random.Generator, default_size: int) -> np.ndarray:
     """The noise start image: --width x --height (``default_size`` each if not given), within --max-size."""
     width = args.width if args.width is not None else default_size
     height = args.height if args.height is not None else default_size
