@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Remake the demo dreams in assets/dreams/ (efficientnet_lite0, real weights, works offline).
 
-    python make_assets.py            # all demos (~5-10 minutes on 2 CPU cores)
+    python make_assets.py            # all demos (minutes on a CPU; README says how long)
     python make_assets.py --list     # the equivalent dream.py command of each demo
 
 Each demo is written as the dream.py arguments that produce it, resolved by the same code
