@@ -8,7 +8,7 @@ cores. ``dream.py`` never imports torch, so that is not what a user gets: the vg
 2-core host. The sides run in two worker processes that take turns (A, B, A, B: a change in
 machine load hits both alike), with a short pause before each timed turn so the other
 side's idle threads have stopped spinning. Both workers run with the same allocator setting
-(``models._blas.keep_freed_memory``), as both did in one process.
+(``fastlayers._blas.keep_freed_memory``), as both did in one process.
 
 Protocol: the parent starts ``python -m benchmarks.isolated SIDE SPEC_JSON`` and writes one
 JSON command per line; the worker answers each with one JSON line (``{"error": ...}`` on

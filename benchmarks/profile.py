@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from models.batchnorm import constant_weights
+from fastlayers.batchnorm import constant_weights
 
 from .measure import interleaved_times, median
 from .pairs import ModelPair, torch_layer

@@ -348,7 +348,7 @@ def available_models(notify: Notify) -> list[str]:
 def info_text() -> str:
     import mlx.core as mx
 
-    from models import _blas, native
+    from fastlayers import _blas, native
 
     from . import device
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import DreamModel
-from models.batchnorm import constant_weights
+from fastlayers.batchnorm import constant_weights
 
 from . import colour, transforms
 from .errors import DreamError, make_notify

@@ -1,16 +1,14 @@
-"""The MLX model zoo. Importing it first puts a fast BLAS under MLX on Linux (see _blas.py).
+"""The MLX model zoo. Importing it first puts a fast BLAS under MLX on Linux (``fastlayers._blas``).
 
     from models import list_models, load_model
     model = load_model("googlenet")
     out = model(model.preprocess(rgb), outputs=["inception4c", "logits"])
 """
 
-from ._blas import ensure_fast_blas
+from fastlayers import ensure_fast_blas  # first: the fast BLAS must load before mlx.core
 
-ensure_fast_blas()  # must run before mlx.core is imported anywhere
-
-from .base import DreamModel, UnknownLayerError  # noqa: E402
-from .registry import (  # noqa: E402
+from .base import DreamModel, UnknownLayerError  
+from .registry import (  
     MODELS,
     WeightsError,
     build_model,

@@ -10,7 +10,7 @@ The MLX modules carry the dream-layer names; ``convert_torch_state_dict`` rename
     features.10      conv5
 
 and reorders fc6's columns from torch's (C, H, W) flatten to our (H, W, C) one. Convolutions are
-``models.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient (the
+``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient (the
 stride-4 conv1's is otherwise MLX's naive loop).
 """
 
@@ -24,7 +24,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import DreamModel, Stage
-from .layers import Conv2d, adaptive_avg_pool2d, max_pool2d
+from fastlayers.layers import Conv2d, adaptive_avg_pool2d, max_pool2d
 
 POOL_SIZE = 6   # torchvision's AdaptiveAvgPool2d((6, 6)) before the classifier
 CLASSIFIER_WEIGHT = "fc8.weight"

@@ -33,10 +33,10 @@ with the real weights it classifies the sample photos with higher confidence tha
 symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparison).
 
 Speed on CPU (dreaming differentiates the whole stack w.r.t. the image, under mx.compile):
-depthwise convolutions run through ``models.depthwise`` (MLX's grouped convolution is ~10x
+depthwise convolutions run through ``fastlayers.depthwise`` (MLX's grouped convolution is ~10x
 slower there), 1x1 convolutions are plain matrix products, the stem uses
-``models.layers.conv2d`` (fast input gradient of a strided conv), the dream step folds each
-inference-mode BatchNorm into the preceding convolution (``models.batchnorm``), and ReLU6 has a
+``fastlayers.layers.conv2d`` (fast input gradient of a strided conv), the dream step folds each
+inference-mode BatchNorm into the preceding convolution (``fastlayers.batchnorm``), and ReLU6 has a
 one-kernel gradient.
 """
 
@@ -49,9 +49,9 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import DreamModel, Stage
-from .batchnorm import BatchNorm, conv_bn
-from .depthwise import depthwise_conv2d, same_padding
-from .layers import conv2d, global_avg_pool
+from fastlayers.batchnorm import BatchNorm, conv_bn
+from fastlayers.depthwise import depthwise_conv2d, same_padding
+from fastlayers.layers import conv2d, global_avg_pool
 
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
@@ -120,7 +120,7 @@ class ConvBNReLU6(nn.Module):
             return pointwise_conv(x, weight, bias)
         ph = _pads(x.shape[1], self.kernel_size, self.stride, self.padding)
         pw = _pads(x.shape[2], self.kernel_size, self.stride, self.padding)
-        # models.layers.conv2d: MLX's own input gradient of a strided conv is ~7x slower on CPU
+        # fastlayers.layers.conv2d: MLX's own input gradient of a strided conv is ~7x slower on CPU
         return conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -128,7 +128,7 @@ class ConvBNReLU6(nn.Module):
 
 
 class DepthwiseConv(nn.Module):
-    """A kxk depthwise convolution without bias (``models.depthwise``).
+    """A kxk depthwise convolution without bias (``fastlayers.depthwise``).
 
     ``weight`` keeps MLX's grouped-conv layout (C, k, k, 1), which is what
     ``models.convert.to_mlx_layout`` makes of torch's (C, 1, k, k), so the file stays a plain

@@ -16,8 +16,8 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, Stage
-from .batchnorm import BatchNorm, conv2d_bn
-from .layers import Conv2d, adaptive_avg_pool2d, global_avg_pool, max_pool2d
+from fastlayers.batchnorm import BatchNorm, conv2d_bn
+from fastlayers.layers import Conv2d, adaptive_avg_pool2d, global_avg_pool, max_pool2d
 
 CLASSIFIER_WEIGHT = "fc.weight"
 
@@ -28,7 +28,7 @@ _AUX_PREFIXES = ("aux1.", "aux2.")
 
 class BasicConv2d(nn.Module):
     """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, as torchvision's GoogLeNet/Inception define it;
-    the dream step folds the BatchNorm into the conv (``models.batchnorm``)."""
+    the dream step folds the BatchNorm into the conv (``fastlayers.batchnorm``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .base import Stage
 from .googlenet import BasicConv2d, InceptionBase, MaxPool2d
-from .layers import avg_pool2d, max_pool2d
+from fastlayers.layers import avg_pool2d, max_pool2d
 
 CLASSIFIER_WEIGHT = "fc.weight"
 

@@ -4,9 +4,9 @@ Parameter paths are torchvision's state-dict keys (``layer1.0.conv1.weight``,
 ``layer1.0.downsample.0.weight``, ``bn1.running_mean``), so the conversion is the plain
 OIHW -> OHWI transpose of ``models.convert.convert_state_dict``. Each bottleneck block is a
 stage (``layer3_2`` = ``layer3[2]``), so a dream on layer3 never runs layer4. Convolutions are
-``models.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
+``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
 (MLX's own is a naive loop for the strided ones; measured 3x faster for a layer3 dream).
-BatchNorms are ``models.batchnorm.BatchNorm`` (nn.BatchNorm's keys); the dream step folds each
+BatchNorms are ``fastlayers.batchnorm.BatchNorm`` (nn.BatchNorm's keys); the dream step folds each
 into the convolution before it (``conv2d_bn``; a dream step ~10% faster).
 """
 
@@ -18,8 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .base import DreamModel, Stage
-from .batchnorm import BatchNorm, conv2d_bn
-from .layers import Conv2d, global_avg_pool, max_pool2d
+from fastlayers.batchnorm import BatchNorm, conv2d_bn
+from fastlayers.layers import Conv2d, global_avg_pool, max_pool2d
 
 #: bottleneck blocks per stage and their inner widths (torchvision's resnet50: [3, 4, 6, 3]).
 LAYERS = (3, 4, 6, 3)

@@ -20,7 +20,7 @@ conv4_1..conv4_4 = 19/21/23/25, conv5_1..conv5_4 = 28/30/32/34. Both follow torc
 ``make_layers`` rule (every conv is followed by its ReLU, every block ends in a max pool),
 which ``feature_keys`` reproduces.
 
-Convolutions are ``models.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU
+Convolutions are ``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU
 input gradient (a dream differentiates every step w.r.t. the image).
 """
 
@@ -34,7 +34,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .base import DreamModel, Stage
-from .layers import Conv2d, adaptive_avg_pool2d, max_pool2d
+from fastlayers.layers import Conv2d, adaptive_avg_pool2d, max_pool2d
 
 #: convs per block for each depth (torchvision's cfgs "D" and "E"); the widths are shared.
 BLOCKS: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}

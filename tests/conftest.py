@@ -43,11 +43,11 @@ def terminal_sigint():
 
 @pytest.fixture(params=["native", "mlx-ops"])
 def cpu_kernels(request, monkeypatch) -> str:
-    """Runs a test on both CPU paths of an operation that has one: ``models/native``'s C++ kernel
+    """Runs a test on both CPU paths of an operation that has one: ``fastlayers/native``'s C++ kernel
     and the pure-MLX fallback (selected by making ``native.load`` report no kernels)."""
     import shutil
 
-    from models import native
+    from fastlayers import native
 
     if request.param == "mlx-ops":
         monkeypatch.setattr(native, "load", lambda: None)

@@ -1,4 +1,4 @@
-"""models.batchnorm: inference BatchNorms as a ready scale and shift, folded into the convolution
+"""fastlayers.batchnorm: inference BatchNorms as a ready scale and shift, folded into the convolution
 before them when the weights are constant (the dream step), and the cache of that fold."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import models  # noqa: F401  (fast BLAS before mlx runs)
-from models.batchnorm import BatchNorm, conv2d_bn, constant_weights
-from models.layers import Conv2d
+from fastlayers.batchnorm import BatchNorm, conv2d_bn, constant_weights
+from fastlayers.layers import Conv2d
 
 
 def _rel(a: mx.array, b: mx.array) -> float:

@@ -1,4 +1,4 @@
-"""models.depthwise: exact against MLX's own grouped conv, forward and both gradients."""
+"""fastlayers.depthwise: exact against MLX's own grouped conv, forward and both gradients."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from models.depthwise import _resolve_padding, depthwise_conv2d, same_padding
+from fastlayers.depthwise import _resolve_padding, depthwise_conv2d, same_padding
 
 
 # every test on both CPU paths: the native kernel and the pure-MLX shifted multiply-adds

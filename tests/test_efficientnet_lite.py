@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from models import load_model
-from models.batchnorm import constant_weights
+from fastlayers.batchnorm import constant_weights
 from models.efficientnet_lite import EfficientNetLite0, convert_torch_state_dict
 
 torch = pytest.importorskip("torch")

@@ -1,7 +1,7 @@
-"""models.layers' convolution and pooling, with their own gradients, against torch.
+"""fastlayers.layers' convolution and pooling, with their own gradients, against torch.
 
 Every code path is exercised, on both CPU paths (``cpu_kernels``): the native stride-1
-convolution (models/native/conv.cpp: per-tap and all-taps-at-once input gradients; its Winograd
+convolution (fastlayers/native/conv.cpp: per-tap and all-taps-at-once input gradients; its Winograd
 3x3 layers have their own cases in tests/test_native.py) and, without
 it, the shifted-product convolution (large maps, >= 16 channels) and MLX's im2col one (small
 maps, RGB input), the shifted and the col2im input gradients (stride 1, strided, 1x1, few
@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import layers
-from models.layers import Conv2d, avg_pool2d, conv2d, max_pool2d
+from fastlayers import layers
+from fastlayers.layers import Conv2d, avg_pool2d, conv2d, max_pool2d
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
@@ -90,7 +90,7 @@ def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch
     """With the native kernels, convolutions wider than 1x1 go to conv.cpp (so the cases above test
     it), strided ones with their phases as channels (``layers._phases_as_channels``); 1x1 layers,
     and the pure-MLX path, never do."""
-    from models import native
+    from fastlayers import native
 
     kernels = native.load()
     calls = []
@@ -112,7 +112,7 @@ def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch
 def test_shifted_products_are_used_on_large_maps(monkeypatch: pytest.MonkeyPatch, size: int, expected: int) -> None:
     """Without the native kernels, a large 16-channel map runs forward and input gradient as
     shifted products; a small one keeps MLX's im2col forward (so the CASES above cover both routes)."""
-    from models import native
+    from fastlayers import native
 
     monkeypatch.setattr(native, "load", lambda: None)
     calls = []

@@ -1,4 +1,4 @@
-"""models/native: the C++ depthwise convolution builds here, agrees with the pure-MLX path, and can be switched off."""
+"""fastlayers/native: the C++ depthwise convolution builds here, agrees with the pure-MLX path, and can be switched off."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from models import native
-from models.depthwise import depthwise_conv2d
+from fastlayers import native
+from fastlayers.depthwise import depthwise_conv2d
 
 
 def _rel(a: mx.array, b: mx.array) -> float:
@@ -78,7 +78,7 @@ WINOGRAD_CASES = [
 def test_winograd_convolution_matches_torch(n: int, h: int, w: int, ci: int, co: int, p: int):
     """winograd.cpp's F(4x4, 3x3): forward (with the bias) and input gradient against torch, within its
     float32 rounding (~1e-5 of the range; the shifted products of conv.cpp agree to ~1e-7)."""
-    from models.layers import conv2d
+    from fastlayers.layers import conv2d
 
     kernels = native.load()
     if kernels is None:
@@ -118,7 +118,7 @@ def test_winograd_kernel_cache_follows_the_weights():
     reused in place) are transformed afresh, and a kernel is dropped once its weights are gone."""
     import gc
 
-    from models.layers import conv2d
+    from fastlayers.layers import conv2d
 
     kernels = native.load()
     if kernels is None:

@@ -5,12 +5,11 @@ Inception rely on ``ceil_mode=True`` and VGG/AlexNet on adaptive average pooling
 ports need these to match torchvision on any input size.
 
 Dreaming differentiates every layer w.r.t. its input, and on CPU MLX's own gradients of these
-ops are slow (measured with ``bench.py``): the input gradient of a strided convolution takes
-MLX's naive convolution loop (56x56x128 3x3/2: 0.6 s vs torch's 0.01 s), the gradient of a
-pooling window view is a scatter (a 3x3 max pool of 28x28x480: 0.15 s vs 0.02 s), and even a
-plain 3x3 convolution spends more time building its im2col matrix than in the matrix product.
+ops are slow (``bench.py --profile`` shows where; docs/performance.md has the history): the
+input gradient of a strided convolution takes MLX's naive convolution loop, the gradient of a
+pooling window view is a scatter, and even a plain 3x3 convolution spends more time building its im2col matrix than in the matrix product.
 So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx.custom_function``),
-or run as native primitives (``models/native``: the stride-1 convolution in ``conv.cpp``, its 3x3
+or run as native primitives (``fastlayers/native``: the stride-1 convolution in ``conv.cpp``, its 3x3
 layers in ``winograd.cpp``, both poolings in ``pooling.cpp``) where those are built; the MLX forms below are the fallback:
 
 - A stride-1 convolution is a sum of kh*kw matrix products over *shifted views* of the padded
@@ -29,7 +28,7 @@ layers in ``winograd.cpp``, both poolings in ``pooling.cpp``) where those are bu
 Two properties of MLX 0.32's CPU backend shape all of this: a fused elementwise kernel over
 contiguous inputs is one flat loop the C++ compiler vectorises, over strided views a nest of
 loops stepping one pointer per input per element (several times slower with many inputs);
-and the CPU backend has no buffer cache (see ``models._blas.keep_freed_memory``).
+and the CPU backend has no buffer cache (see ``fastlayers._blas.keep_freed_memory``).
 Forward values equal ``mx.conv2d`` / torch up to float32 summation order; other devices
 (Metal) keep MLX's own convolution, which is fast there.
 """
@@ -52,9 +51,8 @@ Pair = tuple[int, int]
 #: im2col (k*k*C columns, one product) is faster there (the RGB input layer), and so is the
 #: col2im input gradient.
 _MIN_SHIFTED_CHANNELS = 16
-#: On small feature maps (below ~50x50 outputs) MLX's im2col matrix fits in cache and its one
-#: long product beats k*k shorter ones; above, the im2col copy dominates (224x224x64 3x3:
-#: 144 ms vs 58 ms forward, one thread).
+#: On small feature maps (below about 50x50 outputs) MLX's im2col matrix fits in cache and its
+#: one long product beats k*k shorter ones; above, the im2col copy dominates.
 _MIN_SHIFTED_PIXELS = 2500
 
 
@@ -329,7 +327,7 @@ class _SeparablePool:
     (results on the padded width; the last kw - 1 columns of each row wrap and are dropped).
     This matters on MLX 0.32's CPU backend: fused elementwise kernels run SIMD loops on
     contiguous inputs but walk strided views one scalar at a time, with one pointer per input;
-    a 3x3 pool gradient over nine strided views took 27 ms on 64x64x256, this 18 ms (torch 22).
+    a pool gradient over nine strided views is slower than these two passes over slices.
     For max pooling the two passes also pick torch's element on ties: the first row holding
     the window maximum, then the first column in it, i.e. the first maximum in row-major order.
     """
@@ -533,8 +531,8 @@ def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
     p = _pair(padding)
     native_pool = _native_pool(x, k, s, p, ceil_mode)
     if native_pool is not None:
-        # models/native/pooling.cpp: each window scanned once, the gradient sent straight to
-        # the winner (3x3/2 on 256x256x64, forward + gradient: 57 -> 13 ms; torch 35)
+        # fastlayers/native/pooling.cpp: each window scanned once, the gradient sent straight to
+        # the winner
         kernels, out_hw = native_pool
         return kernels.max_pool2d(x, *k, *s, *p, *out_hw)
     if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
@@ -594,7 +592,8 @@ def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
     p = _pair(padding)
     native_pool = _native_pool(x, k, s, p, ceil_mode)
     if native_pool is not None:
-        # models/native/pooling.cpp (inception_v3's 3x3/1 branch pools: ~5x faster, forward + gradient)
+        # fastlayers/native/pooling.cpp: one pass per window, forward and gradient (Inception's
+        # 3x3/1 branch pools are where this matters)
         kernels, out_hw = native_pool
         return kernels.avg_pool2d(x, *k, *s, *p, *out_hw, count_include_pad)
     if s == (1, 1) and x.shape[0] == 1 and _on_cpu():

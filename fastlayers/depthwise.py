@@ -1,8 +1,8 @@
 """Depthwise 2-D convolution (NHWC) that is fast on MLX's CPU backend, forward and backward.
 
 MLX runs grouped convolutions with ``groups == channels`` through a naive per-group path on
-the CPU (NOTES §1: a 5x5 depthwise conv on 14x14x672 takes ~10 ms there against ~0.2 ms in
-torch), and EfficientNet spends most of its non-matmul time in them. A depthwise conv is
+the CPU (one small convolution per channel, orders of magnitude slower than torch's depthwise
+kernel), and EfficientNet spends most of its non-matmul time in them. A depthwise conv is
 k*k independent per-channel multiply-adds of shifted input windows, which MLX does well
 as plain NHWC slices times a (C,) vector. Autograd through those strided slices is slow,
 though (it scatters every tap back), so ``depthwise_conv2d`` is an ``mx.custom_function``
@@ -18,20 +18,17 @@ whose VJP uses the same shifted multiply-adds:
 
 An optional per-channel bias rides along (a folded BatchNorm shift). On other devices
 (Metal) MLX's own grouped convolution is used: it is fast there. On the CPU, when the native
-kernels build here (``models/native``: one C++ loop per output pixel, channels vectorised,
-rows over both cores), they replace all of this: 3-8x faster again, forward + gradient
-(128x128x144 3x3: 45 -> 8.5 ms, torch 10.4; 64x64x240 5x5: 58 -> 7.0 ms, torch 4.3). The
+kernels build here (``fastlayers/native``: one C++ loop per output pixel, channels vectorised,
+rows over the cores), they replace all of this. The
 shifted multiply-adds below remain the portable path and the reference the native kernels
 are tested against.
 
 It works under ``mx.compile``, ``mx.grad`` and ``nn.value_and_grad``. Results equal
 ``mx.conv2d(..., groups=C)`` up to float32 summation order.
 
-Measured (compiled, 2-core x86 under load, best of 15): forward 3.3-4.2x and forward + input
-gradient 2.9-6.1x faster than ``mx.conv2d(groups=C)``, e.g. 14x14x672 5x5: 3.0 vs 11.5 ms
-forward, 6.2 vs 29.6 ms forward + input gradient (torch CPU: 2.4 ms); 112x112x96 3x3/2:
-16.8 vs 79.4 ms (torch: 25.4 ms). MLX's fused CPU kernels are scalar for broadcast inputs,
-which is what still separates this from torch's hand-written kernels on small maps.
+This pure-MLX form is faster than ``mx.conv2d(groups=C)`` forward and backward; MLX's fused
+CPU kernels are scalar for broadcast inputs, which is what still separates it from torch's
+hand-written kernels on small maps (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations

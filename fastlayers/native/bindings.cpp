@@ -1,4 +1,4 @@
-// The Python module models.native._native: one function per kernel (see models/native/__init__.py).
+// The Python module fastlayers.native._native: one function per kernel (see fastlayers/native/__init__.py).
 #include <nanobind/nanobind.h>
 
 #include "conv.h"
@@ -6,7 +6,7 @@
 namespace nb = nanobind;
 
 NB_MODULE(_native, m) {
-  m.doc() = "Native CPU kernels for DeepDream-MLX (MLX primitives; see models/native/__init__.py)";
+  m.doc() = "Native CPU kernels for DeepDream-MLX (MLX primitives; see fastlayers/native/__init__.py)";
   m.def("depthwise_conv2d", &deepdream::depthwise_conv2d, nb::arg("x"), nb::arg("taps"), nb::arg("bias"),
         nb::arg("stride"), nb::arg("top"), nb::arg("left"), nb::arg("out_h"), nb::arg("out_w"),
         "Depthwise convolution of x (N, H, W, C) with taps (kh, kw, C) plus bias (C,), zero-padded.");

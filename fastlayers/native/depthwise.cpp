@@ -2,8 +2,8 @@
 // and weight gradient as one MLX primitive, so it composes with mx.compile and mx.grad.
 //
 // Why native: a depthwise convolution multiplies each tap by a per-channel vector. Written
-// with MLX operations (models/depthwise.py) the fused kernel that mx.compile builds is a scalar
-// loop with a pointer per operand (5-15x slower than torch per layer on CPU), and unfused
+// with MLX operations (fastlayers/depthwise.py) the fused kernel that mx.compile builds is a scalar
+// loop with a pointer per operand (several times slower than torch per layer on CPU), and unfused
 // operations pass over memory once per tap. Here the channel loop is contiguous in every
 // operand, so the compiler vectorises it, and output rows are split over the cores.
 //

@@ -3,15 +3,15 @@
 Operations MLX's CPU backend cannot make fast with its own operations become MLX primitives
 here, with their gradients, usable under ``mx.compile`` and ``mx.grad``: ``conv.cpp`` (the
 stride-1 convolution as cache-sized blocks of BLAS products over shifted views, no im2col
-copy; ``winograd.cpp`` runs its 3x3 layers with 4x fewer multiplications), ``depthwise.cpp`` (the depthwise convolution; ``models/depthwise.py`` explains why) and
+copy; ``winograd.cpp`` runs its 3x3 layers with 4x fewer multiplications), ``depthwise.cpp`` (the depthwise convolution; ``fastlayers/depthwise.py`` explains why) and
 ``pooling.cpp`` (max and average pooling, whose gradients MLX can only express as gathers of
-strided views; ``models/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
+strided views; ``fastlayers/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
 loop splitter and primitive, ``conv.h`` what the convolution's two algorithms share.
 
 It is compiled like MLX compiles its own fused CPU kernels: on first use, with the machine's
 C++ compiler, against the installed ``mlx`` (whose headers and CMake package ship in its wheel)
 and ``nanobind`` (requirements.txt), and cached under ``~/.cache/deepdream-mlx/native/`` keyed
-by the sources and those versions, so upgrading MLX rebuilds it. The build takes ~20 s once.
+by the sources and those versions, so upgrading MLX rebuilds it. The build runs once.
 Without CMake or a compiler, or with ``DEEPDREAM_NO_NATIVE=1``, everything still works
 through the pure-MLX path; ``python dream.py --info`` says which one runs and why.
 """
@@ -97,8 +97,8 @@ def _build(target: Path) -> Path:
 
 
 def _import(path: Path) -> ModuleType:
-    loader = importlib.machinery.ExtensionFileLoader("models.native._native", str(path))
-    spec = importlib.util.spec_from_file_location("models.native._native", path, loader=loader)
+    loader = importlib.machinery.ExtensionFileLoader("fastlayers.native._native", str(path))
+    spec = importlib.util.spec_from_file_location("fastlayers.native._native", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
@@ -120,7 +120,7 @@ def _smoke_test(module: ModuleType) -> None:
     expected_pool = np.stack([np.stack([expected_pool[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
                                         for j in range(3)]) for i in range(2)])[None]
     conv_ok = True
-    if module.has_sgemm():       # else models.layers never calls conv2d
+    if module.has_sgemm():       # else fastlayers.layers never calls conv2d
         weight = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
         with mx.stream(mx.cpu):
             conv = np.array(module.conv2d(mx.array(x), mx.array(weight), mx.zeros((2,)), 1, 1, 4, 5))

@@ -2,8 +2,8 @@
 // and input gradient of each as one MLX primitive.
 //
 // Why native: with MLX operations the gradient of a strided max pool is a gather of every
-// window tap's share, several passes over strided views interleaved by copies (3x3/2 on
-// 256x256x64: 55 ms forward + gradient, torch 35). Here each window is scanned once per
+// window tap's share, several passes over strided views interleaved by copies, slower than
+// torch's. Here each window is scanned once per
 // output, and the gradient goes straight to the input element that won.
 //
 // Windows start at s*o - p and are clipped to the input. Max: padding is -inf, so it never

@@ -1,7 +1,8 @@
 """Put a fast BLAS into the process before MLX is imported (Linux only).
 
-The ``mlx-cpu`` wheel for Linux bundles the reference netlib BLAS, which makes every
-convolution 30-100x slower than it needs to be (NOTES §1). MLX resolves ``sgemm_`` /
+The ``mlx-cpu`` wheel for Linux bundles the reference netlib BLAS, an unoptimised triple loop
+that makes every convolution and matrix product many times slower than an optimised BLAS
+(MKL, OpenBLAS) on the same machine. MLX resolves ``sgemm_`` /
 ``cblas_sgemm`` through the global symbol scope, so loading a real BLAS with
 ``RTLD_GLOBAL`` *before* ``mlx.core`` is first imported makes MLX use it.
 
@@ -66,8 +67,8 @@ def keep_freed_memory() -> bool:
 
     MLX's CPU backend has no buffer cache: every intermediate array is a fresh malloc, and
     glibc serves big ones with mmap and unmaps them on free, so each dream step page-faults
-    (and the kernel zeroes) all of its activations again: ~3000 faults per googlenet step at
-    224 px, and 20-30% of a VGG convolution's forward+backward time (bench.py). Raising the
+    (and the kernel zeroes) all of its activations again, a sizeable share of a convolution's
+    forward+backward time (``perf`` shows it as page faults). Raising the
     mmap and trim thresholds keeps those pages in the heap, where the next step reuses them.
     Peak memory is unchanged; the process just keeps its peak. Returns whether it applied.
     """

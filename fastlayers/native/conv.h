@@ -8,7 +8,7 @@
 
 namespace deepdream {
 
-// cblas_sgemm from whichever BLAS the process loaded (models/_blas.py puts MKL or OpenBLAS in
+// cblas_sgemm from whichever BLAS the process loaded (fastlayers/_blas.py puts MKL or OpenBLAS in
 // the global scope before MLX, which resolves the same symbol).
 enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112 };
 using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
