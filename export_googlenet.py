@@ -8,7 +8,7 @@
 import sys
 
 import models  # noqa: F401  (fast BLAS first)
-from models.convert import export_main
+from convert import export_main
 
 if __name__ == "__main__":
     sys.exit(export_main("googlenet"))

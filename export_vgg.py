@@ -9,7 +9,7 @@
 import sys
 
 import models  # noqa: F401  (fast BLAS before anything imports mlx)
-from models.convert import export_main
+from convert import export_main
 
 if __name__ == "__main__":
     sys.exit(export_main(choices=["vgg16", "vgg19"]))

@@ -69,6 +69,9 @@ def main() -> int:
             print(cmd)
         return 0
 
+    from convert import make_default_weights  # first run: converts the package weights, with a notice
+
+    make_default_weights("efficientnet_lite0")
     model = models.load_model("efficientnet_lite0")
     notify = make_notify(False)
 

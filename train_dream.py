@@ -33,7 +33,7 @@ from deepdream.training import (
     restore,
 )
 from models import list_models
-from models.registry import default_weights_path, get_spec, weights_dir
+from models.registry import default_weights_path, get_facts, weights_dir
 from models.weights import read_metadata
 
 #: Command-line options that are TrainConfig fields (argparse dest -> field). Their defaults
@@ -91,7 +91,7 @@ def explicit_config(args: argparse.Namespace) -> dict:
 def model_name(args: argparse.Namespace) -> str:
     if args.model:
         try:
-            get_spec(args.model)
+            get_facts(args.model)
         except ValueError as exc:  # the registry's message lists the models
             raise TrainingError(str(exc)) from None
         return args.model

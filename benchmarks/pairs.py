@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import DreamModel, get_spec, load_model
-from models.convert import export_model, torchvision_model
-from models.registry import architecture_module
+from convert.torch_weights import export_model, package_state_dict, torch_reference, torchvision_model
+from models import MODELS, DreamModel, get_facts, load_model
 
-#: Every zoo model, in the order the table lists them.
-BENCH_MODELS = ("googlenet", "vgg16", "vgg19", "resnet50", "alexnet", "inception_v3", "efficientnet_lite0")
+#: Every zoo model, in the registry's order.
+BENCH_MODELS = tuple(MODELS)
 
 #: torchvision's AlexNet ``features`` indices, in our layer names.
 _ALEXNET_FEATURES = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3",
@@ -50,8 +49,8 @@ class ModelPair:
 
 def torch_layer(name: str, net: nn.Module, layer: str) -> nn.Module:
     """The torch module behind our layer ``layer`` of model ``name``."""
-    if name in ("googlenet", "inception_v3"):
-        return getattr(net, layer)              # same names as torchvision's attributes
+    if hasattr(net, layer):
+        return getattr(net, layer)              # same names as torchvision's attributes (GoogLeNet, Inception)
     if name == "resnet50":
         if layer.startswith("layer"):           # layer3_2 -> layer3[2]
             stage, block = layer.split("_")
@@ -105,13 +104,9 @@ def _notice_random(name: str, reason: Exception) -> None:
 
 def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
     """Both sides of ``name`` with identical weights, exported into ``workdir``."""
-    spec = get_spec(name)
-    try:
-        architecture_module(name)
-    except ImportError as exc:
-        raise ModelUnavailable(f"{name}: the port is not importable ({exc})") from None
+    facts = get_facts(name)
     path = workdir / f"{name}_mlx.npz"
-    if spec.torchvision:
+    if facts.torchvision:
         torch.manual_seed(seed)
         net = torchvision_model(name, pretrained=False)
         calibrate_batchnorm(net, seed)
@@ -121,15 +116,15 @@ def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
         source = f"random init (torch seed {seed}), BatchNorm statistics of a random batch"
     else:
         try:
-            from models.efficientnet_lite_torch import EfficientNetLite0Torch
+            net = torch_reference(name)
         except ImportError as exc:
             raise ModelUnavailable(f"{name}: the torch reference is not importable ({exc})") from None
         try:
-            state_dict, source = architecture_module(name).reference_state_dict()
+            state_dict, source = package_state_dict(name)
         except RuntimeError as exc:     # the weights' package is missing: timing needs no real weights
             _notice_random(name, exc)
-            state_dict, source = architecture_module(name).reference_state_dict(random_init=True, seed=seed)
-        net = EfficientNetLite0Torch()
+            state_dict = torch_reference(name, seed).state_dict()
+            source = f"random init of the torch reference (torch seed {seed})"
         net.load_state_dict(state_dict)
         pth = workdir / f"{name}.pth"
         torch.save(state_dict, pth)

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, NoReturn
 from models import (
     MODELS,
     DreamModel,
-    WeightsError,
     build_model,
     default_weights_path,
-    get_spec,
+    get_facts,
     list_models,
     load_model,
+    missing_weights_error,
     weights_available,
 )
 
@@ -204,7 +204,7 @@ def _is_all(args: argparse.Namespace) -> bool:
 
 def check_model_name(name: str) -> str:
     try:
-        get_spec(name)
+        get_facts(name)
     except ValueError as exc:
         raise DreamError(f"{exc} (or '{ALL_MODELS}')") from None
     return name
@@ -255,13 +255,14 @@ def model_name_from_args(args: argparse.Namespace, notify: Notify | None = None)
 
 
 def load_dream_model(name: str, weights: str | None = None) -> DreamModel:
-    """Load a model, turning "no weights" into an error that names the exporter command."""
-    if weights is None and not weights_available(name):
-        spec = MODELS[name]
-        # load_model would try the exporter's download, which imports torch and needs internet;
-        # say what to run instead of attempting it mid-dream.
-        raise WeightsError(f"no weights for {name}: {default_weights_path(name)} is missing. Run `{spec.exporter}` "
-                           f"(or `{spec.exporter} --from-pth PATH` for a local checkpoint)")
+    """Load a model; its default weights missing, convert them first when that needs no download
+    (with a notice), else an error that names the exporter command (never a download mid-dream)."""
+    if weights is None and not default_weights_path(name).exists():
+        if not weights_available(name):
+            raise missing_weights_error(name)
+        from convert import make_default_weights  # imports torch: only on a first run
+
+        make_default_weights(name)
     return load_model(name, weights=weights)
 
 
@@ -366,13 +367,13 @@ def info_text() -> str:
         if wheel := _blas.gpu_wheel():
             lines.append(f"note: {wheel} is installed but MLX sees no GPU (driver or CUDA libraries missing?)")
     lines.append("models:")
-    for name, spec in MODELS.items():
+    for name, facts in MODELS.items():
         if weights_available(name):
             path = default_weights_path(name)
-            where = str(path) if path.exists() else f"converted on first use from {spec.source}"
+            where = str(path) if path.exists() else f"converted on first use from {facts.source}"
             lines.append(f"  {name:<20} weights present ({where})")
         else:
-            lines.append(f"  {name:<20} weights missing: run `{spec.exporter}`")
+            lines.append(f"  {name:<20} weights missing: run `{facts.exporter}`")
     return "\n".join(lines)
 
 

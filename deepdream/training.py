@@ -53,25 +53,13 @@ from deepdream.dataset import (
 )
 from models import DreamModel, WeightsError, load_model
 from models.base import did_you_mean
-from models.registry import architecture_module, default_weights_path, get_spec
+from models.registry import default_weights_path, get_facts
 from models.weights import read_weights, save_weights
 
 CHECKPOINT_KIND = "deepdream-mlx training checkpoint"
 CHECKPOINT_NAME = "last.npz"
 
-#: Default ``--freeze-to`` per architecture: the low-level stages (edges, textures) stay as
-#: ImageNet learned them; the mid and high stages that dreams are made of adapt to the data.
-DEFAULT_FREEZE = {
-    "googlenet": "inception3b",
-    "inception_v3": "Mixed_5d",
-    "vgg16": "pool3",
-    "vgg19": "pool3",
-    "resnet50": "layer2_3",
-    "alexnet": "pool2",
-    "efficientnet_lite0": "block4",
-}
 DEFAULT_LR = {"sgd": 0.01, "adam": 3e-4}
-AUX_PREFIXES = ("aux1.", "aux2.")
 
 
 class TrainingError(errors.DreamError):
@@ -142,9 +130,11 @@ def trainable_stage_names(model: DreamModel) -> list[str]:
 
 
 def default_freeze(model: DreamModel, arch: str) -> str:
-    """The architecture's default ``--freeze-to``; for a model without one, the stage a third of the way in."""
+    """The model's default ``--freeze-to`` (``ModelFacts.freeze_to``: the low-level stages, edges and
+    textures, stay as ImageNet learned them; the mid and high stages that dreams are made of adapt
+    to the data); if that is not one of its stages, the stage a third of the way in."""
     names = trainable_stage_names(model)
-    name = DEFAULT_FREEZE.get(arch)
+    name = get_facts(arch).freeze_to
     return name if name in names else names[len(names) // 3]
 
 
@@ -179,10 +169,10 @@ def set_mode(model: nn.Module, frozen: list[nn.Module], training: bool) -> None:
 
 
 def _classifier_keys(model: DreamModel, arch_name: str) -> set[str]:
-    weight = architecture_module(arch_name).CLASSIFIER_WEIGHT
+    weight = get_facts(arch_name).classifier_weight
     keys = {k for k, _ in tree_flatten(model.parameters()) if k == weight or k.endswith("." + weight)}
     if not keys:
-        raise TrainingError(f"{arch_name} has no classifier parameter '{weight}' (CLASSIFIER_WEIGHT)")
+        raise TrainingError(f"{arch_name} has no classifier parameter '{weight}' (classifier_weight)")
     return keys | {k[: -len("weight")] + "bias" for k in keys if k.endswith("weight")}
 
 
@@ -195,13 +185,17 @@ def load_base(config: TrainConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
             raise TrainingError(str(exc)) from None
         origin = str(config.weights)
     else:
-        spec = get_spec(config.model)
-        if spec.torchvision and not default_weights_path(config.model).exists():
+        facts = get_facts(config.model)
+        if not facts.offline and not default_weights_path(config.model).exists():
             raise TrainingError(
                 f"no ImageNet weights for {config.model} ({default_weights_path(config.model)} is missing): "
-                f"run `{spec.exporter}` first, or fine-tune the model that works offline with "
+                f"run `{facts.exporter}` first, or fine-tune the model that works offline with "
                 "`--model efficientnet_lite0`")
         try:
+            if not default_weights_path(config.model).exists():
+                from convert import make_default_weights  # imports torch: only on a first run
+
+                make_default_weights(config.model)
             pretrained = load_model(config.model)
         except WeightsError as exc:
             raise TrainingError(str(exc)) from None
@@ -222,16 +216,17 @@ def prepare_model(config: TrainConfig, num_classes: int, base: dict[str, np.ndar
     arch = base_meta.get("architecture", config.model)
     dream_config = {k: v for k, v in dict(base_meta.get("config") or {}).items() if k != "aux_logits"}
     mx.random.seed(config.seed)  # the new classifier's initialisation is part of the run's identity
-    model = architecture_module(arch).build(num_classes=num_classes, **dream_config)
+    build = get_facts(arch).build
+    model = build(num_classes=num_classes, **dream_config)
     use_aux = config.aux and config.aux_weight > 0 and hasattr(model, "forward_with_aux")
     if use_aux:
         mx.random.seed(config.seed)
-        model = architecture_module(arch).build(num_classes=num_classes, aux_logits=True, **dream_config)
+        model = build(num_classes=num_classes, aux_logits=True, **dream_config)
     classifier = _classifier_keys(model, arch)
     current = dict(tree_flatten(model.parameters()))
     loaded, missing = [], []
     for key, value in current.items():
-        if key in classifier or key.startswith(AUX_PREFIXES):
+        if key in classifier or key.startswith(get_facts(arch).aux_prefixes):
             continue
         if key in base and tuple(base[key].shape) == tuple(value.shape):
             loaded.append((key, mx.array(base[key])))
@@ -561,7 +556,8 @@ def export_dream_weights(run: Run, out: Path) -> dict[str, Any]:
     recorded under ``dataset_mean``/``dataset_std`` for information only.
     """
     matrix, data_mean, data_std = colour_statistics(run)
-    arrays = {k: np.array(v) for k, v in tree_flatten(run.model.parameters()) if not k.startswith(AUX_PREFIXES)}
+    aux = get_facts(run.base_meta.get("architecture", run.config.model)).aux_prefixes
+    arrays = {k: np.array(v) for k, v in tree_flatten(run.model.parameters()) if not k.startswith(aux)}
     last = run.history[-1] if run.history else {}
     metadata = {
         "architecture": run.base_meta.get("architecture", run.config.model),

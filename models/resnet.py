@@ -2,12 +2,12 @@
 
 Parameter paths are torchvision's state-dict keys (``layer1.0.conv1.weight``,
 ``layer1.0.downsample.0.weight``, ``bn1.running_mean``), so the conversion is the plain
-OIHW -> OHWI transpose of ``models.convert.convert_state_dict``. Each bottleneck block is a
+OIHW -> OHWI transpose of the converter. Each bottleneck block is a
 stage (``layer3_2`` = ``layer3[2]``), so a dream on layer3 never runs layer4. Convolutions are
 ``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
-(MLX's own is a naive loop for the strided ones; measured 3x faster for a layer3 dream).
+(MLX's own is a naive loop for the strided ones).
 BatchNorms are ``fastlayers.batchnorm.BatchNorm`` (nn.BatchNorm's keys); the dream step folds each
-into the convolution before it (``conv2d_bn``; a dream step ~10% faster).
+into the convolution before it (``conv2d_bn``).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import DreamModel, Stage
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
 from fastlayers.layers import Conv2d, global_avg_pool, max_pool2d
+
+from .base import DreamModel, ModelFacts, Recipe, Stage
 
 #: bottleneck blocks per stage and their inner widths (torchvision's resnet50: [3, 4, 6, 3]).
 LAYERS = (3, 4, 6, 3)
 WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
-CLASSIFIER_WEIGHT = "fc.weight"
 
 
 class Bottleneck(nn.Module):
@@ -95,3 +95,17 @@ def build(num_classes: int = 1000, **config: Any) -> DreamModel:
     if config:
         raise TypeError(f"unexpected ResNet50 options: {', '.join(sorted(config))}")
     return ResNet50(num_classes=num_classes)
+
+
+MODELS = (
+    ModelFacts(
+        "resnet50", build, exporter="python export_resnet.py", classifier_weight="fc.weight",
+        freeze_to="layer2_3",
+        torchvision="resnet50", torchvision_weights="ResNet50_Weights.IMAGENET1K_V1",
+        recipes={
+            # The published settings of a tool built on pytorch-deepdream's step, run here unchanged.
+            "resnet50": Recipe(("layer3_2", "layer3_5"), steps=22, lr=0.13, octaves=4, scale=2.0, jitter=83,
+                               smoothing=0.47, description="ResNet50 stage 3: swirling animal parts"),
+        },
+    ),
+)

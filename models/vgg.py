@@ -2,7 +2,7 @@
 
 The MLX modules are named by their classic dream-layer names (``conv4_2``) rather than by
 torchvision's ``features.N`` indices, so parameter paths read like the layers users ask for.
-``convert_torch_state_dict`` renames the keys; for VGG16 the table is
+The converter renames the keys through ``torch_keys``; for VGG16 the table is
 
     torch key            MLX key        torch key            MLX key
     features.0           conv1_1        features.17          conv4_1
@@ -26,21 +26,19 @@ input gradient (a dream differentiates every step w.r.t. the image).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from .base import DreamModel, Stage
 from fastlayers.layers import Conv2d, adaptive_avg_pool2d, max_pool2d
+
+from .base import DreamModel, ModelFacts, Recipe, Stage, prefix_renamer
 
 #: convs per block for each depth (torchvision's cfgs "D" and "E"); the widths are shared.
 BLOCKS: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 WIDTHS = (64, 128, 256, 512, 512)
 POOL_SIZE = 7   # torchvision's AdaptiveAvgPool2d((7, 7)) before the classifier
-CLASSIFIER_WEIGHT = "fc8.weight"
 
 
 def _block_layer_names(blocks: tuple[int, ...]) -> tuple[str, ...]:
@@ -143,14 +141,29 @@ def torch_keys(depth: int) -> dict[str, str]:
     return {**feature_keys(depth), "classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
 
 
-def convert_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """torchvision VGG16/VGG19 keys -> MLX keys (table above); fc6's columns reordered for NHWC."""
-    from .convert import convert_renamed
+def _facts(depth: int, recipes: dict[str, Recipe]) -> ModelFacts:
+    name = f"vgg{depth}"
+    return ModelFacts(
+        name, build, exporter=f"python export_vgg.py --model {name}", classifier_weight="fc8.weight",
+        freeze_to="pool3", config={"depth": depth},
+        torchvision=name, torchvision_weights=f"VGG{depth}_Weights.IMAGENET1K_V1",
+        # torchvision's batch-norm variants (vgg16_bn) have other keys: refused by the rename.
+        rename=prefix_renamer(torch_keys(depth), name),
+        flattened=("fc6.weight", WIDTHS[-1], POOL_SIZE, POOL_SIZE),
+        recipes=recipes,
+    )
 
-    convs = {k for k in state_dict if k.startswith("features.") and k.endswith(".weight")}
-    depth = next((d for d in BLOCKS if len(convs) == sum(BLOCKS[d])), None)
-    if depth is None:
-        raise ValueError(f"found {len(convs)} conv layers, a torchvision VGG16 has 13 and VGG19 16 "
-                         "(batch-norm variants are not supported)")
-    return convert_renamed(state_dict, torch_keys(depth), f"torchvision VGG{depth}",
-                           flattened=("fc6.weight", WIDTHS[-1], POOL_SIZE, POOL_SIZE))
+
+# The recipes are the published settings of a tool built on pytorch-deepdream's step, run here unchanged.
+MODELS = (
+    _facts(16, {
+        "vgg16": Recipe(("relu4_2",), steps=24, lr=0.07, octaves=4, scale=1.8, jitter=36, smoothing=0.19,
+                        description="VGG16 mid layer: dense fur and eye textures"),
+        "vgg16_relu5": Recipe(("relu5_1",), steps=24, lr=0.069, octaves=4, scale=1.8, jitter=10, smoothing=0.41,
+                              description="VGG16 deep layer: animal heads and objects"),
+    }),
+    _facts(19, {
+        "vgg19": Recipe(("relu5_2",), steps=14, lr=0.045, octaves=2, scale=1.5, jitter=27, smoothing=0.41,
+                        description="VGG19 deep layer, gentle: objects emerge from the photo"),
+    }),
+)

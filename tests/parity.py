@@ -48,7 +48,7 @@ import mlx.nn as nn
 torch = pytest.importorskip("torch")
 
 from fastlayers.batchnorm import constant_weights  # noqa: E402
-from models.convert import export_model, torchvision_model  # noqa: E402
+from convert.torch_weights import export_model, torchvision_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,6 +39,9 @@ QUICK = ["--model", "efficientnet_lite0", "--layers", "block10", "--octaves", "2
 @pytest.fixture(scope="module")
 def effnet(weights_dir):
     """The real weights, converted once into the session's weights folder (subprocesses inherit it)."""
+    from convert import make_default_weights  # the scripts' first-run conversion
+
+    make_default_weights("efficientnet_lite0")
     return models.load_model("efficientnet_lite0")
 
 

@@ -39,6 +39,9 @@ def lite0(weights_dir: Path):
     """efficientnet_lite0's real ImageNet weights, converted into the test weights folder once."""
     import models
 
+    from convert import make_default_weights  # the scripts' first-run conversion
+
+    make_default_weights("efficientnet_lite0")
     return models.load_model("efficientnet_lite0")
 
 

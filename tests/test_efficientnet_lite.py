@@ -15,10 +15,12 @@ import pytest
 
 from models import load_model
 from fastlayers.batchnorm import constant_weights
-from models.efficientnet_lite import EfficientNetLite0, convert_torch_state_dict
+from models.efficientnet_lite import EfficientNetLite0
 
 torch = pytest.importorskip("torch")
-from models.efficientnet_lite_torch import EfficientNetLite0Torch  # noqa: E402
+from convert import make_default_weights  # noqa: E402
+from convert.torch_weights import convert_torch_state_dict, package_state_dict  # noqa: E402
+from torchref.efficientnet_lite0 import EfficientNetLite0Torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -94,7 +96,8 @@ def test_parity_with_torch_reference(random_pair, layer, folded):
 
 @pytest.fixture(scope="module")
 def real_model(weights_dir):
-    """load_model with no weights file: converts the installed package into the weights folder."""
+    """No weights file: the scripts' first-run step converts the installed package into the weights folder."""
+    make_default_weights("efficientnet_lite0")
     model = load_model("efficientnet_lite0")
     assert (weights_dir / "efficientnet_lite0_mlx.npz").is_file()
     return model
@@ -166,12 +169,10 @@ def _flat(params) -> list[tuple[str, mx.array]]:
 
 
 def test_package_checkpoint_loads_strictly_into_both_models():
-    from models.efficientnet_lite import reference_state_dict
-
-    state_dict, source = reference_state_dict(random_init=False)
+    state_dict, source = package_state_dict("efficientnet_lite0")
     assert "efficientnet-lite0" in source
     EfficientNetLite0Torch().load_state_dict(state_dict, strict=True)
-    arrays = convert_torch_state_dict(state_dict)
+    arrays = convert_torch_state_dict("efficientnet_lite0", state_dict)
     model = EfficientNetLite0()
     model.load_weights([(k, mx.array(v)) for k, v in arrays.items()], strict=True)
     # depthwise kernels: torch (C, 1, k, k) -> MLX grouped-conv layout (C, k, k, 1)

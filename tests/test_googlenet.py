@@ -19,6 +19,7 @@ import mlx.core as mx
 
 torch = pytest.importorskip("torch")
 
+from convert.torch_weights import convert_torch_state_dict  # noqa: E402
 from models import googlenet as gnet  # noqa: E402
 from tests.parity import (  # noqa: E402
     Port, calibrate, check_min_input_size, check_missing_weights_name_the_exporter, check_offline_export_fails,
@@ -65,7 +66,7 @@ def test_basic_conv_backward_matches_torch():
     torch.manual_seed(4)
     ref = calibrate(TorchBasicConv2d(6, 8, kernel_size=3, padding=1), (1, 6, 9, 7))
     block = gnet.BasicConv2d(6, 8, kernel_size=3, padding=1)
-    block.load_weights([(k, mx.array(v)) for k, v in gnet.convert_torch_state_dict(ref.state_dict()).items()])
+    block.load_weights([(k, mx.array(v)) for k, v in convert_torch_state_dict("googlenet", ref.state_dict()).items()])
     block.eval()
     x = np.random.default_rng(4).standard_normal((1, 6, 9, 7)).astype(np.float32)
     xt = torch.from_numpy(x).requires_grad_(True)
@@ -98,7 +99,7 @@ def test_aux_heads_match_torchvision():
                                                  init_weights=True), (1, 3, 112, 96))
     ours = gnet.build(aux_logits=True)
     ours.load_weights([(k, mx.array(v)) for k, v in
-                       gnet.convert_torch_state_dict(ref.state_dict(), keep_aux=True).items()], strict=True)
+                       convert_torch_state_dict("googlenet", ref.state_dict(), keep_aux=True).items()], strict=True)
     ours.eval()
     # 112x96: aux inputs are 7x6, so the 4x4 adaptive pool has uneven bins
     x = np.random.default_rng(2).standard_normal((1, 3, 112, 96)).astype(np.float32)

@@ -88,6 +88,9 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def effnet(weights_dir: Path) -> Path:
     """The real efficientnet_lite0 weights, converted into weights_dir once (a notice on stderr)."""
+    from convert import make_default_weights  # the scripts' first-run conversion
+
+    make_default_weights("efficientnet_lite0")
     models.load_model("efficientnet_lite0")
     return weights_dir / "efficientnet_lite0_mlx.npz"
 

@@ -25,6 +25,9 @@ CHELSEA = ROOT / "assets" / "chelsea.png"
 
 @pytest.fixture(scope="module")
 def effnet(weights_dir):
+    from convert import make_default_weights  # the scripts' first-run conversion
+
+    make_default_weights("efficientnet_lite0")
     return models.load_model("efficientnet_lite0")
 
 

@@ -1,7 +1,7 @@
 """A plain PyTorch EfficientNet-Lite0 with the PyPI package's key names (NCHW).
 
-Used only by the exporter (random-init state dicts), the parity tests and benchmarks; dreaming
-never imports it. ``load_state_dict`` of the package's ``efficientnet-lite0-57934424.pth``
+Used only by the exporter (random-init state dicts, ``random_init``), the parity tests and the
+benchmarks; dreaming never imports it. ``load_state_dict`` of the package's ``efficientnet-lite0-57934424.pth``
 works with ``strict=True``. ``forward(x, upto="block10")`` returns a named stage's activation,
 with the same stage names as ``models.efficientnet_lite.EfficientNetLite0``.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .efficientnet_lite import BLOCK_CONFIG, BN_EPS, HEAD_CHANNELS, PADDINGS, STEM_CHANNELS
+from models.efficientnet_lite import BLOCK_CONFIG, BN_EPS, HEAD_CHANNELS, PADDINGS, STEM_CHANNELS
 
 
 def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
@@ -125,3 +125,10 @@ class EfficientNetLite0Torch(nn.Module):
         for _, bn in bns:
             bn.momentum = 0.1
         self.eval()
+
+
+def random_init(seed: int = 0) -> EfficientNetLite0Torch:
+    """A random-init reference (torch seed ``seed``) with BN statistics randomised too, so parity
+    tests exercise them (``--random-init`` of the exporter)."""
+    torch.manual_seed(seed)
+    return EfficientNetLite0Torch(randomize_bn=True)

