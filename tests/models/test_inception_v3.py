@@ -1,6 +1,6 @@
 """Inception v3 port: parity with torchvision (random weights), exporter CLI, layer contract, errors.
 
-Same recipe as tests/test_googlenet.py (BatchNorm calibrated on random input, random BN affine
+Same recipe as tests/models/test_googlenet.py (BatchNorm calibrated on random input, random BN affine
 parameters); the parity check and its bounds: tests/parity.py.
 """
 

@@ -2,7 +2,7 @@
 
 Every code path is exercised, on both CPU paths (``cpu_kernels``): the native stride-1
 convolution (fastlayers/native/conv.cpp: per-tap and all-taps-at-once input gradients; its Winograd
-3x3 layers have their own cases in tests/test_native.py) and, without
+3x3 layers have their own cases in tests/fastlayers/test_native.py) and, without
 it, the shifted-product convolution (large maps, >= 16 channels) and MLX's im2col one (small
 maps, RGB input), the shifted and the col2im input gradients (stride 1, strided, 1x1, few
 channels), batches, non-square kernels, biases, and max/avg pooling with ceil_mode, padding

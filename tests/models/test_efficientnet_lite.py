@@ -22,7 +22,7 @@ from convert import make_default_weights  # noqa: E402
 from convert.torch_weights import convert_torch_state_dict, package_state_dict  # noqa: E402
 from torchref.efficientnet_lite0 import EfficientNetLite0Torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
 
 
