@@ -3,9 +3,8 @@
 Why not time both in the benchmark's process: torch brings its own OpenMP runtime (GNU
 ``libgomp``), and once it is loaded MKL runs MLX's products on it (``libmkl_gnu_thread``)
 instead of Intel's ``libiomp5``; the two libraries' thread pools also spin on the same two
-cores. ``dream.py`` never imports torch, so that is not what a user gets: the vgg16 step at
-224 px measured 253-261 ms in a process of its own and 360-400 ms next to torch on this
-2-core host. The sides run in two worker processes that take turns (A, B, A, B: a change in
+cores. ``dream.py`` never imports torch, so that is not what a user gets: our step measures
+markedly slower next to torch than in a process of its own (docs/performance.md). The sides run in two worker processes that take turns (A, B, A, B: a change in
 machine load hits both alike), with a short pause before each timed turn so the other
 side's idle threads have stopped spinning. Both workers run with the same allocator setting
 (``fastlayers._blas.keep_freed_memory``), as both did in one process.
@@ -92,8 +91,8 @@ class _TorchSide:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         # The allocator setting ours runs with (keep_freed_memory; importing models applies it):
-        # without it torch's step page-faults its activations afresh every time (vgg16 step
-        # measured 1.0-1.45x slower), and the table would compare glibc settings, not steps.
+        # without it torch's step page-faults its activations afresh every time (measurably
+        # slower), and the table would compare glibc settings, not steps.
         import models  # noqa: F401  # isort: skip
         import torch
 

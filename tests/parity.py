@@ -150,7 +150,7 @@ def reference(port: Port, seed: int = 0) -> Any:
 
 def run_script(script: str, *args: str) -> tuple[int, str]:
     """Run an exporter script as its command line does (``__main__``, ``sys.argv``), in this process
-    (no second ~10 s torch import); return its exit status and stderr."""
+    (no second torch import, which takes seconds); return its exit status and stderr."""
     argv, err = sys.argv, io.StringIO()
     sys.argv = [script, *args]
     try:

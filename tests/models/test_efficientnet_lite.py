@@ -33,7 +33,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """On a busy 2-core machine torch's spinning worker threads make a 160x224 forward/backward
-    take seconds instead of ~0.3 s; restored for the other test modules afterwards."""
+    take seconds instead of a fraction of one; restored for the other test modules afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
