@@ -73,7 +73,7 @@ def _build(target: Path) -> Path:
     if cmake is None:
         raise RuntimeError("cmake is not installed")
     target.parent.mkdir(parents=True, exist_ok=True)
-    print("deepdream: building the native CPU kernels (once per MLX version, ~20 s) ...", file=sys.stderr)
+    print("deepdream: building the native CPU kernels (once per MLX and nanobind version) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as tmp:
         log_path = target.parent / f"{target.name}.log"
         with open(log_path, "w") as log:
