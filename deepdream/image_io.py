@@ -101,13 +101,20 @@ def load_image(path: str | os.PathLike, max_size: int | None = None, what: str =
 def limit_size(rgb: np.ndarray, max_size: int) -> np.ndarray:
     """Downscale (Lanczos) so the longest side is at most ``max_size``; smaller images are returned unchanged."""
     h, w = rgb.shape[:2]
-    longest = max(h, w)
-    if longest <= max_size:
+    size = limited_size(w, h, max_size)
+    if size == (w, h):
         return rgb
-    ratio = max_size / longest
-    size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
     small = Image.fromarray(to_uint8(rgb)).resize(size, Image.Resampling.LANCZOS)
     return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def limited_size(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longest side is at most ``max_size`` (never up)."""
+    longest = max(width, height)
+    if longest <= max_size:
+        return width, height
+    ratio = max_size / longest
+    return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
 def noise_image(height: int, width: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The zoom feedback video: dream frame n, move it (zoom, rotate, translate), dream again.
+"""Dreamed videos: the frame store every video mode shares, the encoders, and the zoom feedback video.
+
+The zoom: dream frame n, move it (zoom, rotate, translate), dream again.
 
 Frame 0 is the dream of the start image. Frame n+1 is made from frame n alone::
 
@@ -13,6 +15,8 @@ Each finished frame is written at once (atomically) as ``<output stem>_frames/NN
 next to the video, with the run's settings in ``video.json``; the next frame is made from the
 8-bit frame *as saved*, and frame n's jitter comes from a generator seeded with (seed, n), so
 a run that was stopped and resumed writes the same bytes as one that never stopped.
+``resume_point`` / ``make_video`` are that policy for any ``FrameMaker`` (the zoom's, and
+``deepdream.video_input``'s for a dreamed clip).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,7 +45,9 @@ from .errors import DreamError, Interrupted, Notify
 from .image_io import ImageError, check_writable_folder, load_image, save_image, to_uint8
 
 #: Video container by extension.
-VIDEO_FORMATS = {".mp4": "H.264 MP4", ".gif": "animated GIF"}
+VIDEO_FORMATS = {".mp4": "H.264 MP4", ".mkv": "H.264 Matroska, holds any sound", ".gif": "animated GIF"}
+#: FFmpeg's muxer for each H.264 container.
+H264_CONTAINERS = {".mp4": "mp4", ".mkv": "matroska"}
 #: Per-frame dream settings when neither a flag nor --preset gives them: a video has many
 #: frames and the dream accumulates over them, so each frame needs far less than a still.
 FRAME_DEFAULTS = {"octaves": 2, "steps": 5}
@@ -183,10 +190,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def run_record(*, model: str, weights: str | None, source: dict[str, object], size: tuple[int, int],
-               dream: dict[str, object], motion: Motion) -> dict[str, object]:
-    """Everything that decides the frames' pixels (not their count, the fps or the container)."""
+               dream: dict[str, object], motion: dict[str, object]) -> dict[str, object]:
+    """Everything that decides the frames' pixels (not their count, the fps or the container).
+
+    ``motion`` holds how a frame is made from the previous one, keyed like the flags that set it.
+    """
     record = {"version": RECORD_VERSION, "model": model, "weights": weights, "source": source,
-              "size": list(size), "dream": dream, "motion": asdict(motion)}
+              "size": list(size), "dream": dream, "motion": motion}
     return json.loads(json.dumps(record))  # tuples -> lists, so it compares equal to what is read back
 
 
@@ -213,7 +223,7 @@ def write_record(folder: Path, record: dict[str, object]) -> None:
 
 
 #: How a record field is named to the user when it differs.
-_FIELD_NAMES = {"model": "--model", "weights": "--weights", "source": "--input/--width/--height",
+_FIELD_NAMES = {"model": "--model", "weights": "--weights", "source": "the input (--input/--video/--width/--height)",
                 "size": "frame size (--max-size)", "version": "settings file version"}
 
 
@@ -270,7 +280,7 @@ def check_video_output(path: Path, input_path: str | None = None) -> Path:
         known = ", ".join(f"{e} ({what})" for e, what in VIDEO_FORMATS.items())
         raise DreamError(f"cannot write '{path}': unknown video extension '{ext or '(none)'}'; use {known}")
     if input_path is not None and path.exists() and Path(input_path).exists() and os.path.samefile(path, input_path):
-        raise DreamError(f"output '{path}' is the input image; choose another --output (the input is never overwritten)")
+        raise DreamError(f"output '{path}' is the input; choose another --output (the input is never overwritten)")
     check_writable_folder(path.parent)
     if path.exists() and not os.access(path, os.W_OK):
         raise DreamError(f"cannot write '{path}': the file is read-only; choose another --output")
@@ -287,6 +297,33 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
+@dataclass(frozen=True)
+class Timing:
+    """When each frame is shown: presentation times in ``time_base`` units (the first 0) and the nominal rate."""
+
+    time_base: Fraction
+    pts: tuple[int, ...]
+    rate: Fraction
+
+    @classmethod
+    def constant(cls, fps: float, count: int) -> Timing:
+        rate = Fraction(fps).limit_denominator(1001)
+        return cls(1 / rate, tuple(range(count)), rate)
+
+    def durations_ms(self) -> list[int]:
+        """Each frame's display time in milliseconds, in the 10 ms steps a GIF counts in (the last frame
+        lasts one nominal frame). Rounding the frame boundaries, not the durations, keeps the total exact."""
+        times = [p * self.time_base for p in self.pts]
+        times.append(times[-1] + 1 / self.rate)
+        ticks = [round(t * 100) for t in times]
+        return [10 * max(1, b - a) for a, b in zip(ticks, ticks[1:])]
+
+
+#: Streams copied into the output beside the frames (a clip's sound): given the output container,
+#: a context in which they are added and which yields (seconds, packet) in time order.
+ExtraStreams = Callable[[object], AbstractContextManager[Iterator[tuple[float, object]]]]
+
+
 def _read_frame(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
@@ -295,59 +332,77 @@ def _read_frame(path: Path) -> np.ndarray:
         raise ImageError(f"cannot read frame '{path}' ({exc}); delete it (it is made again) or add --restart") from None
 
 
-def encode_mp4(frames: Sequence[Path], output: Path, fps: float) -> None:
-    """H.264 (libx264, yuv420p, BT.709, +faststart) through PyAV, so the file plays in browsers."""
+def encode_h264(frames: Sequence[Path], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
+    """H.264 (libx264, yuv420p, BT.709) in MP4 (+faststart) or Matroska through PyAV, so it plays in browsers;
+    ``extra`` streams (a clip's sound) are interleaved with the frames by time."""
     import av
 
     first = _read_frame(frames[0])
     width, height = even_size(first.shape[1], first.shape[0])
-    rate = Fraction(fps).limit_denominator(1001)
+    container_format = H264_CONTAINERS[output.suffix.lower()]
+    options = {"movflags": "+faststart"} if container_format == "mp4" else {}
 
     def write(tmp: str) -> None:
-        with av.open(tmp, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=rate)
+        with av.open(tmp, mode="w", format=container_format, options=options) as container:
+            stream = container.add_stream("libx264", rate=timing.rate)
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
+            stream.time_base = timing.time_base
+            stream.codec_context.time_base = timing.time_base
             stream.options = {"crf": str(H264_CRF)}
             # sRGB frames converted with the BT.709 matrix and tagged so, or players guess (often 601).
             stream.codec_context.colorspace = av.video.reformatter.Colorspace.ITU709
             stream.codec_context.color_primaries = av.video.reformatter.ColorPrimaries.BT709
             stream.codec_context.color_trc = av.video.reformatter.ColorTrc.BT709
             stream.codec_context.color_range = av.video.reformatter.ColorRange.MPEG
-            for path in frames:
-                rgb = _read_frame(path)
-                if rgb.shape[:2] != first.shape[:2]:
-                    raise DreamError(f"frame '{path}' is {rgb.shape[1]}x{rgb.shape[0]}, not "
-                                     f"{first.shape[1]}x{first.shape[0]} like the others; add --restart")
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format="rgb24")
-                frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+            with extra(container) if extra is not None else nullcontext(iter(())) as pending:
+                waiting = next(pending, None)
+
+                def mux(packets: Sequence[object]) -> None:
+                    nonlocal waiting
+                    for packet in packets:
+                        shown = float(packet.pts * packet.time_base) if packet.pts is not None else math.inf
+                        while waiting is not None and waiting[0] <= shown:
+                            container.mux(waiting[1])
+                            waiting = next(pending, None)
+                        container.mux(packet)
+
+                for path, pts in zip(frames, timing.pts):
+                    rgb = _read_frame(path)
+                    if rgb.shape[:2] != first.shape[:2]:
+                        raise DreamError(f"frame '{path}' is {rgb.shape[1]}x{rgb.shape[0]}, not "
+                                         f"{first.shape[1]}x{first.shape[0]} like the others; add --restart")
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format="rgb24")
+                    frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+                    frame.pts, frame.time_base = pts, timing.time_base
+                    mux(stream.encode(frame))
+                mux(stream.encode())
+                while waiting is not None:
+                    container.mux(waiting[1])
+                    waiting = next(pending, None)
 
     atomic_write(output, write)
 
 
-def encode_gif(frames: Sequence[Path], output: Path, fps: float) -> None:
-    """Animated GIF (Pillow; an adaptive 256-colour palette per frame), looping forever."""
+def encode_gif(frames: Sequence[Path], output: Path, timing: Timing) -> None:
+    """Animated GIF (Pillow; an adaptive 256-colour palette per frame), looping forever, no sound."""
     images = [Image.fromarray(_read_frame(path)) for path in frames]
-    duration = max(10, round(1000.0 / fps))  # GIF counts in 1/100 s; browsers treat < 20 ms as 100 ms
+    durations = timing.durations_ms()
 
     def write(tmp: str) -> None:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
 
     atomic_write(output, write)
 
 
-def encode_video(frames: Sequence[Path], output: Path, fps: float) -> None:
+def encode_video(frames: Sequence[Path], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
     if not frames:
         raise DreamError("no frames to encode")
     try:
         if output.suffix.lower() == ".gif":
-            encode_gif(frames, output, fps)
+            encode_gif(frames, output, timing)
         else:
-            encode_mp4(frames, output, fps)
+            encode_h264(frames, output, timing, extra)
     except OSError as exc:
         raise DreamError(f"cannot write '{output}' ({exc.strerror or exc}); choose another --output") from None
 
@@ -355,11 +410,13 @@ def encode_video(frames: Sequence[Path], output: Path, fps: float) -> None:
 # -- the frame loop ----------------------------------------------------------------------------------
 
 Dream = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: Frame ``index`` from the previous frame as saved (None for the first frame of a run); float RGB.
+FrameMaker = Callable[[int, np.ndarray | None], np.ndarray]
 
 
 def next_frame(previous: np.ndarray | None, start: np.ndarray, index: int, dream: Dream, motion: Motion,
                seed: int) -> np.ndarray:
-    """Frame ``index`` (float RGB, already quantised to what its PNG holds)."""
+    """Zoom frame ``index`` (float RGB, already quantised to what its PNG holds)."""
     if index == 0 or previous is None:
         return quantise(dream(start, frame_rng(seed, 0)))
     moved = move(previous, motion)
@@ -369,32 +426,39 @@ def next_frame(previous: np.ndarray | None, start: np.ndarray, index: int, dream
     return quantise(motion.blend * moved + (1.0 - motion.blend) * dreamed)
 
 
-def render_frames(folder: Path, start: np.ndarray, dream: Dream, motion: Motion, seed: int, total: int, *,
-                  quiet: bool = False) -> int:
-    """Make frames ``count_frames(folder)`` .. ``total - 1``, saving each when done; returns the count made.
+def zoom_frames(start: np.ndarray, dream: Dream, motion: Motion, seed: int) -> FrameMaker:
+    return lambda index, previous: next_frame(previous, start, index, dream, motion, seed)
+
+
+def render_frames(folder: Path, make: FrameMaker, total: int, size: tuple[int, int], *, quiet: bool = False) -> int:
+    """Make frames ``count_frames(folder)`` .. ``total - 1`` of ``size`` (width, height), saving each when
+    done; returns the count made.
 
     A resumed run starts from the last frame on disk. Ctrl-C (KeyboardInterrupt) propagates
     after the finished frames are safely on disk; the frame in progress is lost.
     """
     done = count_frames(folder)
     previous = load_image(frame_path(folder, done - 1), what="last frame") if done else None
-    if previous is not None and previous.shape != start.shape:
+    if previous is not None and (previous.shape[1], previous.shape[0]) != size:
         raise DreamError(f"frame '{frame_path(folder, done - 1)}' is {previous.shape[1]}x{previous.shape[0]}, but "
-                         f"this run makes {start.shape[1]}x{start.shape[0]} frames; add --restart to start over")
+                         f"this run makes {size[0]}x{size[1]} frames; add --restart to start over")
     made = 0
     with tqdm(total=total, initial=min(done, total), unit="frame", desc="frames", disable=quiet, file=sys.stderr,
               dynamic_ncols=True) as bar:
         for index in range(done, total):
-            previous = next_frame(previous, start, index, dream, motion, seed)
+            previous = quantise(make(index, previous))
             save_image(frame_path(folder, index), previous)
             made += 1
             bar.update(1)
     return made
 
 
-def make_video(folder: Path, output: Path, start: np.ndarray, dream: Dream, motion: Motion, *, record: dict[str, object],
-               resume: Resume, total: int, fps: float, restart: bool, quiet: bool, notify: Notify) -> None:
-    """Dream the frames still missing (continuing after ``resume.done``), then encode the video.
+# -- a whole run: the frames, then the video ---------------------------------------------------------
+
+def make_video(folder: Path, output: Path, make: FrameMaker, *, record: dict[str, object], resume: Resume,
+               total: int, size: tuple[int, int], timing: Timing, extra: ExtraStreams | None = None,
+               restart: bool, quiet: bool, notify: Notify) -> None:
+    """Make the frames still missing (continuing after ``resume.done``), then encode the video.
 
     Ctrl-C raises ``Interrupted`` saying how many frames are kept: frames are written atomically
     as they finish, so only the frame in progress is lost; the next run continues from the last
@@ -407,10 +471,10 @@ def make_video(folder: Path, output: Path, start: np.ndarray, dream: Dream, moti
             if resume.done:
                 notify(f"continuing {folder} after frame {resume.done} of {total}")
             write_record(folder, record)
-            render_frames(folder, start, dream, motion, resume.seed, total, quiet=quiet)
+            render_frames(folder, make, total, size, quiet=quiet)
         elif resume.done > total:
             notify(f"{folder} holds {resume.done} frames; the video uses the first {total}")
-        encode_video([frame_path(folder, i) for i in range(total)], output, fps)
+        encode_video([frame_path(folder, i) for i in range(total)], output, timing, extra)
     except KeyboardInterrupt:
         finished = min(count_frames(folder), total)
         raise Interrupted(f"interrupted; {finished} of {total} frames are saved in {folder}; run the same "

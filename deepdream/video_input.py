@@ -1,0 +1,273 @@
+"""Dreaming an existing clip: decode it with PyAV, make each frame from its input frame and the
+previous dream (``deepdream.flow``), and copy its sound into the result untouched.
+
+The frames go through the zoom video's frame store (``deepdream.video``): saved atomically as
+they finish, with the settings, resumed by re-running the same command. Frame ``n`` is made
+from input frames ``n - 1`` and ``n`` (decoded again on a resumed run) and from dreamed frame
+``n - 1`` as its PNG holds it, with jitter seeded by (seed, n), so a resumed clip is the same
+bytes as one made in one go.
+
+Timing is kept exactly: each output frame carries its input frame's presentation time, so a
+variable-frame-rate clip stays in sync with its sound, which is remuxed (never re-encoded).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DreamError
+from .flow import Coherence, carry
+from .image_io import limited_size
+from .video import Dream, Timing, frame_rng
+
+#: Extensions that mark a file as a video, so one given to --input gets pointed to --video.
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
+                              ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
+#: FFmpeg demuxers of still images: a PNG or JPEG opens as a one-frame "video".
+_IMAGE_DEMUXERS = ("image2", "_pipe")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The part of a video that gets dreamed, as probed before any dreaming."""
+
+    path: Path
+    size: tuple[int, int]          # (width, height) of the frames as dreamed: upright, within --max-size
+    rotation: int                  # display rotation, degrees counter-clockwise (a multiple of 90)
+    time_base: Fraction
+    pts: tuple[int, ...]           # presentation times of the frames dreamed, in time_base
+    origin: int                    # presentation time of the clip's first frame (--start counts from it)
+    rate: Fraction                 # the stream's nominal frame rate
+    audio: tuple[int, ...]         # indices of the audio streams
+    start: float                   # seconds from the clip's first frame to the first frame dreamed
+    end: float | None              # --end, seconds (None: to the end)
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.pts)
+
+    def timing(self) -> Timing:
+        """The output's timestamps: the input's, counted from the first frame dreamed."""
+        first = self.pts[0]
+        return Timing(self.time_base, tuple(p - first for p in self.pts), self.rate)
+
+
+def _open(path: Path) -> Any:
+    import av
+
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise DreamError(f"cannot read video '{path}': not a video FFmpeg knows ({_reason(exc)}); "
+                         "give an MP4, MOV, MKV or WebM file") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc).rstrip(".")
+
+
+def _video_stream(container: Any, path: Path) -> Any:
+    if container.format.name == "image2" or container.format.name.endswith(_IMAGE_DEMUXERS[1]):
+        raise DreamError(f"'{path}' is a still image, not a video; dream it with dream.py, or use it as the zoom "
+                         "video's --input")
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+        raise DreamError(f"'{path}' has no video stream (it holds {', '.join(kinds)}); give a video file")
+    return container.streams.video[0]
+
+
+def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a display rotation (counter-clockwise degrees, as PyAV reports it) to decoded pixels."""
+    return np.ascontiguousarray(np.rot90(rgb, k=(rotation // 90) % 4))
+
+
+def open_clip(path: str | Path, *, start: float | None = None, end: float | None = None,
+              max_size: int) -> Clip:
+    """Probe ``path``: the frames in [start, end), their size, rotation and times. Raises DreamError
+    for anything that would stop the dream later (not a video, no video stream, a stream that
+    does not decode, --start past the end)."""
+    import av
+
+    path = Path(path)
+    if not path.exists():
+        raise DreamError(f"video '{path}' not found; check the path")
+    if path.is_dir():
+        raise DreamError(f"video '{path}' is a folder; give a video file")
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+        try:
+            first = next(container.decode(stream), None)
+        except (av.error.FFmpegError, ValueError) as exc:
+            first, error = None, _reason(exc)
+        else:
+            error = "no frame decoded"
+        if first is None:
+            raise DreamError(f"cannot decode the video stream of '{path}' (codec {codec}: {error}): the file is "
+                             f"damaged or its codec unsupported; re-encode it, e.g. ffmpeg -i '{path}' -c:v libx264 "
+                             "clip.mp4")
+        rotation = int(round((first.rotation or 0) / 90.0)) * 90
+        coded = (first.width, first.height)
+        audio = tuple(s.index for s in container.streams.audio)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+    shown = coded if rotation % 180 == 0 else (coded[1], coded[0])
+    size = limited_size(shown[0], shown[1], max_size)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        every = sorted({p.pts for p in container.demux(stream) if p.pts is not None})
+    if not every:
+        raise DreamError(f"cannot read the frames' timestamps in '{path}'; remux it, e.g. ffmpeg -i '{path}' -c copy "
+                         "clip.mkv")
+    zero = every[0]
+    seconds = [float((p - zero) * time_base) for p in every]
+    lo = start or 0.0
+    hi = math.inf if end is None else end
+    chosen = tuple(p for p, t in zip(every, seconds) if lo <= t < hi)
+    if not chosen:
+        if lo > 0 and lo >= seconds[-1]:
+            raise DreamError(f"--start {lo:g} is past the end of '{path}' (its last frame is at {seconds[-1]:.3f} s)")
+        raise DreamError(f"no frame of '{path}' lies between --start {lo:g} and --end {hi:g} seconds")
+    return Clip(path=path, size=size, rotation=rotation, time_base=time_base, pts=chosen, origin=zero,
+                rate=Fraction(rate),
+                audio=audio, start=float((chosen[0] - zero) * time_base), end=end)
+
+
+def read_frames(clip: Clip) -> Iterator[np.ndarray]:
+    """The clip's chosen frames in order, float32 RGB (H, W, 3), upright, at ``clip.size``.
+
+    FFmpeg's scaler resizes before the pixels reach numpy, so an HD frame costs only the
+    memory of its dream-sized copy.
+    """
+    import av
+
+    wanted = set(clip.pts)
+    width, height = clip.size if clip.rotation % 180 == 0 else (clip.size[1], clip.size[0])
+    with _open(clip.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                if frame.pts not in wanted:
+                    continue
+                rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+                yield upright(rgb, clip.rotation).astype(np.float32) / 255.0
+                count += 1
+                if count == clip.frame_count:
+                    return
+        except av.error.FFmpegError as exc:
+            raise DreamError(f"cannot decode frame {count} of '{clip.path}' ({_reason(exc)}); the file is damaged, "
+                             "or use --end to stop before it") from None
+    raise DreamError(f"'{clip.path}' decoded to {count} frames, not the {clip.frame_count} its packets promise; "
+                     "remux it (ffmpeg -i IN -c copy OUT.mkv) and try again")
+
+
+class ClipFrames:
+    """Frame ``index`` of the dreamed clip, made from the input and the previous dreamed frame.
+
+    ``start = carry(...)`` (or the input frame alone: frame 0, ``--no-flow``, a scene cut), then
+    ``frame = blend * start + (1 - blend) * dream(start)``: ``--blend`` means what it means in
+    the zoom video (the share of the undreamed start kept). Called with consecutive indices from
+    wherever the frames folder ends; the decoder runs from the clip's first frame to get there.
+    """
+
+    def __init__(self, clip: Clip, dream: Dream, coherence: Coherence, blend: float, seed: int) -> None:
+        self.coherence = coherence
+        self.blend = blend
+        self.seed = seed
+        self._dream = dream
+        self._frames = read_frames(clip)
+        self._index = -1
+        self._current: np.ndarray | None = None
+        self._previous: np.ndarray | None = None
+
+    def _advance(self, index: int) -> None:
+        while self._index < index:
+            self._previous, self._current = self._current, next(self._frames)
+            self._index += 1
+
+    def __call__(self, index: int, previous: np.ndarray | None) -> np.ndarray:
+        self._advance(index)
+        current = self._current
+        assert current is not None
+        carried = None
+        if index > 0 and previous is not None and self._previous is not None and not self.coherence.no_flow:
+            carried = carry(self._previous, previous, current, self.coherence)
+        start = current if carried is None else carried.start
+        if self.blend == 1.0:  # nothing of the dream would be kept
+            return start
+        dreamed = self._dream(start, frame_rng(self.seed, index))
+        return start + (1.0 - self.blend) * self.coherence.strength(carried) * (dreamed - start)
+
+
+def clip_record(clip: Clip, coherence: Coherence, blend: float) -> dict[str, object]:
+    """The frame-making settings a resumed run must repeat (named like their flags)."""
+    return {"start": clip.start, "end": clip.end, "blend": blend, **asdict(coherence)}
+
+
+# -- sound ---------------------------------------------------------------------------------------------
+
+class AudioCopy:
+    """The clip's audio streams, copied packet by packet into the output (no re-encoding).
+
+    Packets are shifted with the video so that the first frame dreamed is time zero; with
+    --start or --end, packets outside [first frame, --end) are left out (the cut falls on a
+    packet boundary, a few tens of milliseconds at most). Use as ``encode_video``'s ``extra``.
+    """
+
+    def __init__(self, clip: Clip) -> None:
+        self.clip = clip
+
+    @contextmanager
+    def __call__(self, container: Any) -> Iterator[Iterator[tuple[float, Any]]]:
+        with _open(self.clip.path) as source:
+            outputs = {i: container.add_stream_from_template(source.streams[i]) for i in self.clip.audio}
+            yield self._packets(source, outputs)
+
+    def _packets(self, source: Any, outputs: dict[int, Any]) -> Iterator[tuple[float, Any]]:
+        clip = self.clip
+        video_tb = source.streams.video[0].time_base
+        zero = clip.pts[0] * video_tb      # the first frame dreamed, seconds
+        origin = clip.origin * video_tb    # the clip's first frame, where --start/--end count from
+        for packet in source.demux(*(source.streams[i] for i in outputs)):
+            if packet.pts is None:  # the demuxer's end-of-stream marker
+                continue
+            tb = packet.time_base
+            time = packet.pts * tb
+            if (clip.start > 0 and time < zero) or (clip.end is not None and time - origin >= clip.end):
+                continue
+            shift = round(zero / tb)
+            packet.pts -= shift
+            if packet.dts is not None:
+                packet.dts -= shift
+            packet.stream = outputs[packet.stream.index]
+            yield float(time - zero), packet
+
+
+def check_audio_fits(clip: Clip, output: Path, container_format: str) -> None:
+    """Fail before dreaming if ``output``'s container cannot hold the clip's audio codec."""
+    if not clip.audio:
+        return
+    import av
+
+    with _open(clip.path) as source:
+        for index in clip.audio:
+            stream = source.streams[index]
+            try:
+                with av.open(io.BytesIO(), mode="w", format=container_format) as probe:
+                    probe.add_stream_from_template(stream)
+                    probe.start_encoding()
+            except (av.error.FFmpegError, ValueError) as exc:
+                name = stream.codec_context.name if stream.codec_context is not None else "unknown"
+                raise DreamError(f"'{output}' cannot hold the sound of '{clip.path}' ({name} audio: {_reason(exc)}); "
+                                 "write .mkv instead, or add --no-audio") from None
