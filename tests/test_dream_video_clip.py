@@ -1,8 +1,9 @@
-"""dream_video.py --video: dreaming every frame of a clip, on efficientnet_lite0's real weights.
+"""dream_video.py --video: dreaming every frame of a clip, on efficientnet_lite0's real weights
+(the flow itself: tests/deepdream/test_flow.py).
 
-The clips are made with PyAV (benchmarks/clips.py): a photo panning by a known number of pixels per frame (so
-the motion-compensated flicker can be measured exactly), with an AAC track; a rotated phone
-clip; a variable-frame-rate Matroska clip. Outputs are decoded with FFmpeg and checked for
+The clips are made with PyAV (benchmarks/clips.py): a photo panning by a known number of pixels
+per frame (so the motion-compensated flicker can be measured exactly), with an AAC track; a
+rotated phone clip; a variable-frame-rate Matroska clip; VP9, HEVC and ProRes clips. Outputs are decoded with FFmpeg and checked for
 frame count, size, timestamps and sound.
 """
 
@@ -19,9 +20,8 @@ import pytest
 from PIL import Image
 
 import dream_video
-from benchmarks.clips import FPS, PAN, SAMPLE_RATE, pan_frames, photo_strip, write_clip
+from benchmarks.clips import FPS, PAN, SAMPLE_RATE, pan_frames, write_clip
 from deepdream.errors import DreamError, Interrupted
-from deepdream.flow import Coherence, carry, dense_flow, gray, sample_along, unreliable_mask
 from deepdream.video import SETTINGS_FILE, count_frames
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,44 +65,6 @@ def flicker(frames: list[np.ndarray], step: int = PAN, margin: int = 16) -> floa
     inner = slice(margin, -margin)
     return float(np.mean([np.abs(b[inner, margin:-margin - step] - a[inner, margin + step:-margin]).mean()
                           for a, b in zip(frames, frames[1:])]))
-
-
-# -- the flow ---------------------------------------------------------------------------------------
-
-def test_flow_finds_a_known_pan_and_warping_follows_it() -> None:
-    a, b = pan_frames(2)
-    flow = dense_flow(gray(b / 255.0), gray(a / 255.0))  # b(p) ~ a(p + flow)
-    inner = flow[16:-16, 16:-16]
-    assert np.abs(inner[..., 0] - PAN).mean() < 0.1 and np.abs(inner[..., 1]).mean() < 0.1
-    warped = sample_along(a / 255.0, flow)
-    assert np.abs(warped - b / 255.0)[16:-16, 16:-16].mean() < 0.01
-
-
-def test_the_forward_backward_check_flags_what_was_hidden() -> None:
-    """A textured patch slides 12 px right over a photo: the strip it uncovers has no source in the previous frame."""
-    back = photo_strip(128, 160).astype(np.float32) / 255
-    coffee = Image.open(ROOT / "assets" / "coffee.png").convert("RGB").resize((120, 80))
-    patch = np.asarray(coffee, np.float32)[15:65, 30:80] / 255
-    before, after = back.copy(), back.copy()
-    before[40:90, 40:90] = patch
-    after[40:90, 52:102] = patch
-    backward = dense_flow(gray(after), gray(before))
-    forward = dense_flow(gray(before), gray(after))
-    bad = unreliable_mask(backward, forward)
-    assert bad[46:84, 42:50].mean() > 0.9    # was under the patch, is background now
-    assert bad[46:84, 60:95].mean() < 0.02   # the patch itself, moved
-    assert bad[100:120].mean() < 0.02        # background far from it
-
-
-def test_a_scene_cut_restarts_from_the_input_and_a_pan_does_not() -> None:
-    a, b = (f / 255.0 for f in pan_frames(2))
-    other = np.asarray(Image.open(ROOT / "assets" / "coffee.png").convert("RGB").resize((256, 192)), np.float32) / 255
-    dreamed = np.clip(a + 0.2, 0, 1)
-    moving = carry(a, dreamed, b, Coherence())
-    assert not moving.cut and moving.unreliable < 0.1
-    assert np.abs(moving.start - b).mean() > 0.1  # the dream came along
-    cut = carry(a, dreamed, other, Coherence())
-    assert cut.cut and np.array_equal(cut.start, other) and cut.fresh.min() == 1.0
 
 
 # -- a whole clip -----------------------------------------------------------------------------------
