@@ -7,7 +7,8 @@ Two tables. The flow methods on motion known exactly (a photo panning 4 px per f
 H.264; the photo zoomed 3%): end-point error against the true motion and the time of one frame's carry (flow both
 ways, occlusion check, warp, blend). Then the whole per-frame pipeline of ClipFrames (decode,
 carry, dream) on that clip for each model, and the share of a frame's time the carry takes.
-efficientnet_lite0 runs on its real weights; googlenet on random ones (the time is the same).
+efficientnet_lite0 runs on its real weights (converted from their pip package on a first run,
+which imports torch: time the second run); googlenet on random ones (the time is the same).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image  # noqa: E402
 import deepdream.video_input as video_input  # noqa: E402
 from benchmarks.clips import PAN, pan_frames, write_clip  # noqa: E402
 from benchmarks.report import markdown_table  # noqa: E402
+from deepdream.cli import load_dream_model  # noqa: E402
 from deepdream.flow import FLOW_METHODS, Coherence, carry, dense_flow, gray  # noqa: E402
 from deepdream.presets import recipe_for_model  # noqa: E402
 from deepdream.render import Dreamer, DreamSettings  # noqa: E402
@@ -87,7 +89,7 @@ def flow_rows(frames: list[np.ndarray], repeats: int) -> list[list[str]]:
 def pipeline_row(name: str, clip: video_input.Clip, octaves: int, steps: int, warmup: int) -> list[str]:
     """Frames per second of ClipFrames on ``clip`` with ``name``, and the carry's share of a frame."""
     if name == "efficientnet_lite0":
-        model, weights = models.load_model(name), "real"
+        model, weights = load_dream_model(name), "real"
     else:
         model, weights = models.build_model(name), "random"
     recipe = recipe_for_model(name)
