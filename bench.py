@@ -190,7 +190,8 @@ def worker_specs(pair: ModelPair, layers: list[str], workdir: Path, threads: int
         "ours": {"model": pair.name, "weights": str(pair.weights_path), "layers": layers, "clock": clock,
                  "device": device},
         "torch": {"net": str(net_path), "modules": modules, "mean": list(pair.ours.mean),
-                  "std": list(pair.ours.std), "threads": threads, "clock": clock, "device": device},
+                  "std": list(pair.ours.std), "step_scale": pair.step_scale, "threads": threads, "clock": clock,
+                  "device": device},
     }
 
 
@@ -214,7 +215,8 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
     model = pair.ours
     step = make_step(model, build_objective(model, pair.layers))
     tdevice = torch_device(device)
-    tstep = TorchDreamStep(pair.net.to(tdevice), pair.torch_modules(pair.layers), model.mean, model.std, tdevice)
+    tstep = TorchDreamStep(pair.net.to(tdevice), pair.torch_modules(pair.layers), model.mean, model.std, tdevice,
+                           step_scale=pair.step_scale)
     open_side = Side if same_process else SideWorker
     sides = [open_side(side, spec) for side, spec in specs.items()]
     results = []

@@ -103,7 +103,7 @@ class _TorchSide:
         net = torch.load(spec["net"], weights_only=False, map_location=device).eval()
         modules = dict(net.named_modules())
         self.step = TorchDreamStep(net, {layer: modules[name] for layer, name in spec["modules"].items()},
-                                   spec["mean"], spec["std"], device=device)
+                                   spec["mean"], spec["std"], device=device, step_scale=spec.get("step_scale", 1.0))
 
     def prepare(self, size: int) -> Callable[[], object]:
         state = self.step.encode(test_image(size, size))

@@ -17,8 +17,9 @@ from torch import nn
 from convert.torch_weights import export_model, package_state_dict, torch_reference, torchvision_model
 from models import MODELS, DreamModel, get_facts, load_model
 
-#: Every zoo model, in the registry's order.
-BENCH_MODELS = tuple(MODELS)
+#: Every zoo model, in the registry's order; of the Caffe GoogLeNets only bvlc_googlenet (the
+#: Places ones are the same graph with another classifier).
+BENCH_MODELS = tuple(name for name in MODELS if MODELS[name].caffe is None or name == "bvlc_googlenet")
 
 #: torchvision's AlexNet ``features`` indices, in our layer names.
 _ALEXNET_FEATURES = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3",
@@ -46,9 +47,18 @@ class ModelPair:
         """The torch module whose output is each of our layers (for forward hooks)."""
         return {layer: torch_layer(self.name, self.net, layer) for layer in layers}
 
+    @property
+    def step_scale(self) -> float:
+        """Input units per ImageNet-normalised unit: how far ``lr`` steps, on both sides."""
+        from deepdream.render import PixelSpace
+
+        return PixelSpace(self.ours).step_scale
+
 
 def torch_layer(name: str, net: nn.Module, layer: str) -> nn.Module:
     """The torch module behind our layer ``layer`` of model ``name``."""
+    if get_facts(name).caffe is not None:
+        return net.blob_modules()[layer]        # Caffe blob names on both sides
     if hasattr(net, layer):
         return getattr(net, layer)              # same names as torchvision's attributes (GoogLeNet, Inception)
     if name == "resnet50":
@@ -106,7 +116,19 @@ def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
     """Both sides of ``name`` with identical weights, exported into ``workdir``."""
     facts = get_facts(name)
     path = workdir / f"{name}_mlx.npz"
-    if facts.torchvision:
+    if facts.caffe is not None:
+        from convert.caffe import export_caffe
+        from models.caffe_googlenet import VARIANTS
+        from torchref.caffe_googlenet import CaffeGoogLeNetTorch
+
+        # The same Caffe graph in torch, taking our RGB-ordered input; its weights reach our side
+        # through the exporter's neural-dream path.
+        net = CaffeGoogLeNetTorch(VARIANTS[name][0], rgb_input=True).randomise(seed)
+        pth = workdir / f"{name}.pth"
+        torch.save(net.neural_dream_state_dict(), pth)
+        export_caffe(name, path, pth=pth)
+        source = f"random He-initialised weights (torch seed {seed})"
+    elif facts.torchvision:
         torch.manual_seed(seed)
         net = torchvision_model(name, pretrained=False)
         calibrate_batchnorm(net, seed)

@@ -81,7 +81,9 @@ class TorchDreamStep:
     """
 
     def __init__(self, net: nn.Module, modules: Mapping[str, nn.Module],
-                 mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
+                 mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+                 step_scale: float = 1.0) -> None:
+        self.step_scale = step_scale  # the engine's PixelSpace.step_scale (Caffe's 0-255 input units)
         self.tap = LayerTap(net, modules)
         self.device = torch.device(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -108,7 +110,7 @@ class TorchDreamStep:
         grad = cascade_smooth(grad, sigma)
         grad = grad - grad.mean()
         grad = grad / (torch.sqrt((grad * grad).mean()) + 1e-8)
-        return torch.minimum(torch.maximum(state + lr * grad, self.low), self.high)
+        return torch.minimum(torch.maximum(state + (lr * self.step_scale) * grad, self.low), self.high)
 
     def encode(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) in [0, 1] -> normalised (1, 3, H, W)."""

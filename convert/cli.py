@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.registry import WeightsError, default_weights_path, get_facts, missing_weights_error
+from models.registry import MODELS, WeightsError, default_weights_path, get_facts, missing_weights_error
 
+from .caffe import CaffeFileError
 from .torch_weights import export_model
 
 
@@ -38,22 +39,47 @@ def export_main(name: str | None = None, argv: list[str] | None = None, choices:
                     "(default: download the pretrained ImageNet weights).")
     if choices:
         parser.add_argument("--model", choices=choices, default=choices[0])
+    caffe = [n for n in (choices or [name]) if MODELS[n].caffe is not None]
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--from-pth", metavar="PATH", help="convert a local torchvision-format state dict")
+    source.add_argument("--from-pth", metavar="PATH",
+                        help="convert a local torchvision-format state dict"
+                             + (f" (for {', '.join(caffe)}: neural-dream's converted .pth)" if caffe else ""))
+    if caffe:
+        source.add_argument("--from-caffemodel", metavar="FILE",
+                            help=f"convert the original Caffe file of {', '.join(caffe)} (.caffemodel, or "
+                                 "googlenet_places205's .tar.gz)")
     source.add_argument("--random-init", action="store_true", help="export a randomly initialised model (tests)")
     parser.add_argument("--seed", type=int, default=0, help="torch seed for --random-init")
     parser.add_argument("--out", metavar="PATH", help="output file (default weights/<name>_mlx.npz)")
     args = parser.parse_args(argv)
     name = args.model if choices else name
-    if args.from_pth and not Path(args.from_pth).is_file():
-        parser.exit(2, f"error: --from-pth file {args.from_pth} not found\n")
+    from_caffemodel = getattr(args, "from_caffemodel", None)
+    for flag, given in (("--from-pth", args.from_pth), ("--from-caffemodel", from_caffemodel)):
+        if given and not Path(given).is_file():
+            parser.exit(2, f"error: {flag} file {given} not found\n")
+    is_caffe = get_facts(name).caffe is not None
+    if from_caffemodel and not is_caffe:
+        parser.exit(2, f"error: --from-caffemodel is for {', '.join(caffe)}; {name} converts a torch "
+                       "checkpoint with --from-pth\n")
+    if args.random_init and is_caffe:
+        parser.exit(2, f"error: --random-init is not available for {name}; convert its .caffemodel or "
+                       "neural-dream's .pth\n")
     try:
-        path = export_model(name, out=args.out, from_pth=args.from_pth, random_init=args.random_init, seed=args.seed)
+        if is_caffe:
+            from .caffe import export_caffe
+
+            out = Path(args.out) if args.out else default_weights_path(name)
+            path = export_caffe(name, out, caffemodel=from_caffemodel, pth=args.from_pth)
+        else:
+            path = export_model(name, out=args.out, from_pth=args.from_pth, random_init=args.random_init,
+                                seed=args.seed)
     except KeyboardInterrupt:
         parser.exit(130, "interrupted; nothing written\n")
+    except CaffeFileError as exc:
+        parser.exit(1, f"error: {exc}\n")
     except Exception as exc:
         facts = get_facts(name)
-        hint = "" if args.from_pth or args.random_init else (
+        hint = "" if args.from_pth or args.random_init or is_caffe else (
             f" Without internet access, download the torchvision checkpoint elsewhere and run "
             f"`{facts.exporter} --from-pth PATH`.")
         parser.exit(1, f"error: exporting {name} failed: {type(exc).__name__}: {exc}.{hint}\n")

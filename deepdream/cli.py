@@ -117,6 +117,8 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
                    help="random shift of up to PX pixels before each step (hides grid artefacts)")
     g.add_argument("--smoothing", type=number, metavar="S",
                    help="gradient smoothing coefficient (Gaussian cascade; larger is smoother)")
+    g.add_argument("--no-smoothing", dest="smooth", action="store_false", default=None,
+                   help="no gradient smoothing at all (the 2015 Caffe notebook's step)")
     g.add_argument("--lap-norm", action="store_true", default=None,
                    help="Laplacian-pyramid gradient normalisation instead of smoothing (larger, calmer structures)")
     g.add_argument("--grad-norm", choices=GRAD_NORMS, default=None,
@@ -310,7 +312,7 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
         "layers": tuple(args.layers) if args.layers is not None else None,
         "channels": tuple(args.channels) if args.channels is not None else None,
         "guide": args.guide, "octaves": args.octaves, "scale": args.scale, "steps": args.steps, "lr": args.lr,
-        "jitter": args.jitter, "smoothing": args.smoothing, "lap_norm": args.lap_norm, "grad_norm": args.grad_norm,
+        "jitter": args.jitter, "smoothing": args.smoothing, "smooth": args.smooth, "lap_norm": args.lap_norm, "grad_norm": args.grad_norm,
         "tile_size": args.tile_size, "seed": args.seed, "decorrelate": args.decorrelate,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
@@ -379,7 +381,14 @@ def info_text() -> str:
 
 def layer_listing(model: DreamModel) -> str:
     defaults = set(model.default_layers)
-    return "\n".join(f"{name}  (default)" if name in defaults else name for name in model.layer_names)
+    aliases: dict[str, list[str]] = {}
+    for alias, name in model.LAYER_ALIASES.items():
+        aliases.setdefault(name, []).append(alias)
+    lines = []
+    for name in model.layer_names:
+        notes = (["default"] if name in defaults else []) + [f"alias {a}" for a in aliases.get(name, [])]
+        lines.append(f"{name}  ({', '.join(notes)})" if notes else name)
+    return "\n".join(lines)
 
 
 def handle_info_flags(args: argparse.Namespace) -> bool:

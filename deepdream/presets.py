@@ -25,8 +25,9 @@ class Preset(Recipe):
         values: dict[str, object] = {"layers": self.layers, "steps": self.steps, "lr": self.lr,
                                      "octaves": self.octaves, "scale": self.scale, "jitter": self.jitter,
                                      "smoothing": self.smoothing}
-        if self.decorrelate is not None:
-            values["decorrelate"] = self.decorrelate
+        for key in ("decorrelate", "grad_norm", "smooth"):
+            if getattr(self, key) is not None:
+                values[key] = getattr(self, key)
         return values
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import DreamModel
+from models.base import IMAGENET_STD
 from fastlayers.batchnorm import constant_weights
 
 from . import colour, transforms
@@ -59,6 +60,7 @@ class DreamSettings:
     lr: float = 0.09
     jitter: int = 32
     smoothing: float = 0.5
+    smooth: bool = True
     lap_norm: bool = False
     grad_norm: str = "std"
     tile_size: int | None = None
@@ -108,11 +110,12 @@ class Space(Protocol):
 
 class PixelSpace:
     """Steps on the network input itself (ImageNet-normalised pixels), as pytorch-deepdream does,
-    so ``lr`` means the same as in its recipes."""
-
-    step_scale = 1.0
+    so ``lr`` means the same as in its recipes. For a network with other input units (Caffe's
+    0-255) the step is scaled so that ``lr`` moves pixels as far as it does in ImageNet-normalised
+    units: the same flags, the same strength, whatever the model."""
 
     def __init__(self, model: DreamModel) -> None:
+        self.step_scale = float(np.mean(IMAGENET_STD) / np.mean(model.std))
         self.mean = mx.array(model.mean, dtype=mx.float32)
         self.std = mx.array(model.std, dtype=mx.float32)
         self.low = -self.mean / self.std          # rgb 0 and 1 in normalised units
@@ -146,7 +149,7 @@ class DecorrelatedSpace:
         self.model = model
         # A unit step in z moves rgb about as much as a unit step in normalised pixels
         # (lr * std) once scaled by the mean std, so the recipes' lr values carry over.
-        self.step_scale = float(np.mean(model.std))
+        self.step_scale = float(np.mean(IMAGENET_STD))
 
     def encode(self, rgb: np.ndarray) -> mx.array:
         return mx.array(rgb[None]) @ self.inverse
@@ -197,7 +200,8 @@ class DreamStep:
     """
 
     def __init__(self, model: DreamModel, objective: Objective, space: Space | None = None, *,
-                 grad_norm: str = "std", lap_norm: bool = False, tile_size: int | None = None) -> None:
+                 grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True,
+                 tile_size: int | None = None) -> None:
         if grad_norm not in GRAD_NORMS:
             raise DreamError(f"unknown gradient normalisation '{grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
         self.model = model
@@ -205,6 +209,7 @@ class DreamStep:
         self.space = space if space is not None else PixelSpace(model)
         self.grad_norm = grad_norm
         self.lap_norm = lap_norm
+        self.smooth = smooth
         self.tile_size = tile_size
         self._gradient = mx.compile(mx.value_and_grad(self._loss))
         self._rolled_gradient = mx.compile(self._rolled_value_and_grad)
@@ -229,7 +234,7 @@ class DreamStep:
                      lap_counts: list[mx.array]) -> mx.array:
         if self.lap_norm:
             grad = transforms.lap_normalize(grad, inv_counts=lap_counts)
-        else:
+        elif self.smooth:
             grad = transforms.cascade_smooth(grad, sigma)
         if self.grad_norm == "mean-abs":
             grad = transforms.normalize_mean_abs(grad, inv_count)
@@ -288,9 +293,11 @@ class DreamStep:
 
 
 def make_step(model: DreamModel, objective: Objective, space: Space | None = None, *,
-              grad_norm: str = "std", lap_norm: bool = False, tile_size: int | None = None) -> DreamStep:
+              grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True,
+              tile_size: int | None = None) -> DreamStep:
     """The compiled dream step; time ``step(state, shift, sigma, lr)`` to benchmark one step."""
-    return DreamStep(model, objective, space, grad_norm=grad_norm, lap_norm=lap_norm, tile_size=tile_size)
+    return DreamStep(model, objective, space, grad_norm=grad_norm, lap_norm=lap_norm, smooth=smooth,
+                     tile_size=tile_size)
 
 
 # -- the octave loop ------------------------------------------------------------------------------
@@ -326,7 +333,7 @@ class Dreamer:
         self.objective = build_objective(model, layers, settings.channels, guide_rgb)
         self.space = make_space(model, settings.decorrelate)
         self.step = make_step(model, self.objective, self.space, grad_norm=settings.grad_norm,
-                              lap_norm=settings.lap_norm, tile_size=settings.tile_size)
+                              lap_norm=settings.lap_norm, smooth=settings.smooth, tile_size=settings.tile_size)
 
     def notice(self, message: str) -> None:
         """Tell the user once (video frames would otherwise repeat it every frame)."""

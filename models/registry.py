@@ -23,6 +23,7 @@ ARCHITECTURES = (
     "models.alexnet",
     "models.inception_v3",
     "models.efficientnet_lite",
+    "models.caffe_googlenet",
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,8 @@ def weights_available(name: str) -> bool:
 def missing_weights_error(name: str) -> WeightsError:
     """"No weights" as one line naming the exporter (and, for torchvision models, the offline way)."""
     facts = get_facts(name)
-    local = f" (or `{facts.exporter} --from-pth PATH` for a local checkpoint)" if facts.torchvision else ""
+    local = (f" (or `{facts.exporter} --from-pth PATH` for a local checkpoint)" if facts.torchvision else
+             f" (or `{facts.exporter} --from-caffemodel FILE` for the file you have)" if facts.caffe else "")
     return WeightsError(f"no weights for {name}: {default_weights_path(name)} is missing. Run `{facts.exporter}`{local}")
 
 

@@ -39,7 +39,7 @@ def test_facts_agree_with_the_model(name):
         model.check_layers(recipe.layers, allow_logits=False)
         assert recipe.description, preset
     assert (facts.torchvision is None) == (facts.torchvision_weights is None)
-    assert (facts.torchvision is not None) != (facts.package is not None)   # one pretrained source
+    assert sum(source is not None for source in (facts.torchvision, facts.package, facts.caffe)) == 1  # one source
     assert facts.package is None or facts.torch_reference is not None       # its --random-init
     assert facts.exporter.startswith("python export_")
     assert (ROOT / facts.exporter.split()[1]).is_file()
