@@ -4,6 +4,8 @@
     python dream.py --input assets/chelsea.png
     python dream.py --input photo.jpg --model vgg16 --layers relu4_2 --steps 30
     python dream.py --input photo.jpg --model all --output outputs/all/
+    python dream.py --class goldfish --output goldfish.png
+    python dream.py --layers block5 --channels 0-63 --sweep --output outputs/block5/
     python dream.py --info
 
 See README (``python dream.py --help`` lists every flag).
@@ -25,9 +27,12 @@ from deepdream.cli import (  # noqa: E402
     available_models,
     check_image_args,
     handle_info_flags,
+    is_render,
     load_dream_model,
     make_notify,
     model_and_settings,
+    model_name_from_args,
+    render_settings,
     run_main,
     settings_for_model,
     still_parser,
@@ -35,14 +40,17 @@ from deepdream.cli import (  # noqa: E402
     validate_args,
 )
 from deepdream.contact_sheet import contact_sheet  # noqa: E402
-from deepdream.errors import DreamError  # noqa: E402
+from deepdream.errors import DreamError, Interrupted  # noqa: E402
 from deepdream.image_io import (  # noqa: E402
     check_output_path,
     check_writable_folder,
     default_output_path,
     save_image,
 )
+from deepdream.objectives import parse_channels  # noqa: E402
 from deepdream.render import Dreamer  # noqa: E402
+from deepdream.sweep import check_sweep_folder, run_sweep  # noqa: E402
+from deepdream.visualise import Renderer, plan_render, tile_targets  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +70,14 @@ def dream_one(args: argparse.Namespace, notify) -> int:
         name = Path(args.weights).stem if args.weights else model.name
         output = check_output_path(default_output_path(args.input, name, OUTPUT_FOLDER), args.input)
     dreamer = Dreamer(model, settings, quiet=args.quiet, notify=notify)
-    result = dreamer(image, rng=rng)
+    snapshots: list[Path] = []
+    try:
+        result = dreamer(image, rng=rng, snapshot=lambda rgb: snapshots.append(save_image(output, rgb)),
+                         save_every=args.save_every)
+    except KeyboardInterrupt:
+        if snapshots:
+            raise Interrupted(f"stopped; the last snapshot is in {output}") from None
+        raise
     save_image(output, result)
     if not args.quiet:
         print(output)
@@ -73,6 +88,8 @@ def dream_all(args: argparse.Namespace, notify) -> int:
     """--model all: one dream per model with weights, each with its recipe, plus a labelled contact sheet."""
     import numpy as np
 
+    if args.save_every is not None:
+        raise DreamError("--save-every watches one dream; name one model instead of --model all")
     folder = Path(args.output) if args.output else Path(OUTPUT_FOLDER)
     if folder.exists() and not folder.is_dir():
         raise DreamError(f"with --model all, --output names a folder, but '{folder}' is a file")
@@ -107,6 +124,58 @@ def dream_all(args: argparse.Namespace, notify) -> int:
     return 0
 
 
+def render(args: argparse.Namespace, notify) -> int:
+    """Feature visualisation: a class, channel or neuron rendered from noise (one image, a batch, or a sweep)."""
+    import numpy as np
+
+    settings = render_settings(args)
+    folder = check_sweep_folder(args.output) if args.sweep else None
+    if folder is None and args.output is not None:
+        check_output_path(args.output)
+    if args.model == ALL_MODELS:
+        raise DreamError("--model all dreams with each model's recipe; renders take one model: name it with --model")
+    model = load_dream_model(model_name_from_args(args, notify), args.weights)
+    plan = plan_render(model, class_spec=args.class_, neuron=args.neuron, layers=args.layers,
+                       channels=parse_channels(args.channels) if args.channels else None,
+                       sweep=args.sweep, diversity=settings.diversity)
+    renderer = Renderer(model, plan.objective, settings)
+    if folder is not None:
+        for path in run_sweep(renderer, plan, folder, settings.batch, args.seed, quiet=args.quiet):
+            if not args.quiet:
+                print(path)
+        return 0
+    name = Path(args.weights).stem if args.weights else model.name
+    output = Path(args.output) if args.output else default_output_path(None, name, OUTPUT_FOLDER).with_stem(
+        f"{plan.label}_{name}")
+    outputs = [output] if settings.batch == 1 else [output.with_stem(f"{output.stem}_{i + 1}")
+                                                     for i in range(settings.batch)]
+    for path in outputs:
+        check_output_path(path)
+
+    def save_all(images) -> None:
+        for path, image in zip(outputs, images):
+            save_image(path, image)
+
+    snapshots: list[int] = []
+
+    def snapshot(images) -> None:
+        save_all(images)
+        snapshots.append(len(images))
+
+    objective = tile_targets(plan.objective, settings.batch)
+    try:
+        images = renderer.render(settings.batch, objective.targets(), np.random.default_rng(args.seed),
+                                 snapshot=snapshot, progress=not args.quiet, description=plan.label)
+    except KeyboardInterrupt:
+        if snapshots:
+            raise Interrupted(f"stopped; the last snapshot is in {outputs[0]}") from None
+        raise
+    save_all(images)
+    if not args.quiet:
+        print("\n".join(str(p) for p in outputs))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     notify = make_notify(args.quiet)
@@ -114,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     check_image_args(args, "image")
     validate_args(args)
+    if is_render(args):
+        return render(args, notify)
     if args.model == ALL_MODELS:
         return dream_all(args, notify)
     return dream_one(args, notify)

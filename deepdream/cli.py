@@ -49,8 +49,14 @@ from .errors import (  # noqa: F401 (re-exported)
     run_main,
 )
 from .image_io import limit_size, load_image, noise_image
+from .objectives import parse_channels
+from .param import PARAMS
 from .presets import PRESETS, get_preset, recipe_for_model
 from .render import GRAD_NORMS, DreamSettings
+from .robustness import NONE as NO_ROBUSTNESS
+from .robustness import Robustness
+from .sweep import SWEEP_BATCH
+from .visualise import RenderSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,8 +109,8 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("objective")
     g.add_argument("--layers", nargs="+", metavar="LAYER", help="layer(s) whose activations to amplify")
-    g.add_argument("--channels", nargs="+", type=whole_number, metavar="C",
-                   help="only these channel indices of the layer(s)")
+    g.add_argument("--channels", nargs="+", metavar="C",
+                   help="only these channel indices of the layer(s); ranges like 0-63; 'all' with --sweep")
     g.add_argument("--guide", metavar="IMAGE",
                    help="guide image: steer each feature toward its best match in this image's features")
 
@@ -133,6 +139,90 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # -- the start image: --input, or noise of --width x --height -----------------------------------
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    """Feature visualisation (renders from noise): objectives, parameterisation, robustness, sweeps."""
+    d = RenderSettings()
+    g = parser.add_argument_group("feature visualisation (renders from noise; any of these switches it on)")
+    g.add_argument("--class", dest="class_", metavar="NAME|INDEX",
+                   help="render a class: an ImageNet name (e.g. goldfish), a fine-tuned model's class, an index, "
+                        "or 'all' with --sweep")
+    g.add_argument("--neuron", metavar="LAYER:CHANNEL", help="render the centre unit of a channel, e.g. block10:7")
+    g.add_argument("--param", choices=PARAMS, default=None,
+                   help="what is optimised: fft (1/f-scaled spectrum, default for renders) or pixel")
+    g.add_argument("--decay-power", type=number, metavar="P",
+                   help=f"fft spectrum scaling 1/|f|^P (default {d.decay_power:g}; larger is smoother)")
+    g.add_argument("--batch", type=whole_number, metavar="N",
+                   help=f"images per pass: N renders of one objective (default {d.batch}), or items per pass "
+                        f"of a --sweep (default {SWEEP_BATCH})")
+    g.add_argument("--diversity", type=number, metavar="W",
+                   help="push the --batch images apart in style (Lucid's diversity term), weight W (e.g. 100)")
+    g.add_argument("--sweep", action="store_true",
+                   help="one render per item of --channels (with one --layers) or of --class all, into --output FOLDER, "
+                        "with a contact sheet; re-running continues after the last finished item")
+    g.add_argument("--pad", type=whole_number, metavar="PX", help=f"robustness: grey padding (default {d.robustness.pad})")
+    g.add_argument("--scale-range", type=number, nargs=2, metavar=("LOW", "HIGH"),
+                   help=f"robustness: random scale range (default {' '.join(f'{v:g}' for v in d.robustness.scale_range)})")
+    g.add_argument("--rotate", type=number, metavar="DEG",
+                   help=f"robustness: random rotation up to DEG degrees either way (default {d.robustness.rotate:g}); "
+                        f"--jitter sets the shift (default {d.robustness.jitter} for renders)")
+    g.add_argument("--no-robustness", action="store_true", help="no pad, jitter, scale or rotation while rendering")
+    parser.add_argument("--save-every", type=whole_number, metavar="N",
+                        help="write the image every N steps (and at each octave's end) to watch a long run")
+
+
+#: Flags that shape a dream (photo, octaves, smoothed steps) and mean nothing to a render from noise.
+DREAM_ONLY = {"octaves": "--octaves", "scale": "--scale", "smoothing": "--smoothing", "lap_norm": "--lap-norm",
+              "grad_norm": "--grad-norm", "tile_size": "--tile-size", "guide": "--guide", "preset": "--preset",
+              "max_size": "--max-size"}
+RENDER_SWITCHES = ("class_", "neuron", "param", "batch", "diversity", "decay_power", "pad", "scale_range", "rotate")
+
+
+def is_render(args: argparse.Namespace) -> bool:
+    """A render from noise (feature visualisation) rather than a dream: any render flag switches it on,
+    except ``--param pixel``, which is also the dream's own (today's) behaviour."""
+    if args.sweep or args.no_robustness:
+        return True
+    return any(getattr(args, k) is not None for k in RENDER_SWITCHES if k != "param") or args.param == "fft"
+
+
+def render_settings(args: argparse.Namespace) -> RenderSettings:
+    """Explicit flags over ``RenderSettings``' defaults; raises DreamError for flags a render cannot use."""
+    for key, flag in DREAM_ONLY.items():
+        if getattr(args, key, None) is not None:
+            raise DreamError(f"{flag} shapes a dream, not a render from noise; drop it (or the render flags)")
+    if getattr(args, "input", None) is not None:
+        raise DreamError("--class/--neuron/--sweep/--param fft render from noise; drop --input "
+                         "(to dream on a photo use --layers/--channels)")
+    d = RenderSettings()
+    if args.no_robustness:
+        if any(v is not None for v in (args.pad, args.scale_range, args.rotate, args.jitter)):
+            raise DreamError("--no-robustness switches off --pad/--jitter/--scale-range/--rotate; drop one or the other")
+        robust = NO_ROBUSTNESS
+    else:
+        r = d.robustness
+        robust = Robustness(pad=_given(args.pad, r.pad), jitter=_given(args.jitter, r.jitter),
+                            scale_range=tuple(args.scale_range) if args.scale_range else r.scale_range,
+                            rotate=_given(args.rotate, r.rotate))
+    if args.diversity and args.sweep:
+        raise DreamError("--diversity renders several images of one objective; it does not combine with --sweep")
+    decorrelate = _given(args.decorrelate, d.decorrelate)
+    settings = RenderSettings(
+        param=_given(args.param, d.param), height=_given(args.height, d.height), width=_given(args.width, d.width),
+        steps=_given(args.steps, d.steps), lr=_given(args.lr, d.lr), decay_power=_given(args.decay_power, d.decay_power),
+        robustness=robust, batch=_given(args.batch, SWEEP_BATCH if args.sweep else d.batch),
+        diversity=_given(args.diversity, d.diversity),
+        decorrelate=None if str(decorrelate).lower() == "none" else decorrelate,
+        seed=args.seed, save_every=args.save_every)
+    settings.validate()
+    if args.sweep and args.save_every is not None:
+        raise DreamError("--save-every watches one long render; a --sweep writes each item as it finishes instead")
+    return settings
+
+
+def _given(value, default):
+    return default if value is None else value
+
 
 def add_image_arguments(parser: argparse.ArgumentParser, *, noun: str, output_help: str, default_size: int,
                         default_max_size: int | None = None) -> None:
@@ -164,6 +254,7 @@ def still_parser() -> argparse.ArgumentParser:
                         output_help=f"output image (default {OUTPUT_FOLDER}/<input-stem>_<model>.<ext>); "
                                     "a folder with --model all")
     add_dream_arguments(parser)
+    add_render_arguments(parser)
     return parser
 
 
@@ -279,12 +370,24 @@ def validate_args(args: argparse.Namespace) -> None:
             raise DreamError("--model all dreams with each model's own weights; drop --weights or name one model")
         if args.layers is not None:
             raise DreamError("--layers names layers of one model; drop it with --model all (each model uses its recipe)")
+    if args.channels is not None:
+        parse_channels(args.channels)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise DreamError(f"--seed must be between 0 and {2**32 - 1} (got {args.seed})")
     # The numbers alone, with the generic defaults for whatever is not given.
     checks = {k: getattr(args, k) for k in ("octaves", "scale", "steps", "lr", "jitter", "smoothing", "tile_size")
               if getattr(args, k) is not None}
     DreamSettings(**checks).validate()
+
+
+def dream_channels(specs: list[str] | None) -> tuple[int, ...] | None:
+    if specs is None:
+        return None
+    channels = parse_channels(specs)
+    if channels == "all":
+        raise DreamError("--channels all renders every channel one by one: add --sweep --output FOLDER "
+                         "(or drop --channels to dream on all channels at once)")
+    return tuple(channels)
 
 
 def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Notify | None = None,
@@ -310,7 +413,7 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
         values.update(over_recipe)
     explicit = {
         "layers": tuple(args.layers) if args.layers is not None else None,
-        "channels": tuple(args.channels) if args.channels is not None else None,
+        "channels": dream_channels(args.channels),
         "guide": args.guide, "octaves": args.octaves, "scale": args.scale, "steps": args.steps, "lr": args.lr,
         "jitter": args.jitter, "smoothing": args.smoothing, "smooth": args.smooth, "lap_norm": args.lap_norm, "grad_norm": args.grad_norm,
         "tile_size": args.tile_size, "seed": args.seed, "decorrelate": args.decorrelate,

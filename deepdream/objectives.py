@@ -78,6 +78,22 @@ def check_channels(model: DreamModel, layers: Sequence[str], channels: Sequence[
                 f"{counts[name]} channels; use --channels values from 0 to {counts[name] - 1}")
 
 
+def parse_channels(specs: Sequence[str]) -> list[int] | str:
+    """``--channels`` values: indices and ranges (``0-63``), or ``all``."""
+    if [s.lower() for s in specs] == ["all"]:
+        return "all"
+    channels: list[int] = []
+    for spec in specs:
+        first, sep, last = spec.partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise DreamError(f"--channels takes indices, ranges like 0-63, or 'all' (got '{spec}')")
+        low, high = int(first), int(last) if sep else int(first)
+        if high < low:
+            raise DreamError(f"--channels range '{spec}' is empty; write it low-high, e.g. 0-63")
+        channels.extend(range(low, high + 1))
+    return list(dict.fromkeys(channels))
+
+
 def guide_features(model: DreamModel, guide_rgb: np.ndarray, layers: Sequence[str],
                    channels: Sequence[int] | None = None) -> dict[str, mx.array]:
     """The guide image's activations at each layer, as (positions, channels) matrices."""
@@ -106,3 +122,86 @@ def build_objective(model: DreamModel, layers: Sequence[str], channels: Sequence
         check_channels(model, layers, channel_list)
     guide = guide_features(model, guide_rgb, layers, channel_list) if guide_rgb is not None else {}
     return Objective(layers=layers, channels=channel_list, guide=guide)
+
+
+# -- renders from noise (Lucid's objectives): one value per image of a batch -------------------------
+
+TERM_KINDS = ("class", "channel", "neuron", "layer")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One summand of a render's objective, per image of the batch.
+
+    ``class``: the pre-softmax logit of a class; ``channel``: a channel's mean activation;
+    ``neuron``: a channel at the centre position; ``layer``: the mean squared activation
+    (the dream's objective). ``targets`` holds, per image, the class or channel indices whose
+    values are averaged (one row per image, so a sweep renders a different channel in each).
+    """
+
+    kind: str
+    layer: str
+    targets: np.ndarray | None = None   # (N, K) int32, or None for ``layer``
+    weight: float = 1.0
+
+
+def term_value(kind: str, activation: mx.array, targets: mx.array | None) -> mx.array:
+    """(N,) values of one term; ``targets`` (N, K) picks the classes or channels."""
+    if kind == "layer":
+        return mx.mean(activation * activation, axis=tuple(range(1, activation.ndim)))
+    if kind == "class":
+        features = activation                                              # (N, classes)
+    elif kind == "channel":
+        features = mx.mean(activation, axis=(1, 2))                        # (N, C)
+    else:
+        features = activation[:, activation.shape[1] // 2, activation.shape[2] // 2]
+    return mx.mean(mx.take_along_axis(features, targets, axis=1), axis=1)
+
+
+def diversity(activation: mx.array) -> mx.array:
+    """Lucid's diversity term: the mean over images of the summed cosine similarity of its Gram
+    matrix with every other image's. Subtracting it pushes a batch apart in style, not position."""
+    n, c = activation.shape[0], activation.shape[-1]
+    flat = activation.reshape(n, -1, c)
+    grams = (flat.transpose(0, 2, 1) @ flat).reshape(n, -1)
+    grams = grams / mx.maximum(mx.linalg.norm(grams, axis=1, keepdims=True), 1e-10)
+    similarity = grams @ grams.T
+    return (mx.sum(similarity) - mx.sum(mx.diag(similarity))) / n
+
+
+@dataclass
+class RenderObjective:
+    """The sum of ``terms`` (each weighted) minus ``diversity_weight`` times the diversity of
+    ``diversity_layer``. Call with the activations and each term's targets (inputs of the
+    compiled step, so a sweep's next batch reuses the compiled graph)."""
+
+    terms: list[Term]
+    diversity_weight: float = 0.0
+    diversity_layer: str | None = None
+
+    @property
+    def layers(self) -> list[str]:
+        names = [t.layer for t in self.terms]
+        if self.diversity_weight:
+            names.append(self.diversity_layer)
+        return list(dict.fromkeys(names))
+
+    def targets(self) -> list[mx.array]:
+        return [mx.array(t.targets.astype(np.int32)) for t in self.terms if t.targets is not None]
+
+    def __call__(self, activations: Mapping[str, mx.array], targets: Sequence[mx.array]) -> mx.array:
+        """The scalar to maximise; summed over the batch so each image gets its own gradient."""
+        remaining = iter(targets)
+        total = mx.array(0.0)
+        for term in self.terms:
+            picked = None if term.kind == "layer" else next(remaining)
+            total = total + term.weight * mx.sum(term_value(term.kind, activations[term.layer], picked))
+        if self.diversity_weight:
+            total = total - self.diversity_weight * diversity(activations[self.diversity_layer])
+        return total
+
+    def with_targets(self, index: int, rows: np.ndarray) -> RenderObjective:
+        """A copy whose term ``index`` has new per-image ``rows`` (a sweep's next batch)."""
+        terms = list(self.terms)
+        terms[index] = Term(terms[index].kind, terms[index].layer, rows, terms[index].weight)
+        return RenderObjective(terms, self.diversity_weight, self.diversity_layer)

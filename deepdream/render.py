@@ -355,8 +355,13 @@ class Dreamer:
         return transforms.octave_sizes(height, width, count, s.scale)
 
     def __call__(self, image: np.ndarray, *, rng: np.random.Generator | None = None,
-                 progress: bool | None = None, description: str | None = None) -> np.ndarray:
-        """Dream ``image`` (float32 (H, W, 3) in [0, 1]); ``rng`` drives the jitter (seeded from settings if None)."""
+                 progress: bool | None = None, description: str | None = None,
+                 snapshot: Callable[[np.ndarray], None] | None = None, save_every: int | None = None) -> np.ndarray:
+        """Dream ``image`` (float32 (H, W, 3) in [0, 1]); ``rng`` drives the jitter (seeded from settings if None).
+
+        ``snapshot(rgb)`` receives the image so far, at full size, every ``save_every`` steps and at
+        the end of each octave but the last (whose result is the return value).
+        """
         s = self.settings
         if image.ndim != 3 or image.shape[2] != 3:
             raise DreamError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
@@ -382,9 +387,20 @@ class Dreamer:
                     sigma = transforms.smoothing_sigma(i, s.steps, s.smoothing)
                     state, _ = self.step(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
                     bar.update(1)
+                    if snapshot is not None and save_every and (i + 1) % save_every == 0 and i + 1 < s.steps:
+                        snapshot(self._full_size(self.space.decode(state), octave_base, base))
                 result = self.space.decode(state)
                 detail = result - octave_base
+                if snapshot is not None and index + 1 < len(sizes):
+                    snapshot(self._full_size(result, octave_base, base))
         return np.clip(result, 0.0, 1.0).astype(np.float32)
+
+
+    @staticmethod
+    def _full_size(result: np.ndarray, octave_base: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """An octave's image at the final size: its detail upscaled onto the original, as the next octave starts."""
+        h, w = base.shape[:2]
+        return np.clip(base + transforms.resize(result - octave_base, h, w), 0.0, 1.0).astype(np.float32)
 
 
 def dream(model: DreamModel, image: np.ndarray, settings: DreamSettings | None = None, *,

@@ -202,3 +202,12 @@ def test_bad_objectives_are_clear(effnet, tmp_path):
         Dreamer(effnet, DreamSettings(decorrelate="model"))
     with pytest.raises(DreamError, match="--tile-size"):
         Dreamer(effnet, DreamSettings(tile_size=40))
+
+
+def test_dream_snapshots_every_n_steps_and_each_octave(effnet):
+    settings = DreamSettings(layers=("block5",), octaves=2, scale=1.5, steps=4, seed=0)
+    shots = []
+    rgb = np.full((72, 72, 3), 0.5, np.float32)
+    Dreamer(effnet, settings, quiet=True)(rgb, snapshot=shots.append, save_every=2)
+    # octave 1: step 2 and its end (step 4); octave 2: step 2 (its end is the result)
+    assert len(shots) == 3 and all(s.shape == (72, 72, 3) for s in shots)
