@@ -163,7 +163,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pad", type=whole_number, metavar="PX", help=f"robustness: grey padding (default {d.robustness.pad})")
     g.add_argument("--scale-range", type=number, nargs=2, metavar=("LOW", "HIGH"),
                    help=f"robustness: random scale range (default {' '.join(f'{v:g}' for v in d.robustness.scale_range)})")
-    g.add_argument("--rotate", type=number, metavar="DEG",
+    g.add_argument("--rotate-range", type=number, metavar="DEG",
                    help=f"robustness: random rotation up to DEG degrees either way (default {d.robustness.rotate:g}); "
                         f"--jitter sets the shift (default {d.robustness.jitter} for renders)")
     g.add_argument("--no-robustness", action="store_true", help="no pad, jitter, scale or rotation while rendering")
@@ -175,7 +175,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
 DREAM_ONLY = {"octaves": "--octaves", "scale": "--scale", "smoothing": "--smoothing", "lap_norm": "--lap-norm",
               "grad_norm": "--grad-norm", "tile_size": "--tile-size", "guide": "--guide", "preset": "--preset",
               "max_size": "--max-size"}
-RENDER_SWITCHES = ("class_", "neuron", "param", "batch", "diversity", "decay_power", "pad", "scale_range", "rotate")
+RENDER_SWITCHES = ("class_", "neuron", "param", "batch", "diversity", "decay_power", "pad", "scale_range", "rotate_range")
 
 
 def is_render(args: argparse.Namespace) -> bool:
@@ -196,14 +196,14 @@ def render_settings(args: argparse.Namespace) -> RenderSettings:
                          "(to dream on a photo use --layers/--channels)")
     d = RenderSettings()
     if args.no_robustness:
-        if any(v is not None for v in (args.pad, args.scale_range, args.rotate, args.jitter)):
-            raise DreamError("--no-robustness switches off --pad/--jitter/--scale-range/--rotate; drop one or the other")
+        if any(v is not None for v in (args.pad, args.scale_range, args.rotate_range, args.jitter)):
+            raise DreamError("--no-robustness switches off --pad/--jitter/--scale-range/--rotate-range; drop one or the other")
         robust = NO_ROBUSTNESS
     else:
         r = d.robustness
         robust = Robustness(pad=_given(args.pad, r.pad), jitter=_given(args.jitter, r.jitter),
                             scale_range=tuple(args.scale_range) if args.scale_range else r.scale_range,
-                            rotate=_given(args.rotate, r.rotate))
+                            rotate=_given(args.rotate_range, r.rotate))
     if args.diversity and args.sweep:
         raise DreamError("--diversity renders several images of one objective; it does not combine with --sweep")
     decorrelate = _given(args.decorrelate, d.decorrelate)

@@ -44,7 +44,7 @@ class Robustness:
         if not 0 < low <= high or not math.isfinite(high):
             raise DreamError(f"--scale-range needs 0 < LOW <= HIGH (got {low:g} {high:g}); 0.9 1.1 is typical")
         if not 0 <= self.rotate <= 180:
-            raise DreamError(f"--rotate takes degrees from 0 to 180 (got {self.rotate:g}); 10 is typical")
+            raise DreamError(f"--rotate-range takes degrees from 0 to 180 (got {self.rotate:g}); 10 is typical")
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` affine maps, (n, 2, 3) float32: output pixel (y, x, 1), centred, -> source (y, x), centred."""

@@ -39,7 +39,7 @@ def dream_cli(*argv: str) -> int:
     (["--class", "pizza", "--input", str(ROOT / "assets" / "chelsea.png")], "render from noise; drop --input"),
     (["--class", "all"], "--class all renders every class: add --sweep"),
     (["--layers", "block5", "block6", "--channels", "0-3", "--sweep", "--output", "sweep"], "takes one layer"),
-    (["--class", "pizza", "--no-robustness", "--rotate", "5"], "--no-robustness switches off"),
+    (["--class", "pizza", "--no-robustness", "--rotate-range", "5"], "--no-robustness switches off"),
     (["--layers", "block5", "--channels", "all"], "--channels all renders every channel one by one"),
 ])
 def test_bad_render_input_is_one_line_and_writes_nothing(effnet, tmp_path, monkeypatch, capsys, argv, message):
