@@ -1,4 +1,4 @@
-"""Image parameterisations for renders from noise (Lucid's ``pixel_image`` and ``fft_image``, NOTES §8).
+"""Image parameterisations for renders from noise (Lucid's ``pixel_image`` and ``fft_image``, lucid/optvis/param).
 
 A parameterisation owns the array the optimiser moves (the *state*, a batch of N images) and
 maps it to RGB in [0, 1] with MLX operations only, so the map sits inside the compiled step

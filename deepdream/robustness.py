@@ -1,4 +1,4 @@
-"""Transformation robustness for renders from noise (Lucid's standard transforms, NOTES §8).
+"""Transformation robustness for renders from noise (Lucid's ``standard_transforms``, lucid/optvis/transform).
 
 Each step the network sees the rendered image padded, shifted, scaled and rotated a little, so
 only patterns that survive all of these raise the objective: the render cannot exploit exact
