@@ -382,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
             if name not in pairs:
                 try:
                     pairs[name] = build_pair(name, workdir)
+                    _notice(f"{name}: weights: {pairs[name].source}")
                 except ModelUnavailable as exc:
                     pairs[name] = None
                     _notice(f"skipping {exc}")

@@ -7,7 +7,6 @@ which cannot be downloaded here; the real ImageNet weights for efficientnet_lite
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,10 +107,6 @@ def calibrate_batchnorm(net: nn.Module, seed: int = 0) -> None:
         norm.momentum = 0.1
 
 
-def _notice_random(name: str, reason: Exception) -> None:
-    print(f"bench: {name}: random weights ({reason})", file=sys.stderr, flush=True)
-
-
 def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
     """Both sides of ``name`` with identical weights, exported into ``workdir``."""
     facts = get_facts(name)
@@ -144,9 +139,8 @@ def build_pair(name: str, workdir: Path, seed: int = 0) -> ModelPair:
         try:
             state_dict, source = package_state_dict(name)
         except RuntimeError as exc:     # the weights' package is missing: timing needs no real weights
-            _notice_random(name, exc)
             state_dict = torch_reference(name, seed).state_dict()
-            source = f"random init of the torch reference (torch seed {seed})"
+            source = f"random init of the torch reference (torch seed {seed}), since {exc}"
         net.load_state_dict(state_dict)
         pth = workdir / f"{name}.pth"
         torch.save(state_dict, pth)

@@ -73,6 +73,11 @@ def cascade_smooth(grad: torch.Tensor, sigma: float, size: int = KERNEL_SIZE) ->
     return out / len(CASCADE_SIGMAS)
 
 
+def to_nchw(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) array -> (1, 3, H, W) tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device)
+
+
 class TorchDreamStep:
     """``step(state, shift, sigma, lr) -> new state``; state is the ImageNet-normalised image, NCHW.
 
@@ -114,7 +119,7 @@ class TorchDreamStep:
 
     def encode(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) in [0, 1] -> normalised (1, 3, H, W)."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(self.device)
+        x = to_nchw(rgb, self.device)
         return (x - self.mean) / self.std
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
@@ -147,7 +152,7 @@ def torch_dream(step: TorchDreamStep, rgb: np.ndarray, *, sizes: list[tuple[int,
 
     ``sizes``: the octaves (height, width), smallest first, e.g. from ``octave_sizes`` (the
     benchmark passes the engine's own list, which drops octaves too small for the model)."""
-    base = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(step.device)
+    base = to_nchw(rgb, step.device)
     detail = torch.zeros(1, 3, *sizes[0], device=step.device)
     result = base
     for height, width in sizes:
