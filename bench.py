@@ -5,7 +5,9 @@ For each model, one dream step (the engine's own compiled step from ``deepdream.
 jitter roll, forward to the model's default layers, gradient w.r.t. the input, smoothing,
 normalisation, update) is timed at each size, side by side with the same step in PyTorch on
 the torchvision network with identical weights. Then one end-to-end recipe (googlenet preset,
-4 octaves, 1024 px) on both sides, and the peak memory of a tiled 4000x3000 dream.
+4 octaves, 1024 px) on both sides; then memory: every model's dream of 1, 4, 12 and 24 MP photos
+with default flags (the memory budget's prediction next to the measured peak), and the speed of
+auto-tiled steps against whole-image ones (``benchmarks/memory_bench.py``).
 
     python bench.py                      # the full table (several minutes on 2 cores)
     python bench.py --models googlenet vgg16 --sizes 224 --repeats 3
@@ -22,23 +24,24 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the real imports wait until the BLAS is in place (``import models`` first)
+    from benchmarks.memory_bench import MemoryResult, TilingSpeed
     from benchmarks.pairs import ModelPair
-    from benchmarks.report import EndToEndResult, MemoryResult, StepResult
+    from benchmarks.report import EndToEndResult, StepResult
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SIZES = (224, 512)
-#: On a GPU small images measure launch overhead, not the step: larger sizes, and a 24 MP photo.
+#: On a GPU small images measure launch overhead, not the step: larger sizes.
 GPU_SIZES = (512, 1024)
-GPU_MEMORY_SIZE = (6000, 4000)
+#: Photo sizes of the memory table (1, 4, 12 and 24 MP) and the size of the tiling speed rows.
+MEMORY_SIZES = ((1200, 800), (2400, 1600), (4000, 3000), (6000, 4000))
+TILING_SPEED_SIZE = (2000, 1500)
 MEMORY_LIMIT_BYTES = 4 * 2 ** 30
 E2E_RECIPE = "googlenet"
 
@@ -77,12 +80,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="longest side of the end-to-end recipe's image (default 1024)")
     parser.add_argument("--e2e-steps", type=_positive, metavar="N", help="steps per octave (default: the preset's)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end recipe")
-    parser.add_argument("--memory-size", type=_size_pair, metavar="WxH",
-                        help="image of the tiled-dream memory test (default 4000x3000)")
-    parser.add_argument("--tile-size", type=_positive, metavar="PX", help="tile of the memory test (default 512)")
-    parser.add_argument("--memory-steps", type=_positive, metavar="N", help="steps of the memory test (default 1)")
-    parser.add_argument("--memory-model", metavar="NAME", help="model of the memory test (default googlenet)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory test")
+    parser.add_argument("--memory-sizes", nargs="+", type=_size_pair, metavar="WxH",
+                        help="photo sizes of the memory table (default: 1, 4, 12 and 24 MP)")
+    parser.add_argument("--memory-steps", type=_positive, metavar="N",
+                        help="steps per octave of the memory dreams (default 1; memory does not grow with it)")
+    parser.add_argument("--memory-models", nargs="+", metavar="NAME", help="models of the memory table (default: all)")
+    parser.add_argument("--max-memory", metavar="SIZE", help="memory budget of those dreams (default: dream.py's)")
+    parser.add_argument("--tiling-size", type=_size_pair, metavar="WxH",
+                        help="image of the tiled-vs-whole speed rows (default 2000x1500)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
+    parser.add_argument("--no-tiling", action="store_true", help="skip the tiled-vs-whole speed rows")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, one model, one repeat: only checks that everything runs (CI)")
     parser.add_argument("--profile", metavar="NAME",
@@ -96,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where both sides run: cpu (default) or gpu (MLX's GPU backend against PyTorch "
                              "CUDA on the same card; default sizes then 512 1024 and a 6000x4000 memory test)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--memory-child", metavar="WEIGHTS", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", metavar="REQUEST", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     gpu = args.device == "gpu"
@@ -107,16 +114,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 1 if quick else 2,
         "e2e_size": 128 if quick else 1024,
         "e2e_steps": 2 if quick else None,
-        "memory_size": (400, 300) if quick else GPU_MEMORY_SIZE if gpu else (4000, 3000),
-        "tile_size": 160 if quick else 512,
+        "memory_sizes": [(400, 300), (1200, 900)] if quick else list(MEMORY_SIZES),
         "memory_steps": 1,
-        "memory_model": "googlenet",
+        "memory_models": ["googlenet"] if quick else None,
+        "tiling_size": (640, 480) if quick else TILING_SPEED_SIZE,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.warmup < 0:
         parser.error("--warmup must be zero or positive")
+    if args.max_memory is not None:
+        from deepdream.memory import parse_bytes
+
+        try:
+            args.max_memory = parse_bytes(args.max_memory)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -124,7 +138,7 @@ class BenchError(Exception):
     """Bad input the user can fix; the message is one line."""
 
 
-# -- the memory child: a tiled dream, nothing else in the process -------------------------------------
+# -- memory -----------------------------------------------------------------------------------------------
 
 def own_peak_rss_bytes() -> int:
     """This process's peak resident set size, in bytes.
@@ -145,28 +159,6 @@ def own_peak_rss_bytes() -> int:
     # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
     scale = 1 if platform.system() == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def memory_child(args: argparse.Namespace) -> int:
-    """Dream a large random image with tiling; print seconds and peak RSS as JSON. Never imports torch."""
-    import models  # first: puts the fast BLAS under MLX  # isort: skip
-    import mlx.core as mx
-    import numpy as np
-
-    from deepdream import device
-    from deepdream.render import Dreamer, DreamSettings
-
-    device.use(args.device)
-    model = models.load_model(weights=args.memory_child)
-    width, height = args.memory_size
-    rgb = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
-    settings = DreamSettings(octaves=1, steps=args.memory_steps, tile_size=args.tile_size, seed=0)
-    start = time.perf_counter()
-    Dreamer(model, settings, quiet=True)(rgb)
-    device_peak = mx.get_peak_memory() if device.on_gpu() else None
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_bytes": own_peak_rss_bytes(),
-                      "device_peak_bytes": device_peak}))
-    return 0
 
 
 # -- the benchmark ----------------------------------------------------------------------------------
@@ -286,24 +278,6 @@ def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], d
                           settings.steps, ours_s, torch_s)
 
 
-def measure_memory(pair: ModelPair, size: tuple[int, int], tile: int, steps: int,
-                   device: str = "cpu") -> MemoryResult:
-    from benchmarks.report import MemoryResult
-
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(pair.weights_path),
-               "--memory-size", f"{size[0]}x{size[1]}", "--tile-size", str(tile), "--memory-steps", str(steps),
-               "--device", device]
-    # A separate process, so that the peak is the dream's alone (no torch, no other models);
-    # it reports its own peak (``own_peak_rss_bytes`` says why not wait4's).
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
-        raise RuntimeError(f"the tiled dream child failed: {tail}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return MemoryResult(pair.name, size[0], size[1], tile, steps, result["peak_rss_bytes"], result["seconds"],
-                        MEMORY_LIMIT_BYTES, result.get("device_peak_bytes"))
-
-
 def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], sgemm: float,
                 load_before: tuple[float, float, float]) -> int:
     from benchmarks.isolated import CLOCKS
@@ -333,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     import models  # noqa: F401  (first: puts the fast BLAS under MLX)
     from models import MODELS
 
-    unknown = [m for m in (args.models or []) + [args.memory_model] + ([args.profile] if args.profile else [])
+    unknown = [m for m in (args.models or []) + (args.memory_models or []) + ([args.profile] if args.profile else [])
                if m not in MODELS]
     if unknown:
         raise BenchError(f"unknown model '{unknown[0]}'; available: {', '.join(MODELS)}")
@@ -350,7 +324,15 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.measure import machine_description, sgemm_gflops
     from benchmarks.pairs import BENCH_MODELS, ModelUnavailable, build_pair
-    from benchmarks.report import FOOTNOTES, end_to_end_table, header_lines, memory_table, step_table
+    from benchmarks.report import (
+        FOOTNOTES,
+        end_to_end_table,
+        header_lines,
+        memory_table,
+        prediction_table,
+        step_table,
+        tiling_speed_table,
+    )
 
     if args.device == "gpu":
         from deepdream import device
@@ -374,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
     steps: list[StepResult] = []
     e2e: list[EndToEndResult] = []
     memory: list[MemoryResult] = []
+    tiling: list[TilingSpeed] = []
     with tempfile.TemporaryDirectory(prefix="deepdream-bench-") as tmp:
         workdir = Path(tmp)
         pairs: dict[str, ModelPair | None] = {}
@@ -394,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             specs = worker_specs(pair, pair.layers, workdir, threads, args.clock, args.device)
             steps += time_steps(pair, args.sizes, args.warmup, args.repeats, specs, args.same_process, args.device)
-            if name not in (E2E_RECIPE, args.memory_model):
+            if name != E2E_RECIPE:
                 del pairs[name]             # free its memory before the next model
         if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
             _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
@@ -402,10 +385,19 @@ def run(args: argparse.Namespace) -> int:
                                        lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock,
                                                                            args.device),
                                        args.same_process))
-        if not args.no_memory and (pair := pair_for(args.memory_model)) is not None:
-            w, h = args.memory_size
-            _notice(f"memory: tiled dream of {w}x{h} (tile {args.tile_size}) in a child process ...")
-            memory.append(measure_memory(pair, args.memory_size, args.tile_size, args.memory_steps, args.device))
+        memory_models = args.memory_models or list(BENCH_MODELS)
+        if not args.no_memory:
+            from benchmarks.memory_bench import measure_memory
+
+            for name in memory_models:
+                memory += measure_memory(name, args.memory_sizes, args.memory_steps, workdir, args.max_memory,
+                                         args.device, _notice)
+        if not args.no_tiling:
+            from benchmarks.memory_bench import measure_tiling_speed
+
+            for name in memory_models:
+                tiling.append(measure_tiling_speed(name, args.tiling_size, args.repeats, workdir, args.device,
+                                                   _notice))
     load_after = os.getloadavg()
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
@@ -424,8 +416,18 @@ def run(args: argparse.Namespace) -> int:
         print(end_to_end_table(e2e))
         print()
     if memory:
-        print("### Memory: tiled dream of a large image\n")
-        print(memory_table(memory))
+        print(f"### Peak memory (GiB) of photo dreams with default flags, {args.memory_steps} step per octave\n")
+        print(memory_table(memory, MEMORY_LIMIT_BYTES))
+        print()
+        print("Each cell: the measured peak RSS of a child doing what dream.py does (JPEG in, result out); in "
+              "brackets the memory budget's prediction and how the full-size octave was split. "
+              f"**OVER** marks a peak above {MEMORY_LIMIT_BYTES / 2 ** 30:.0f} GiB.\n")
+        print("### The prediction against the measured peak\n")
+        print(prediction_table(memory))
+        print()
+    if tiling:
+        print(f"### Auto-tiled steps against whole-image steps (median of {args.repeats})\n")
+        print(tiling_speed_table(tiling))
         print()
     if args.json:
         from dataclasses import asdict
@@ -433,11 +435,11 @@ def run(args: argparse.Namespace) -> int:
         payload = {"machine": machine, "threads": threads, "sgemm_gflops": sgemm,
                    "load_before": load_before, "load_after": load_after,
                    "steps": [asdict(r) for r in steps], "end_to_end": [asdict(r) for r in e2e],
-                   "memory": [asdict(r) for r in memory]}
+                   "memory": [asdict(r) for r in memory], "tiling": [asdict(r) for r in tiling]}
         from models.weights import atomic_write
 
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
-    return 0 if all(m.ok for m in memory) else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     try:
         if args.memory_child:
-            return memory_child(args)
+            from benchmarks.memory_bench import child_main
+
+            return child_main(args.memory_child)
         return run(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

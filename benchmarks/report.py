@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from benchmarks.memory_bench import MemoryResult, TilingSpeed
 
 
 @dataclass
@@ -40,23 +43,6 @@ class EndToEndResult:
         return self.ours_s / self.torch_s
 
 
-@dataclass
-class MemoryResult:
-    model: str
-    width: int
-    height: int
-    tile_size: int
-    steps: int
-    peak_rss_bytes: int
-    seconds: float
-    limit_bytes: int
-    device_peak_bytes: int | None = None     # MLX's peak GPU memory, on a GPU run
-
-    @property
-    def ok(self) -> bool:
-        return self.peak_rss_bytes < self.limit_bytes
-
-
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
     """A GitHub markdown table; ``align`` has one 'l'/'r' per column (default: first left, rest right)."""
     align = align or "l" + "r" * (len(header) - 1)
@@ -85,20 +71,41 @@ def end_to_end_table(results: Sequence[EndToEndResult]) -> str:
     return markdown_table(["recipe", "image", "octaves", "steps/octave", "ours s", "torch s", "ours/torch"], rows)
 
 
-def memory_table(results: Sequence[MemoryResult]) -> str:
-    on_gpu = any(r.device_peak_bytes is not None for r in results)
+def memory_table(results: Sequence[MemoryResult], limit_bytes: int) -> str:
+    """Rows: models; columns: megapixels. Each cell: measured peak RSS (predicted; tiles of the full-size octave)."""
+    sizes = sorted({(r.width, r.height) for r in results}, key=lambda s: s[0] * s[1])
+    by_cell = {(r.model, (r.width, r.height)): r for r in results}
+    models = list(dict.fromkeys(r.model for r in results))
     rows = []
-    for r in results:
-        row = [r.model, f"{r.width}x{r.height}", str(r.tile_size), str(r.steps),
-               f"{r.peak_rss_bytes / 2 ** 30:.2f} GiB", f"{r.seconds:.0f}",
-               f"{'under' if r.ok else '**OVER**'} {r.limit_bytes / 2 ** 30:.0f} GiB"]
-        if on_gpu:
-            row.insert(5, f"{(r.device_peak_bytes or 0) / 2 ** 30:.2f} GiB")
+    for model in models:
+        row = [model]
+        for size in sizes:
+            r = by_cell.get((model, size))
+            if r is None:
+                row.append("")
+                continue
+            over = "" if r.peak_rss_bytes <= limit_bytes else " **OVER**"
+            tiles = "whole" if r.tiles == 1 else f"{r.tiles} tiles"
+            predicted = "-" if math.isnan(r.predicted_bytes) else f"{r.predicted_bytes / 2 ** 30:.2f}"
+            wrong_size = "" if r.output_size == size else f" output {r.output_size[0]}x{r.output_size[1]}!"
+            row.append(f"{r.peak_rss_bytes / 2 ** 30:.2f}{over} ({predicted}; {tiles}){wrong_size}")
         rows.append(row)
-    header = ["model", "image", "tile", "steps", "peak RSS", "seconds", "limit"]
-    if on_gpu:
-        header.insert(5, "peak GPU memory")
-    return markdown_table(header, rows, "llrrrrrl" if on_gpu else "llrrrrl")
+    header = ["model"] + [f"{w * h / 1e6:.0f} MP ({w}x{h})" if w * h >= 1e6 else f"{w}x{h}" for w, h in sizes]
+    return markdown_table(header, rows)
+
+
+def prediction_table(results: Sequence[MemoryResult]) -> str:
+    rows = [[r.model, f"{r.width}x{r.height}", f"{r.predicted_bytes / 2 ** 30:.2f}", f"{r.peak_rss_bytes / 2 ** 30:.2f}",
+             f"{100 * r.error:+.0f}%", "whole" if r.tiles == 1 else str(r.tiles), f"{r.seconds:.0f}"]
+            for r in results if not math.isnan(r.predicted_bytes)]
+    return markdown_table(["model", "image", "predicted GiB", "measured GiB", "error", "tiles", "seconds"], rows)
+
+
+def tiling_speed_table(results: Sequence[TilingSpeed]) -> str:
+    rows = [[r.model, f"{r.width}x{r.height}", f"{r.per_megapixel(r.whole_s):.2f}",
+             f"{r.per_megapixel(r.tiled_s):.2f}", f"{r.tiles} of {r.tile_shape[1]}x{r.tile_shape[0]}",
+             f"**{r.ratio:.2f}**"] for r in results]
+    return markdown_table(["model", "image", "whole s/MP-step", "tiled s/MP-step", "tiles", "tiled/whole"], rows)
 
 
 def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,

@@ -40,6 +40,7 @@ from models import (
     weights_available,
 )
 
+from . import memory
 from .errors import (  # noqa: F401 (re-exported)
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -91,6 +92,14 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
 
 
+def memory_size(text: str) -> int:
+    """argparse type: ``6GB``, ``500MB``... in bytes, or the one-line reason it is not one."""
+    try:
+        return memory.parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every dream option (model choice, objective, step, octaves, presets, info) to ``parser``."""
     presets = ", ".join(PRESETS)
@@ -130,7 +139,14 @@ def add_dream_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-norm", choices=GRAD_NORMS, default=None,
                    help="gradient normalisation: std (default, pytorch-deepdream) or mean-abs (2015 Caffe notebook)")
     g.add_argument("--tile-size", type=whole_number, metavar="PX",
-                   help="compute gradients in tiles of PX pixels: big images with bounded memory (512 is good)")
+                   help="dream in tiles of PX pixels (default: only when the image would not fit --max-memory, "
+                        "with the largest tile that does); 0 for whole-image steps")
+    g.add_argument("--no-tile", dest="tile_size", action="store_const", const=0,
+                   help="whole-image steps whatever the memory budget (the same as --tile-size 0)")
+    g.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                   help=f"memory budget of a dream, e.g. 6GB or 500MB (default: this machine's "
+                        f"{memory.format_bytes(memory.default_budget())}, a quarter of its memory up to "
+                        f"{memory.format_bytes(memory.DEFAULT_CAP)}); bigger images are dreamed in tiles to stay within it")
     g.add_argument("--decorrelate", metavar="MATRIX",
                    help="step in a decorrelated colour space: 'imagenet', 'model' (the weights file's matrix), a "
                         ".npy from calc_cm.py, or 'none' to switch off a preset's")
@@ -173,7 +189,8 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
 
 #: Flags that shape a dream (photo, octaves, smoothed steps) and mean nothing to a render from noise.
 DREAM_ONLY = {"octaves": "--octaves", "scale": "--scale", "smoothing": "--smoothing", "lap_norm": "--lap-norm",
-              "grad_norm": "--grad-norm", "tile_size": "--tile-size", "guide": "--guide", "preset": "--preset",
+              "grad_norm": "--grad-norm", "tile_size": "--tile-size", "max_memory": "--max-memory", "guide": "--guide",
+              "preset": "--preset",
               "max_size": "--max-size"}
 RENDER_SWITCHES = ("class_", "neuron", "param", "batch", "diversity", "decay_power", "pad", "scale_range", "rotate_range")
 
@@ -375,7 +392,8 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise DreamError(f"--seed must be between 0 and {2**32 - 1} (got {args.seed})")
     # The numbers alone, with the generic defaults for whatever is not given.
-    checks = {k: getattr(args, k) for k in ("octaves", "scale", "steps", "lr", "jitter", "smoothing", "tile_size")
+    checks = {k: getattr(args, k) for k in ("octaves", "scale", "steps", "lr", "jitter", "smoothing", "tile_size",
+                                            "max_memory")
               if getattr(args, k) is not None}
     DreamSettings(**checks).validate()
 
@@ -416,7 +434,7 @@ def settings_for_model(args: argparse.Namespace, model: DreamModel, notify: Noti
         "channels": dream_channels(args.channels),
         "guide": args.guide, "octaves": args.octaves, "scale": args.scale, "steps": args.steps, "lr": args.lr,
         "jitter": args.jitter, "smoothing": args.smoothing, "smooth": args.smooth, "lap_norm": args.lap_norm, "grad_norm": args.grad_norm,
-        "tile_size": args.tile_size, "seed": args.seed, "decorrelate": args.decorrelate,
+        "tile_size": args.tile_size, "max_memory": args.max_memory, "seed": args.seed, "decorrelate": args.decorrelate,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
     if "layers" not in values:

@@ -67,7 +67,7 @@ def exit_code(main: Callable[[], int | None]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
     except MemoryError:
-        print("error: out of memory; use a smaller image (--max-size) or tiles (--tile-size 512)", file=sys.stderr)
+        print("error: out of memory; lower --max-memory (smaller tiles) or shrink the image with --max-size", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:  # disk full, permission denied, a path that vanished mid-run
         where = f" ({exc.filename})" if exc.filename else ""

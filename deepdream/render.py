@@ -29,10 +29,11 @@ from models import DreamModel
 from models.base import IMAGENET_STD
 from fastlayers.batchnorm import constant_weights
 
-from . import colour, transforms
+from . import colour, memory, transforms
 from .errors import DreamError, make_notify
 from .image_io import load_image
 from .objectives import Objective, build_objective
+from .tiling import TiledStep
 
 #: The guide image is analysed at most this large (longest side): its features are matched
 #: per position, so a bigger guide only costs time.
@@ -49,6 +50,8 @@ class DreamSettings:
 
     ``layers=None`` means the model's default layers. ``decorrelate`` is ``"imagenet"``,
     ``"model"`` (the matrix in the weights file's metadata) or the path of a 3x3 ``.npy``.
+    ``tile_size=None`` tiles when the memory budget asks for it (``max_memory`` bytes, None: the
+    machine's default, ``memory.default_budget``), ``0`` never, a size always.
     """
 
     layers: tuple[str, ...] | None = None
@@ -64,6 +67,7 @@ class DreamSettings:
     lap_norm: bool = False
     grad_norm: str = "std"
     tile_size: int | None = None
+    max_memory: int | None = None
     seed: int | None = None
     decorrelate: str | None = None
 
@@ -86,8 +90,10 @@ class DreamSettings:
             raise DreamError(f"--smoothing must be zero or positive (got {self.smoothing})")
         if self.grad_norm not in GRAD_NORMS:
             raise DreamError(f"unknown gradient normalisation '{self.grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
-        if self.tile_size is not None and self.tile_size < 1:
-            raise DreamError(f"--tile-size must be positive (got {self.tile_size})")
+        if self.tile_size is not None and self.tile_size < 0:
+            raise DreamError(f"--tile-size must be positive, or 0 for whole-image steps (got {self.tile_size})")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise DreamError(f"--max-memory must be positive (got {self.max_memory} bytes); e.g. --max-memory 6GB")
         if self.channels is not None and any(c < 0 for c in self.channels):
             raise DreamError("--channels takes channel indices from 0 up; see the layer's channel count")
 
@@ -186,22 +192,21 @@ def make_space(model: DreamModel, decorrelate: str | None = None) -> Space:
 # -- one step --------------------------------------------------------------------------------------
 
 class DreamStep:
-    """One gradient-ascent step, compiled with ``mx.compile``.
+    """One gradient-ascent step on the whole image, compiled with ``mx.compile``.
 
-    Call as ``new_state, loss = step(state, shift, sigma, lr)``: ``shift`` (dy, dx) is the
-    jitter roll, ``sigma`` the smoothing width for this step, ``lr`` the step size.
-    Two compiled graphs: the objective's gradient (of the whole rolled image, or of one tile
-    at a time when ``tile_size`` is set and the image is larger: memory bounded by the tile),
-    and the update (unroll, smooth or Laplacian-normalise, normalise, step, clamp; tiled images
-    are rolled and unrolled eagerly, outside the graphs, to keep their peak memory low).
-    Everything that changes between calls (roll offsets, sigma, lr, 1/size) is an input, so
-    nothing size- or step-specific is baked into the generated kernels: a new image size
-    only re-traces, it does not re-run the CPU backend's C++ compiler.
+    ``state = step.encode(rgb)``, then ``new_state, loss = step(state, shift, sigma, lr)``:
+    ``shift`` (dy, dx) is the jitter roll, ``sigma`` the smoothing width for this step, ``lr``
+    the step size; ``step.decode(state)`` is the RGB image. (``tiling.TiledStep`` does the same
+    step on images too big for one gradient, with the same interface.)
+    Two compiled graphs: the objective's gradient of the rolled image, and the update (unroll,
+    smooth or Laplacian-normalise, normalise, step, clamp). Everything that changes between
+    calls (roll offsets, sigma, lr, 1/size) is an input, so nothing size- or step-specific is
+    baked into the generated kernels: a new image size only re-traces, it does not re-run the
+    CPU backend's C++ compiler.
     """
 
     def __init__(self, model: DreamModel, objective: Objective, space: Space | None = None, *,
-                 grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True,
-                 tile_size: int | None = None) -> None:
+                 grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True) -> None:
         if grad_norm not in GRAD_NORMS:
             raise DreamError(f"unknown gradient normalisation '{grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
         self.model = model
@@ -210,13 +215,12 @@ class DreamStep:
         self.grad_norm = grad_norm
         self.lap_norm = lap_norm
         self.smooth = smooth
-        self.tile_size = tile_size
         self._gradient = mx.compile(mx.value_and_grad(self._loss))
         self._rolled_gradient = mx.compile(self._rolled_value_and_grad)
         self._rolled_update = mx.compile(self._rolled_update_step)
         self._update = mx.compile(self._update_step)
 
-    # The three functions below are traced by mx.compile: MLX operations only, no host syncs.
+    # The four functions below are traced by mx.compile: MLX operations only, no host syncs.
     def _loss(self, state: mx.array) -> mx.array:
         # The step differentiates only the image: BatchNorms fold into their convolutions once.
         with constant_weights():
@@ -242,62 +246,28 @@ class DreamStep:
             grad = transforms.normalize_std(grad, inv_count)
         return self.space.clamp(state + (lr * self.space.step_scale) * grad)
 
-    def tiled(self, height: int, width: int) -> bool:
-        return self.tile_size is not None and (height > self.tile_size or width > self.tile_size)
+    def encode(self, rgb: np.ndarray) -> mx.array:
+        return self.space.encode(rgb)
 
-    def tiled_gradient(self, state: mx.array, shift: tuple[int, int]) -> tuple[mx.array, float]:
-        """TF tutorial's tiled gradient of the rolled image: one tile at a time, each evaluated
-        before the next, so peak memory is one tile's activations plus image-sized arrays.
-
-        Each tile's loss is weighted by its share of the image, so the sum approximates the
-        gradient of the whole image's mean objective.
-        """
-        # Eager mx.roll (two slices): the compiled roll's doubled image would add to the peak
-        # memory that tiling exists to bound.
-        rolled = mx.roll(state, shift, axis=(1, 2))
-        mx.eval(rolled)
-        _, height, width, _ = state.shape
-        total = height * width
-        grad_rows, loss = [], 0.0
-        for y0, y1 in transforms.tile_bounds(height, self.tile_size):
-            row = []
-            for x0, x1 in transforms.tile_bounds(width, self.tile_size):
-                tile_loss, grad = self._gradient(rolled[:, y0:y1, x0:x1])
-                weight = (y1 - y0) * (x1 - x0) / total
-                grad = grad * weight
-                mx.eval(grad, tile_loss)
-                loss += weight * tile_loss.item()
-                row.append(grad)
-            grad_rows.append(mx.concatenate(row, axis=2) if len(row) > 1 else row[0])
-        grad = mx.concatenate(grad_rows, axis=1) if len(grad_rows) > 1 else grad_rows[0]
-        return grad, loss
+    def decode(self, state: mx.array) -> np.ndarray:
+        return self.space.decode(state)
 
     def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
                  lr: float) -> tuple[mx.array, float]:
         _, height, width, channels = state.shape
         lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
-        sigma_, lr_ = mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32)
-        inv_count = mx.array(1.0 / (height * width * channels))
-        if self.tiled(height, width):
-            # Big images: unroll eagerly too (see tiled_gradient), keeping the update's peak low.
-            grad, loss = self.tiled_gradient(state, shift)
-            grad = mx.roll(grad, (-shift[0], -shift[1]), axis=(1, 2))
-            new = self._update(state, grad, sigma_, lr_, inv_count, lap_counts)
-            mx.eval(new)
-            return new, loss
         start, back = transforms.roll_starts(height, width, shift)
         loss_arr, grad = self._rolled_gradient(state, start)
-        new = self._rolled_update(state, grad, back, sigma_, lr_, inv_count, lap_counts)
+        new = self._rolled_update(state, grad, back, mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32),
+                                  mx.array(1.0 / (height * width * channels)), lap_counts)
         mx.eval(new, loss_arr)
         return new, loss_arr.item()
 
 
 def make_step(model: DreamModel, objective: Objective, space: Space | None = None, *,
-              grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True,
-              tile_size: int | None = None) -> DreamStep:
+              grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True) -> DreamStep:
     """The compiled dream step; time ``step(state, shift, sigma, lr)`` to benchmark one step."""
-    return DreamStep(model, objective, space, grad_norm=grad_norm, lap_norm=lap_norm, smooth=smooth,
-                     tile_size=tile_size)
+    return DreamStep(model, objective, space, grad_norm=grad_norm, lap_norm=lap_norm, smooth=smooth)
 
 
 # -- the octave loop ------------------------------------------------------------------------------
@@ -307,7 +277,8 @@ class Dreamer:
 
     ``Dreamer(model, settings)(rgb)`` -> dreamed rgb, both float32 (H, W, 3) in [0, 1].
     Construction validates everything (layers, channels, guide, colour matrix, tile size), so
-    errors surface before any work is done.
+    errors surface before any work is done. Each octave is dreamed whole when it fits the memory
+    budget, else in tiles (``memory.plan_octave``); a dream that cannot fit fails before its first step.
     """
 
     def __init__(self, model: DreamModel, settings: DreamSettings, *, quiet: bool = False,
@@ -319,7 +290,7 @@ class Dreamer:
         self._notify = notify or make_notify(quiet)
         self._noticed: set[str] = set()
         min_size = model.MIN_INPUT_SIZE
-        if settings.tile_size is not None and settings.tile_size < 2 * min_size:
+        if settings.tile_size and settings.tile_size < 2 * min_size:
             # Tiles are split evenly, so some can be just over half the tile size.
             raise DreamError(f"--tile-size {settings.tile_size} is too small for {model.name}; "
                              f"use at least {2 * min_size} (512 is a good choice)")
@@ -330,10 +301,16 @@ class Dreamer:
             if min(guide_rgb.shape[:2]) < min_size:
                 raise DreamError(f"guide image '{settings.guide}' is {guide_rgb.shape[1]}x{guide_rgb.shape[0]}; "
                                  f"{model.name} needs at least {min_size} px on each side")
+        self.layers = tuple(layers)
         self.objective = build_objective(model, layers, settings.channels, guide_rgb)
         self.space = make_space(model, settings.decorrelate)
         self.step = make_step(model, self.objective, self.space, grad_norm=settings.grad_norm,
-                              lap_norm=settings.lap_norm, smooth=settings.smooth, tile_size=settings.tile_size)
+                              lap_norm=settings.lap_norm, smooth=settings.smooth)
+        self.budget = settings.max_memory or memory.default_budget()
+        self.probe = memory.make_probe()
+        self._profile: memory.Profile | None = None
+        self._plans: dict[tuple[int, int, bool], memory.Plan] = {}
+        self._tiled: dict[int, TiledStep] = {}
 
     def notice(self, message: str) -> None:
         """Tell the user once (video frames would otherwise repeat it every frame)."""
@@ -354,6 +331,84 @@ class Dreamer:
                         f"{self.model.name}'s minimum of {min_size} px; using {count}")
         return transforms.octave_sizes(height, width, count, s.scale)
 
+    # -- memory ------------------------------------------------------------------------------------
+
+    def profile(self) -> memory.Profile:
+        """The step's memory per pixel: from the cache, else measured now (once per model and layer set)."""
+        if self._profile is None:
+            s = self.settings
+            key = memory.profile_key(self.model.name, len(self.model.class_names or ()) or "", ",".join(self.layers),
+                                     f"channels={s.channels is not None}", f"guide={s.guide is not None}",
+                                     f"space={type(self.space).__name__}", f"lap={s.lap_norm}", f"smooth={s.smooth}",
+                                     self.probe.name)
+            self._profile = memory.load_profile(key)
+            if self._profile is None:
+                self.notice(f"measuring {self.model.name}'s memory per pixel for these layers (once; it is cached)")
+                # The Laplacian normalisation updates the whole image at once, tiled or not: measure that too.
+                update = self._profile_update if s.lap_norm else None
+                self._profile = memory.measure_profile(self._profile_run, self.probe, update)
+                memory.save_profile(key, self._profile)
+        return self._profile
+
+    def _profile_run(self, side: int) -> None:
+        rgb = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
+        state, _ = self.step(self.step.encode(rgb), (0, 0), 1.0, 0.0)
+        del state
+
+    def _profile_update(self, side: int) -> None:
+        rng = np.random.default_rng(0)
+        state = self.step.encode(rng.random((side, side, 3), dtype=np.float32))
+        grad = mx.array(rng.standard_normal((1, side, side, 3), dtype=np.float32))
+        new = self.step._update(state, grad, mx.array(1.0), mx.array(0.0), mx.array(1.0 / (3 * side * side)),
+                                transforms.lap_inverse_counts(side, side))
+        mx.eval(new)
+        del new, state, grad
+
+    def plan(self, height: int, width: int, last: bool = True) -> memory.Plan:
+        """How the octave of this size is dreamed (``last``: the full-size one, whose base the caller holds)."""
+        key = (height, width, last)
+        if key in self._plans:
+            return self._plans[key]
+        s = self.settings
+        if s.tile_size is not None:   # an explicit --tile-size (0: never) wins over the budget
+            tile = s.tile_size if s.tile_size and max(height, width) > s.tile_size else None
+            plan = memory.Plan(height, width, tile, float("nan"), float("nan"))
+        else:
+            self.probe.release()
+            resident = self.probe.resident()
+            if memory.fits_unprofiled(resident, height, width, self.budget):
+                plan = memory.Plan(height, width, None, float("nan"), float("nan"))
+            else:
+                # Image-sized arrays the loop holds besides the step's own (see __call__): the octave's
+                # base unless it is the caller's image; tiled, also the state and its gradient.
+                extra = 0 if last else 1
+                profile = self.profile()
+                plan = memory.plan_octave(profile, resident, height, width, self.budget,
+                                          min_tile=2 * self.model.MIN_INPUT_SIZE, whole_copies=extra,
+                                          tiled_copies=2 + extra, tiled_extra=profile.update_bytes_per_pixel,
+                                          describe=lambda: self.model.name)
+        self._plans[key] = plan
+        return plan
+
+    def _tiling_notice(self, tiled: list[memory.Plan]) -> str:
+        """One line for a dream's tiling: its largest tiled octave, and how many smaller ones are tiled too."""
+        plan = tiled[-1]
+        tile_h, tile_w = plan.tile_shape
+        more = f"; {len(tiled) - 1} smaller octave(s) too" if len(tiled) > 1 else ""
+        return (f"{plan.width}x{plan.height} would need about {memory.format_bytes(plan.whole)} in one piece, over the "
+                f"{memory.format_bytes(self.budget)} memory budget: dreaming it in {plan.tile_count} tiles of "
+                f"{tile_w}x{tile_h} (about {memory.format_bytes(plan.predicted)}{more}; --max-memory or --tile-size "
+                "to change)")
+
+    def runner(self, plan: memory.Plan) -> DreamStep | TiledStep:
+        if plan.tile is None:
+            return self.step
+        if plan.tile not in self._tiled:
+            self._tiled[plan.tile] = TiledStep(self.step, plan.tile)
+        return self._tiled[plan.tile]
+
+    # -- the octave loop -----------------------------------------------------------------------------
+
     def __call__(self, image: np.ndarray, *, rng: np.random.Generator | None = None,
                  progress: bool | None = None, description: str | None = None,
                  snapshot: Callable[[np.ndarray], None] | None = None, save_every: int | None = None) -> np.ndarray:
@@ -368,39 +423,63 @@ class Dreamer:
         rng = rng if rng is not None else np.random.default_rng(s.seed)
         base = np.asarray(image, dtype=np.float32)
         sizes = self.octave_sizes(base.shape[0], base.shape[1])
+        # Every octave's plan first, the full size's first of all: a dream that cannot fit the
+        # budget fails before any step, naming the size that does not fit.
+        plans = [self.plan(h, w, last=index == len(sizes) - 1) for index, (h, w) in reversed(list(enumerate(sizes)))]
+        plans.reverse()
+        auto_tiled = [p for p in plans if p.tile is not None and not np.isnan(p.predicted)]
+        if auto_tiled:
+            self.notice(self._tiling_notice(auto_tiled))
         show = (not self.quiet) if progress is None else progress
-        detail = np.zeros(sizes[0] + (3,), np.float32)
-        result = base
+        detail: np.ndarray | None = None
         with tqdm(total=len(sizes) * s.steps, desc=description or self.model.name, unit="step",
                   disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
-            for index, (h, w) in enumerate(sizes):
-                octave_base = transforms.resize(base, h, w)
-                start = np.clip(octave_base + transforms.resize(detail, h, w), 0.0, 1.0)
-                state = self.space.encode(start)
-                bar.set_postfix_str(f"octave {index + 1}/{len(sizes)} {w}x{h}")
-                tiled = self.step.tiled(h, w)
+            for index, ((h, w), plan) in enumerate(zip(sizes, plans)):
+                # Few image-sized arrays at a time (the memory plan counts them): the start is built
+                # in place, and a tiled octave's state is that same array.
+                octave_base = base if (h, w) == base.shape[:2] else transforms.resize(base, h, w)
+                if detail is None:
+                    start = octave_base.copy()
+                else:
+                    start = transforms.resize(detail, h, w)
+                    detail = None
+                    start += octave_base
+                np.clip(start, 0.0, 1.0, out=start)
+                runner = self.runner(plan)
+                state = runner.encode(start)
+                del start
+                bar.set_postfix_str(f"octave {index + 1}/{len(sizes)} {w}x{h}"
+                                    + (f", {plan.tile_count} tiles" if plan.tile else ""))
                 for i in range(s.steps):
                     shift = rng.integers(-s.jitter, s.jitter + 1, size=2) if s.jitter else np.zeros(2, np.int64)
-                    if tiled:
+                    if plan.tile:
                         # Move the tile seams anywhere (TF tutorial), or small jitters would leave them in place.
-                        shift = shift + rng.integers(0, self.step.tile_size, size=2)
+                        shift = shift + rng.integers(0, plan.tile, size=2)
                     sigma = transforms.smoothing_sigma(i, s.steps, s.smoothing)
-                    state, _ = self.step(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
+                    state, _ = runner(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
                     bar.update(1)
                     if snapshot is not None and save_every and (i + 1) % save_every == 0 and i + 1 < s.steps:
-                        snapshot(self._full_size(self.space.decode(state), octave_base, base))
-                result = self.space.decode(state)
-                detail = result - octave_base
-                if snapshot is not None and index + 1 < len(sizes):
-                    snapshot(self._full_size(result, octave_base, base))
-        return np.clip(result, 0.0, 1.0).astype(np.float32)
-
+                        snapshot(self._full_size(runner.decode(_copy(state)), octave_base, base))
+                result = runner.decode(state)
+                del state
+                if index + 1 < len(sizes):
+                    if snapshot is not None:
+                        snapshot(self._full_size(result, octave_base, base))
+                    detail = result
+                    detail -= octave_base
+                    del result
+        return np.clip(result, 0.0, 1.0, out=result)
 
     @staticmethod
     def _full_size(result: np.ndarray, octave_base: np.ndarray, base: np.ndarray) -> np.ndarray:
         """An octave's image at the final size: its detail upscaled onto the original, as the next octave starts."""
         h, w = base.shape[:2]
         return np.clip(base + transforms.resize(result - octave_base, h, w), 0.0, 1.0).astype(np.float32)
+
+
+def _copy(state: mx.array | np.ndarray) -> mx.array | np.ndarray:
+    """A snapshot's own copy of the state (a tiled state is decoded in place)."""
+    return state.copy() if isinstance(state, np.ndarray) else state
 
 
 def dream(model: DreamModel, image: np.ndarray, settings: DreamSettings | None = None, *,

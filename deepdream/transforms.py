@@ -107,6 +107,14 @@ def _reflect_pad_axis(x: mx.array, pad: int, axis: int) -> mx.array:
     return x
 
 
+def reflect_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices ``start..stop-1`` of an axis of ``length`` samples, reflected at both ends as torch's
+    ``mode='reflect'`` pads (-1 -> 1, length -> length - 2): a window reaching past the image edge
+    reads what ``_reflect_pad_axis`` would have padded there."""
+    index = np.abs(np.arange(start, stop))
+    return np.where(index > length - 1, 2 * (length - 1) - index, index)
+
+
 def gaussian_taps(sigma: mx.array, size: int = SMOOTHING_KERNEL_SIZE) -> mx.array:
     """Normalised 1-D Gaussian of std ``sigma`` (an array, so a compiled step takes it as input)."""
     grid = mx.arange(size, dtype=mx.float32) - (size - 1) / 2
@@ -122,9 +130,15 @@ def cascade_smooth(grad: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL
     still correctly padded left and right, and the three horizontal passes add up in one
     fused pass (faster than padding and summing per blur; docs/performance.md, item 5).
     """
-    _, height, width, _ = grad.shape
     pad = size // 2
-    padded = _reflect_pad_axis(_reflect_pad_axis(grad, pad, 1), pad, 2)
+    return cascade_smooth_padded(_reflect_pad_axis(_reflect_pad_axis(grad, pad, 1), pad, 2), sigma, size)
+
+
+def cascade_smooth_padded(padded: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL_SIZE) -> mx.array:
+    """``cascade_smooth`` of an array already padded by ``size // 2`` on every side (the output is that
+    much smaller): a tile padded with its neighbours' pixels smooths exactly as the whole image would."""
+    _, height, width, _ = padded.shape
+    height, width = height - 2 * (size // 2), width - 2 * (size // 2)
     out = None
     for coeff in CASCADE_SIGMAS:
         taps = gaussian_taps(sigma * coeff, size)

@@ -35,11 +35,22 @@ def test_quick_prints_the_tables(weights_dir: Path) -> None:
     assert abs(ratio - ours_ms / torch_ms) < 0.05 * ratio + 0.01
     assert float(cells[9]) > 0                      # GFLOP per step, counted from the layer shapes
     assert float(cells[10]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
-    # the end-to-end recipe and the tiled-dream memory test
+    # the end-to-end recipe
     assert re.search(r"\| googlenet preset \(inception3a, inception4e, inception5b\) \| 128x\d+ \| \d \| 2 \|", out)
-    memory = next(line for line in out.splitlines() if line.startswith("| googlenet | 400x300 | 160 |"))
-    assert "under 4 GiB" in memory
-    assert float(re.search(r"\| ([\d.]+) GiB \|", memory).group(1)) > 0.05
+    # the memory table: measured peak (prediction; tiles) per photo size, the default flags' output size
+    memory = next(line for line in out.splitlines() if line.startswith("| googlenet | 0.") and "whole" in line)
+    measured = [float(m) for m in re.findall(r"\| ([\d.]+) \(", memory)]
+    assert len(measured) == 2 and all(0.05 < m < 4 for m in measured) and "output" not in memory
+    # the prediction next to the measurement (1200x900 needs a profile; 400x300 fits without one)
+    row = next(line for line in out.splitlines() if line.startswith("| googlenet | 1200x900 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    predicted, measured_gib = float(cells[2]), float(cells[3])
+    assert abs(predicted / measured_gib - 1) < 0.25
+    # tiled against whole steps, per megapixel
+    row = next(line for line in out.splitlines() if line.startswith("| googlenet | 640x480 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) > 0 and float(cells[3]) > 0 and re.fullmatch(r"\d+ of \d+x\d+", cells[4])
+    assert int(cells[4].split()[0]) > 1
 
 
 def test_unknown_model_is_a_one_line_error(weights_dir: Path) -> None:
@@ -52,7 +63,7 @@ def test_unknown_model_is_a_one_line_error(weights_dir: Path) -> None:
 
 
 def test_bad_numbers_are_rejected(weights_dir: Path) -> None:
-    for args in (["--sizes", "0"], ["--repeats", "x"], ["--memory-size", "4000by3000"]):
+    for args in (["--sizes", "0"], ["--repeats", "x"], ["--memory-sizes", "4000by3000"], ["--max-memory", "lots"]):
         result = _bench(*args, weights_dir=weights_dir)
         assert result.returncode == 2, args
         assert "Traceback" not in result.stderr and "error:" in result.stderr

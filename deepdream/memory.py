@@ -1,0 +1,286 @@
+"""The memory budget: predict a dream's peak memory and tile just enough to stay under it.
+
+A dream step's memory grows with the pixels it sees (the network's activations and their
+gradients), at a rate that depends on the model and its layers. Rather than guess that rate,
+``measure_profile`` runs the compiled step on two small images and reads the process's own
+peak memory each time: the difference is the cost per pixel, the rest a fixed overhead. The
+result is cached on disk per model, layer set and step shape (``profile_key``), so only a
+model's first big dream pays for it.
+
+``plan_octave`` then predicts an octave's peak (what is resident now + the step's overhead +
+its per-pixel cost over the pixels one gradient sees + the image-sized arrays the loop keeps),
+and picks the whole image when that fits the budget, else the largest tile that does, else a
+one-line error naming the flags that change the outcome.
+
+The peak is read where it can be reset: Linux's ``VmHWM`` (``/proc/self/clear_refs``), which
+counts every allocation (MLX's, numpy's, the native kernels' scratch); elsewhere MLX's own
+allocator peak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlx.core as mx
+from . import transforms
+from .errors import DreamError
+
+#: Default budget: this share of the machine's memory, and never more than the cap (bigger tiles
+#: buy no speed, so a larger budget is only taken when asked for with --max-memory).
+DEFAULT_SHARE = 0.25
+DEFAULT_CAP = int(3.5 * 2**30)
+#: Square sides of the two profiling runs: big enough that allocator granularity stays small next
+#: to the per-pixel cost, small enough to be quick on any model.
+PROFILE_SIDES = (320, 512)
+#: A bound on any model's per-pixel cost, far above the zoo's: an octave this small fits the budget
+#: without a profile (small images and tests never pay for one).
+UNPROFILED_BYTES_PER_PIXEL = 16_000
+#: Tiles are sized in steps of this many pixels: near sizes would cost the same, and a coarse grid
+#: keeps the choice stable when the resident memory moves a little between runs.
+TILE_STEP = 32
+#: The smallest tile tried: below it, the per-tile overhead costs more than memory saves.
+MIN_TILE = 256
+FLOAT_RGB = 3 * 4  # bytes per pixel of one float32 RGB image
+PROFILE_VERSION = 1
+
+_UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``6GB``, ``6.5 GB``, ``500MB``, ``4GiB`` (a bare number means GB) -> bytes; ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"'{text}' is not a memory size; write it like 6GB or 500MB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_bytes(count: float) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+def total_memory() -> int:
+    """The machine's physical memory in bytes (or the GPU's, when MLX runs there and reports it)."""
+    if mx.default_device() == mx.gpu:
+        size = mx.device_info().get("memory_size")
+        if size:
+            return int(size)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_budget() -> int:
+    return min(int(total_memory() * DEFAULT_SHARE), DEFAULT_CAP)
+
+
+# -- reading the process's memory ---------------------------------------------------------------
+
+class Probe:
+    """The memory a dream is judged by: resident now, and the peak since ``reset_peak``."""
+
+    name = "mlx"
+
+    def release(self) -> None:
+        """Hand freed memory back, so what is resident is what is in use (the measurement's baseline)."""
+        mx.clear_cache()
+
+    def resident(self) -> int:
+        return mx.get_active_memory()
+
+    def reset_peak(self) -> None:
+        mx.reset_peak_memory()
+
+    def peak(self) -> int:
+        return mx.get_peak_memory()
+
+
+class LinuxProbe(Probe):
+    """The process's resident set (``VmRSS``) and its resettable high-water mark (``VmHWM``)."""
+
+    name = "linux-rss"
+
+    def __init__(self) -> None:
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except OSError:  # a libc without it (musl): freed memory just stays mapped a little longer
+            self._trim = None
+
+    def release(self) -> None:
+        mx.clear_cache()
+        if self._trim is not None:
+            self._trim(0)
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as status:
+            return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.M).group(1)) * 1024
+
+    def resident(self) -> int:
+        return self._status("VmRSS")
+
+    def reset_peak(self) -> None:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+
+    def peak(self) -> int:
+        return self._status("VmHWM")
+
+
+def make_probe() -> Probe:
+    if sys.platform.startswith("linux") and mx.default_device() == mx.cpu and os.access("/proc/self/clear_refs", os.W_OK):
+        return LinuxProbe()
+    return Probe()
+
+
+# -- the per-pixel cost, measured once per model and layer set -----------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """A dream step's peak memory above what was resident: ``overhead + bytes_per_pixel * pixels``."""
+
+    bytes_per_pixel: float
+    overhead: float
+    #: Per pixel of a whole-image update on its own (measured only when a tiled step still needs one).
+    update_bytes_per_pixel: float = 0.0
+
+    def step_bytes(self, pixels: int) -> float:
+        return self.overhead + self.bytes_per_pixel * pixels
+
+
+def _slope(run: Callable[[int], None], probe: Probe, sides: tuple[int, int]) -> tuple[float, float]:
+    """(bytes per pixel, overhead) of ``run(side)`` on side x side images: peaks at two sizes.
+
+    The smaller size runs twice and only the second counts: the first traces the compiled graphs.
+    """
+    small, large = sides
+    run(small)
+    probe.release()
+    before = probe.resident()
+    peaks = []
+    for side in (small, large):
+        probe.release()
+        probe.reset_peak()
+        run(side)
+        peaks.append(probe.peak())
+    probe.release()
+    slope = max(0.0, (peaks[1] - peaks[0]) / (large * large - small * small))
+    return slope, max(0.0, peaks[0] - before - slope * small * small)
+
+
+def measure_profile(run_step: Callable[[int], None], probe: Probe, run_update: Callable[[int], None] | None = None,
+                    sides: tuple[int, int] = PROFILE_SIDES) -> Profile:
+    """``run_step(side)`` dreams one step on a side x side image; ``run_update(side)`` (optional) runs
+    only the whole-image update, for steps whose tiled form still updates the whole image."""
+    slope, overhead = _slope(run_step, probe, sides)
+    update = _slope(run_update, probe, sides)[0] if run_update is not None else 0.0
+    return Profile(slope, overhead, update)
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deepdream-mlx" / "memory-profiles.json"
+
+
+def profile_key(*parts: object) -> str:
+    """What a profile depends on: the step's shape (passed in by the caller), MLX, the machine, the probe."""
+    return "|".join([str(p) for p in parts] + [f"mlx {mx.__version__}", platform.machine(), f"v{PROFILE_VERSION}"])
+
+
+def load_profile(key: str) -> Profile | None:
+    try:
+        entry = json.loads(cache_path().read_text()).get(key)
+        return Profile(**entry) if entry else None
+    except (OSError, ValueError, TypeError):
+        return None  # no cache yet, or one this version cannot read: measure again
+
+
+def save_profile(key: str, profile: Profile) -> None:
+    from models.weights import atomic_write
+
+    path = cache_path()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    cached[key] = asdict(profile)
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(cached, indent=1)), suffix=".json")
+    except OSError:
+        pass  # a read-only cache folder costs a profile per run, nothing more
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """How one octave is dreamed: whole (``tile is None``) or in tiles, with the predicted peak in bytes."""
+
+    height: int
+    width: int
+    tile: int | None
+    predicted: float
+    whole: float
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        if self.tile is None:
+            return self.height, self.width
+        return (max(b - a for a, b in transforms.tile_bounds(self.height, self.tile)),
+                max(b - a for a, b in transforms.tile_bounds(self.width, self.tile)))
+
+    @property
+    def tile_count(self) -> int:
+        if self.tile is None:
+            return 1
+        return len(transforms.tile_bounds(self.height, self.tile)) * len(transforms.tile_bounds(self.width, self.tile))
+
+
+def fits_unprofiled(resident: int, height: int, width: int, budget: int) -> bool:
+    """True when the octave fits even at a per-pixel cost no model reaches (no profile needed)."""
+    return resident + UNPROFILED_BYTES_PER_PIXEL * height * width <= budget
+
+
+def predict(profile: Profile, resident: int, height: int, width: int, tile: int | None, *,
+            image_copies: float, extra_bytes_per_pixel: float = 0.0) -> float:
+    """Peak bytes of an octave: resident + the step on one gradient's pixels + the loop's image-sized arrays.
+
+    ``image_copies`` counts the float32 RGB arrays of the octave's size the loop holds besides the
+    step's own; ``extra_bytes_per_pixel`` what else grows with the whole image (a whole-image update).
+    """
+    plan = Plan(height, width, tile, 0.0, 0.0)
+    tile_h, tile_w = plan.tile_shape
+    return (resident + profile.step_bytes(tile_h * tile_w)
+            + (image_copies * FLOAT_RGB + extra_bytes_per_pixel) * height * width)
+
+
+def plan_octave(profile: Profile, resident: int, height: int, width: int, budget: int, *, min_tile: int,
+                whole_copies: float, tiled_copies: float, tiled_extra: float = 0.0,
+                describe: Callable[[], str] = lambda: "the dream") -> Plan:
+    """The whole image if it fits ``budget``, else the largest tile (a multiple of ``TILE_STEP``) that
+    does; a DreamError naming the flags when not even the smallest tile fits."""
+    whole = predict(profile, resident, height, width, None, image_copies=whole_copies)
+    if whole <= budget:
+        return Plan(height, width, None, whole, whole)
+    smallest = max(MIN_TILE, min_tile)
+    largest = max(height, width)
+    tile = (largest // TILE_STEP) * TILE_STEP
+    while tile >= smallest:
+        need = predict(profile, resident, height, width, tile, image_copies=tiled_copies,
+                       extra_bytes_per_pixel=tiled_extra)
+        if need <= budget and tile < largest:
+            return Plan(height, width, tile, need, whole)
+        tile -= TILE_STEP
+    need = predict(profile, resident, height, width, smallest, image_copies=tiled_copies,
+                   extra_bytes_per_pixel=tiled_extra)
+    raise DreamError(f"{describe()} at {width}x{height} needs about {format_bytes(need)} even in "
+                     f"{smallest}-px tiles, over the {format_bytes(budget)} memory budget; raise it with "
+                     f"--max-memory (e.g. --max-memory {math.ceil(need / 1e9)}GB) or shrink the image with --max-size")
+
