@@ -7,9 +7,10 @@ colour map of ``deepdream.colour`` (``rgb_linear = latent @ M_n.T``) and a sigmo
 bounds the image without clipping (a clipped pixel has no gradient and stays stuck).
 
 ``fft`` keeps the real FFT coefficients of each colour plane instead of the pixels and
-scales frequency f by ``1 / max(|f|, 1/max(h, w)) ** decay_power``: a unit step moves low
-frequencies much more than high ones, so gradient ascent (which otherwise favours the
-high-frequency patterns classifiers are most sensitive to) builds large, coherent shapes.
+scales frequency f by ``1 / max(|f|, 1/max(h, w)) ** decay_power`` (with the total weight of
+power 1, ``spectrum_scale``): a unit step moves low frequencies much more than high ones, so
+gradient ascent (which otherwise favours the high-frequency patterns classifiers are most
+sensitive to) builds large, coherent shapes.
 """
 
 from __future__ import annotations
@@ -71,10 +72,33 @@ def rfft2_frequencies(height: int, width: int) -> np.ndarray:
 
 
 def spectrum_scale(height: int, width: int, decay_power: float) -> np.ndarray:
-    """Lucid's 1/f weighting of each coefficient, times sqrt(h*w) so the image's variance does not shrink with size."""
+    """Lucid's 1/f weighting of each coefficient, times sqrt(h*w) so the image's variance does not shrink
+    with size, then rescaled so its energy is that of Lucid's power 1 at this size.
+
+    Adam moves every coefficient by about the learning rate per step whatever its gradient, so the
+    weighting's energy is the step's size in the image. Left alone, ``1/|f|^P`` with P above 1 multiplies
+    that energy (the lowest frequencies' weights explode, the more so the larger the image): the
+    latent image outgrows the sigmoid's linear part within a few dozen steps and the render comes out
+    clipped and neon. With the energy pinned, the decay power only moves it between frequencies.
+    """
     freqs = rfft2_frequencies(height, width)
-    scale = 1.0 / np.maximum(freqs, 1.0 / max(height, width)) ** decay_power
+    floor = np.maximum(freqs, 1.0 / max(height, width))
+    scale = 1.0 / floor ** decay_power
+    counts = half_spectrum_counts(height, width)
+    scale *= _rms(1.0 / floor, counts) / _rms(scale, counts)
     return (scale * np.sqrt(height * width)).astype(np.float32)
+
+
+def half_spectrum_counts(height: int, width: int) -> np.ndarray:
+    """How many coefficients of the full spectrum each one of the real FFT's half stands for: two for
+    every column but the DC one (and, for an even width, the Nyquist one)."""
+    counts = np.ones((height, width // 2 + 1))
+    counts[:, 1:(width + 1) // 2] = 2.0
+    return counts
+
+
+def _rms(weights: np.ndarray, counts: np.ndarray) -> float:
+    return float(np.sqrt((counts * weights ** 2).sum() / counts.sum()))
 
 
 class FFTParam:
@@ -109,7 +133,6 @@ def high_frequency_share(rgb: np.ndarray, cutoff: float = 0.25) -> float:
     rgb = np.asarray(rgb, np.float64)
     rgb = rgb - rgb.mean(axis=(0, 1))
     power = (np.abs(np.fft.rfft2(rgb, axes=(0, 1))) ** 2).sum(axis=-1)
-    # The half spectrum stands for both halves: every column but the DC (and even-width Nyquist) one twice.
-    power[:, 1:(rgb.shape[1] + 1) // 2] *= 2.0
+    power *= half_spectrum_counts(rgb.shape[0], rgb.shape[1])
     freqs = rfft2_frequencies(rgb.shape[0], rgb.shape[1])
     return float(power[freqs > cutoff].sum() / max(power.sum(), 1e-30))

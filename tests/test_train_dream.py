@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlx.core as mx
@@ -61,13 +62,19 @@ def draw_shape(shape: str, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def make_shapes(root: Path, per_class: int, seed: int) -> Path:
+def make_image_folder(root: Path, classes: Sequence[str], draw: Callable[[str, np.random.Generator], Image.Image],
+                      per_class: int, seed: int) -> Path:
+    """An ImageFolder of ``per_class`` images ``draw(class, rng)`` per class, seeded."""
     rng = np.random.default_rng(seed)
-    for shape in SHAPES:
-        (root / shape).mkdir(parents=True, exist_ok=True)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            draw_shape(shape, rng).save(root / shape / f"{shape}_{i:03d}.png")
+            draw(name, rng).save(root / name / f"{name}_{i:03d}.png")
     return root
+
+
+def make_shapes(root: Path, per_class: int, seed: int) -> Path:
+    return make_image_folder(root, SHAPES, draw_shape, per_class, seed)
 
 
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

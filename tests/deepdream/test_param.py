@@ -36,6 +36,29 @@ def test_fft_param_decodes_one_coefficient_to_one_frequency():
     assert scale[0, 1] / scale[16, 16] == pytest.approx(math.sqrt(2) * 16, rel=1e-3)
 
 
+def test_decay_power_moves_energy_between_frequencies_without_adding_any():
+    """Power 1 is Lucid's scale (``1/max(|f|, 1/max(h, w)) * sqrt(h*w)``); other powers decode a white
+    spectrum to an image of the same variance (else the render outgrows the sigmoid: clipped, neon),
+    with more of it at the low frequencies."""
+    h, w = 48, 64
+    freqs = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
+    lucid = 1.0 / np.maximum(freqs, 1.0 / w) * math.sqrt(h * w)
+    np.testing.assert_allclose(spectrum_scale(h, w, 1.0), lucid, rtol=1e-6)
+    rng = np.random.default_rng(0)
+    state = mx.array(rng.normal(0.0, 1.0, (64, 3, 2, h, w // 2 + 1)).astype(np.float32))
+    spreads, lows = {}, {}
+    for power in (0.5, 1.0, 1.5, 2.0):
+        param = FFTParam(h, w, matrix=np.eye(3, dtype=np.float32), decay_power=power)
+        spectrum = (state[:, :, 0] + 1j * state[:, :, 1]) * param.scale
+        planes = np.array(mx.fft.irfft2(spectrum, s=(h, w)))
+        spreads[power] = planes.std()
+        lows[power] = high_frequency_share(planes.reshape(-1, h, w).transpose(1, 2, 0)[..., :3], cutoff=1 / 16)
+    # Equal in expectation (a few low-frequency coefficients carry much of it, hence the margin); unpinned,
+    # power 2 alone would be several times power 1.
+    assert max(spreads.values()) / min(spreads.values()) < 1.15, spreads
+    assert lows[0.5] > lows[1.0] > lows[1.5] > lows[2.0], lows
+
+
 def test_params_start_grey_and_stay_in_range():
     rng = np.random.default_rng(0)
     for param in (PixelParam(40, 48), FFTParam(40, 48)):
