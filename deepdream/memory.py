@@ -50,7 +50,7 @@ TILE_STEP = 32
 #: The smallest tile tried: below it, the per-tile overhead costs more than memory saves.
 MIN_TILE = 256
 FLOAT_RGB = 3 * 4  # bytes per pixel of one float32 RGB image
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 
 _UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -144,15 +144,21 @@ def make_probe() -> Probe:
 
 @dataclass(frozen=True)
 class Profile:
-    """A dream step's peak memory above what was resident: ``overhead + bytes_per_pixel * pixels``."""
+    """Peak memory above what was resident, ``overhead + bytes_per_pixel * pixels``, of a whole-image
+    step and of one tile's gradient (a tiled step's update works on small blocks, so it is not counted)."""
 
     bytes_per_pixel: float
     overhead: float
+    tile_bytes_per_pixel: float
+    tile_overhead: float
     #: Per pixel of a whole-image update on its own (measured only when a tiled step still needs one).
     update_bytes_per_pixel: float = 0.0
 
     def step_bytes(self, pixels: int) -> float:
         return self.overhead + self.bytes_per_pixel * pixels
+
+    def tile_bytes(self, pixels: int) -> float:
+        return self.tile_overhead + self.tile_bytes_per_pixel * pixels
 
 
 def _slope(run: Callable[[int], None], probe: Probe, sides: tuple[int, int]) -> tuple[float, float]:
@@ -175,13 +181,13 @@ def _slope(run: Callable[[int], None], probe: Probe, sides: tuple[int, int]) -> 
     return slope, max(0.0, peaks[0] - before - slope * small * small)
 
 
-def measure_profile(run_step: Callable[[int], None], probe: Probe, run_update: Callable[[int], None] | None = None,
-                    sides: tuple[int, int] = PROFILE_SIDES) -> Profile:
-    """``run_step(side)`` dreams one step on a side x side image; ``run_update(side)`` (optional) runs
-    only the whole-image update, for steps whose tiled form still updates the whole image."""
-    slope, overhead = _slope(run_step, probe, sides)
+def measure_profile(run_step: Callable[[int], None], run_tile: Callable[[int], None], probe: Probe,
+                    run_update: Callable[[int], None] | None = None, sides: tuple[int, int] = PROFILE_SIDES) -> Profile:
+    """``run_step(side)`` dreams one step on a side x side image, ``run_tile(side)`` takes one tile's
+    gradient; ``run_update(side)`` (optional) runs only the whole-image update, for steps whose tiled
+    form still updates the whole image."""
     update = _slope(run_update, probe, sides)[0] if run_update is not None else 0.0
-    return Profile(slope, overhead, update)
+    return Profile(*_slope(run_step, probe, sides), *_slope(run_tile, probe, sides), update)
 
 
 def cache_path() -> Path:
@@ -257,8 +263,8 @@ def predict(profile: Profile, resident: int, height: int, width: int, tile: int 
     """
     plan = Plan(height, width, tile, 0.0, 0.0)
     tile_h, tile_w = plan.tile_shape
-    return (resident + profile.step_bytes(tile_h * tile_w)
-            + (image_copies * FLOAT_RGB + extra_bytes_per_pixel) * height * width)
+    step = profile.step_bytes(height * width) if tile is None else profile.tile_bytes(tile_h * tile_w)
+    return resident + step + (image_copies * FLOAT_RGB + extra_bytes_per_pixel) * height * width
 
 
 def plan_octave(profile: Profile, resident: int, height: int, width: int, budget: int, *, min_tile: int,

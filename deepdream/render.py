@@ -346,7 +346,7 @@ class Dreamer:
                 self.notice(f"measuring {self.model.name}'s memory per pixel for these layers (once; it is cached)")
                 # The Laplacian normalisation updates the whole image at once, tiled or not: measure that too.
                 update = self._profile_update if s.lap_norm else None
-                self._profile = memory.measure_profile(self._profile_run, self.probe, update)
+                self._profile = memory.measure_profile(self._profile_run, self._profile_tile, self.probe, update)
                 memory.save_profile(key, self._profile)
         return self._profile
 
@@ -354,6 +354,12 @@ class Dreamer:
         rgb = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
         state, _ = self.step(self.step.encode(rgb), (0, 0), 1.0, 0.0)
         del state
+
+    def _profile_tile(self, side: int) -> None:
+        state = self.step.encode(np.random.default_rng(0).random((side, side, 3), dtype=np.float32))
+        loss, grad = self.step._gradient(state)
+        mx.eval(loss, grad)
+        del loss, grad, state
 
     def _profile_update(self, side: int) -> None:
         rng = np.random.default_rng(0)

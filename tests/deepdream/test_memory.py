@@ -43,7 +43,7 @@ def test_default_budget_is_a_share_of_the_machine_capped():
     assert 0 < memory.default_budget() <= min(memory.total_memory() * memory.DEFAULT_SHARE, memory.DEFAULT_CAP)
 
 
-PROFILE = memory.Profile(bytes_per_pixel=1000.0, overhead=50e6)
+PROFILE = memory.Profile(bytes_per_pixel=1000.0, overhead=50e6, tile_bytes_per_pixel=900.0, tile_overhead=40e6)
 
 
 def test_plan_is_whole_when_it_fits_else_the_largest_tile_that_fits():
@@ -68,22 +68,33 @@ def test_plan_that_cannot_fit_names_the_budget_and_the_flags():
     assert "--max-memory" in message and "--max-size" in message and "\n" not in message
 
 
-@pytest.mark.skipif(not LINUX_PROBE, reason="the process's resettable peak (VmHWM) is Linux's")
-def test_prediction_matches_the_measured_peak(effnet):
-    """The profile (two small steps) predicts a bigger whole-image dream's peak within 25%."""
-    photo = load_image(CHELSEA)
-    photo = np.asarray(Image.fromarray((photo * 255).astype(np.uint8)).resize((1000, 750)), np.float32) / 255
-    dreamer = Dreamer(effnet, DreamSettings(layers=("block10",), octaves=1, steps=2, seed=0,
-                                            max_memory=int(8e9)), quiet=True)
-    dreamer.profile()
+def measured_peak(dreamer: Dreamer, photo: np.ndarray) -> float:
     probe = dreamer.probe
     probe.release()
     probe.reset_peak()
-    plan = dreamer.plan(750, 1000)
-    assert plan.tile is None
     result = dreamer(photo)
-    measured = probe.peak()
     assert result.shape == photo.shape
+    return probe.peak()
+
+
+@pytest.mark.skipif(not LINUX_PROBE, reason="the process's resettable peak (VmHWM) is Linux's")
+def test_prediction_matches_the_measured_peak(effnet):
+    """The profile (small steps) predicts a bigger dream's peak within 25%, whole and tiled."""
+    photo = load_image(CHELSEA)
+    photo = np.asarray(Image.fromarray((photo * 255).astype(np.uint8)).resize((1200, 800)), np.float32) / 255
+    settings = DreamSettings(layers=("block10",), octaves=1, steps=2, seed=0, max_memory=int(8e9))
+    whole = Dreamer(effnet, settings, quiet=True)
+    whole.profile()
+    plan = whole.plan(800, 1200)
+    assert plan.tile is None
+    measured = measured_peak(whole, photo)
+    assert abs(plan.predicted / measured - 1) < 0.25, (plan.predicted, measured)
+    # a budget of about half the whole image's step: tiles
+    budget = int(whole.probe.resident() + (plan.predicted - whole.probe.resident()) / 2)
+    tiled = Dreamer(effnet, DreamSettings(**{**settings.as_dict(), "max_memory": budget}), quiet=True)
+    plan = tiled.plan(800, 1200)
+    assert plan.tile is not None
+    measured = measured_peak(tiled, photo)
     assert abs(plan.predicted / measured - 1) < 0.25, (plan.predicted, measured)
 
 
@@ -119,18 +130,25 @@ def test_profile_is_measured_once_then_read_from_the_cache(effnet, monkeypatch):
         Dreamer(effnet, DreamSettings(layers=("block7",), octaves=1, steps=1), quiet=True).profile()
 
 
-def test_dream_that_cannot_fit_fails_before_any_work(effnet, tmp_path):
+@pytest.mark.parametrize("script,extra,output", [
+    ("dream.py", ["--model", "efficientnet_lite0"], "out.png"),
+    ("dream.py", ["--model", "all"], "all"),
+    ("dream_video.py", ["--model", "efficientnet_lite0", "--frames", "3", "--max-size", "1500"], "zoom.mp4"),
+], ids=["dream", "model-all", "video"])
+def test_dream_that_cannot_fit_fails_before_any_work(effnet, tmp_path, script, extra, output):
+    """The same policy wherever the engine dreams: one line naming the flags, nothing written."""
     photo = tmp_path / "photo.png"
     Image.open(CHELSEA).convert("RGB").resize((1500, 1000)).save(photo)
-    out = tmp_path / "out.png"
-    result = subprocess.run([sys.executable, str(ROOT / "dream.py"), "--input", str(photo), "--output", str(out),
-                             "--model", "efficientnet_lite0", "--max-memory", "100MB", "--steps", "1"],
+    out = tmp_path / output
+    result = subprocess.run([sys.executable, str(ROOT / script), "--input", str(photo), "--output", str(out),
+                             *extra, "--max-memory", "100MB", "--steps", "1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: efficientnet_lite0 at 1500x1000 needs about"), result.stderr
     assert "--max-memory" in lines[-1] and "--max-size" in lines[-1]
-    assert "Traceback" not in result.stderr and not out.exists()
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_bad_max_memory_is_a_one_line_error(tmp_path):
