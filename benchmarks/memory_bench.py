@@ -97,7 +97,6 @@ def _dreamer(args: argparse.Namespace):
 def child(request: dict) -> dict:
     """One measurement (in a fresh process): ``request["kind"]`` is "profile", "dream" or "speed"."""
     import models  # noqa: F401  (first: puts the fast BLAS under MLX)  # isort: skip
-    import mlx.core as mx
     import numpy as np
 
     from deepdream import device
@@ -121,14 +120,14 @@ def child(request: dict) -> dict:
         times = []
         for i in range(request["timed"] + 1):    # the first step traces the compiled graphs
             begin = time.perf_counter()
-            state, _ = runner(state, (3 * i, -5 * i), 1.0, 0.05)
-            mx.eval(state) if isinstance(state, mx.array) else None
+            state, _ = runner(state, (3 * i, -5 * i), 1.0, 0.05)   # evaluated before it returns
             times.append(time.perf_counter() - begin)
         return {"step_s": float(np.median(times[1:])), "tiles": plan.tile_count, "tile_shape": plan.tile_shape}
     result = dreamer(image)
     save_image(args.output, result)
-    plans = list(dreamer._plans.values())
-    last = max(plans, key=lambda p: p.height * p.width)
+    sizes = dreamer.octave_sizes(*image.shape[:2])
+    plans = [dreamer.plan(h, w, last=i == len(sizes) - 1) for i, (h, w) in enumerate(sizes)]  # cached: no new work
+    last = plans[-1]
     predicted = [p.predicted for p in plans if not np.isnan(p.predicted)]
     return {"predicted": max(predicted, default=float("nan")), "tiles": last.tile_count,
             "seconds": time.perf_counter() - start, "output": [int(result.shape[1]), int(result.shape[0])]}

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlx.core as mx
+
 from . import transforms
 from .errors import DreamError
 
@@ -114,7 +115,7 @@ class LinuxProbe(Probe):
             self._trim = None
 
     def release(self) -> None:
-        mx.clear_cache()
+        super().release()
         if self._trim is not None:
             self._trim(0)
 
@@ -237,16 +238,21 @@ class Plan:
 
     @property
     def tile_shape(self) -> tuple[int, int]:
-        if self.tile is None:
-            return self.height, self.width
-        return (max(b - a for a, b in transforms.tile_bounds(self.height, self.tile)),
-                max(b - a for a, b in transforms.tile_bounds(self.width, self.tile)))
+        return tile_shape(self.height, self.width, self.tile)
 
     @property
     def tile_count(self) -> int:
         if self.tile is None:
             return 1
         return len(transforms.tile_bounds(self.height, self.tile)) * len(transforms.tile_bounds(self.width, self.tile))
+
+
+def tile_shape(height: int, width: int, tile: int | None) -> tuple[int, int]:
+    """The largest tile's (height, width) when ``tile_bounds`` splits the image (the image itself untiled)."""
+    if tile is None:
+        return height, width
+    return (max(b - a for a, b in transforms.tile_bounds(height, tile)),
+            max(b - a for a, b in transforms.tile_bounds(width, tile)))
 
 
 def fits_unprofiled(resident: int, height: int, width: int, budget: int) -> bool:
@@ -261,15 +267,14 @@ def predict(profile: Profile, resident: int, height: int, width: int, tile: int 
     ``image_copies`` counts the float32 RGB arrays of the octave's size the loop holds besides the
     step's own; ``extra_bytes_per_pixel`` what else grows with the whole image (a whole-image update).
     """
-    plan = Plan(height, width, tile, 0.0, 0.0)
-    tile_h, tile_w = plan.tile_shape
+    tile_h, tile_w = tile_shape(height, width, tile)
     step = profile.step_bytes(height * width) if tile is None else profile.tile_bytes(tile_h * tile_w)
     return resident + step + (image_copies * FLOAT_RGB + extra_bytes_per_pixel) * height * width
 
 
 def plan_octave(profile: Profile, resident: int, height: int, width: int, budget: int, *, min_tile: int,
                 whole_copies: float, tiled_copies: float, tiled_extra: float = 0.0,
-                describe: Callable[[], str] = lambda: "the dream") -> Plan:
+                what: str = "the dream") -> Plan:
     """The whole image if it fits ``budget``, else the largest tile (a multiple of ``TILE_STEP``) that
     does; a DreamError naming the flags when not even the smallest tile fits."""
     whole = predict(profile, resident, height, width, None, image_copies=whole_copies)
@@ -286,7 +291,7 @@ def plan_octave(profile: Profile, resident: int, height: int, width: int, budget
         tile -= TILE_STEP
     need = predict(profile, resident, height, width, smallest, image_copies=tiled_copies,
                    extra_bytes_per_pixel=tiled_extra)
-    raise DreamError(f"{describe()} at {width}x{height} needs about {format_bytes(need)} even in "
+    raise DreamError(f"{what} at {width}x{height} needs about {format_bytes(need)} even in "
                      f"{smallest}-px tiles, over the {format_bytes(budget)} memory budget; raise it with "
                      f"--max-memory (e.g. --max-memory {math.ceil(need / 1e9)}GB) or shrink the image with --max-size")
 

@@ -252,14 +252,24 @@ class DreamStep:
     def decode(self, state: mx.array) -> np.ndarray:
         return self.space.decode(state)
 
+    def _update_inputs(self, shape: tuple[int, ...], sigma: float, lr: float) -> tuple:
+        """The update's per-call inputs (sigma, lr, 1/size, the Laplacian bands' 1/sizes) as arrays."""
+        _, height, width, channels = shape
+        lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
+        return (mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32),
+                mx.array(1.0 / (height * width * channels)), lap_counts)
+
+    def update(self, state: mx.array, grad: mx.array, sigma: float, lr: float) -> mx.array:
+        """The update alone, from the whole image's (unrolled) gradient, evaluated."""
+        new = self._update(state, grad, *self._update_inputs(state.shape, sigma, lr))
+        mx.eval(new)
+        return new
+
     def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
                  lr: float) -> tuple[mx.array, float]:
-        _, height, width, channels = state.shape
-        lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
-        start, back = transforms.roll_starts(height, width, shift)
+        start, back = transforms.roll_starts(state.shape[1], state.shape[2], shift)
         loss_arr, grad = self._rolled_gradient(state, start)
-        new = self._rolled_update(state, grad, back, mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32),
-                                  mx.array(1.0 / (height * width * channels)), lap_counts)
+        new = self._rolled_update(state, grad, back, *self._update_inputs(state.shape, sigma, lr))
         mx.eval(new, loss_arr)
         return new, loss_arr.item()
 
@@ -350,25 +360,20 @@ class Dreamer:
                 memory.save_profile(key, self._profile)
         return self._profile
 
+    # The profile's runs: each makes its own side x side state, so its arrays are part of the peak measured.
+    def _profile_state(self, side: int) -> mx.array:
+        return self.step.encode(np.random.default_rng(0).random((side, side, 3), dtype=np.float32))
+
     def _profile_run(self, side: int) -> None:
-        rgb = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
-        state, _ = self.step(self.step.encode(rgb), (0, 0), 1.0, 0.0)
-        del state
+        self.step(self._profile_state(side), (0, 0), 1.0, 0.0)
 
     def _profile_tile(self, side: int) -> None:
-        state = self.step.encode(np.random.default_rng(0).random((side, side, 3), dtype=np.float32))
-        loss, grad = self.step._gradient(state)
-        mx.eval(loss, grad)
-        del loss, grad, state
+        mx.eval(*self.step._gradient(self._profile_state(side)))
 
     def _profile_update(self, side: int) -> None:
-        rng = np.random.default_rng(0)
-        state = self.step.encode(rng.random((side, side, 3), dtype=np.float32))
-        grad = mx.array(rng.standard_normal((1, side, side, 3), dtype=np.float32))
-        new = self.step._update(state, grad, mx.array(1.0), mx.array(0.0), mx.array(1.0 / (3 * side * side)),
-                                transforms.lap_inverse_counts(side, side))
-        mx.eval(new)
-        del new, state, grad
+        state = self._profile_state(side)
+        gradient = np.random.default_rng(1).standard_normal(state.shape, dtype=np.float32)
+        self.step.update(state, mx.array(gradient), 1.0, 0.0)
 
     def plan(self, height: int, width: int, last: bool = True) -> memory.Plan:
         """How the octave of this size is dreamed (``last``: the full-size one, whose base the caller holds)."""
@@ -392,7 +397,7 @@ class Dreamer:
                 plan = memory.plan_octave(profile, resident, height, width, self.budget,
                                           min_tile=2 * self.model.MIN_INPUT_SIZE, whole_copies=extra,
                                           tiled_copies=2 + extra, tiled_extra=profile.update_bytes_per_pixel,
-                                          describe=lambda: self.model.name)
+                                          what=self.model.name)
         self._plans[key] = plan
         return plan
 

@@ -130,9 +130,4 @@ class TiledStep:
         return state, loss
 
     def _whole_update(self, state: np.ndarray, grad: np.ndarray, sigma: float, lr: float) -> None:
-        height, width, channels = state.shape
-        lap_counts = transforms.lap_inverse_counts(height, width, channels)
-        new = self.step._update(mx.array(state[None]), mx.array(grad[None]), mx.array(sigma, dtype=mx.float32),
-                                mx.array(lr, dtype=mx.float32), mx.array(1.0 / (height * width * channels)),
-                                lap_counts)
-        state[...] = np.array(new[0])
+        state[...] = np.array(self.step.update(mx.array(state[None]), mx.array(grad[None]), sigma, lr)[0])

@@ -62,7 +62,7 @@ def test_plan_is_whole_when_it_fits_else_the_largest_tile_that_fits():
 def test_plan_that_cannot_fit_names_the_budget_and_the_flags():
     with pytest.raises(DreamError) as error:
         memory.plan_octave(PROFILE, 100e6, 4000, 6000, int(0.3e9), min_tile=64, whole_copies=0, tiled_copies=2,
-                           describe=lambda: "vgg16")
+                           what="vgg16")
     message = str(error.value)
     assert "vgg16 at 6000x4000" in message and "300 MB memory budget" in message
     assert "--max-memory" in message and "--max-size" in message and "\n" not in message
