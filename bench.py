@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
 from collections.abc import Callable
@@ -136,29 +134,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class BenchError(Exception):
     """Bad input the user can fix; the message is one line."""
-
-
-# -- memory -----------------------------------------------------------------------------------------------
-
-def own_peak_rss_bytes() -> int:
-    """This process's peak resident set size, in bytes.
-
-    On Linux it is the kernel's high-water mark of this process's own memory map (``VmHWM``).
-    Not ``getrusage``/``wait4``'s ``ru_maxrss``: Linux carries the *parent's* RSS into a child
-    across fork + exec (it records the pre-exec memory map's high-water mark), so a child
-    started by a 1 GB benchmark process reported >= 1 GB before doing anything (measured: a
-    10 MB child of a 2 GB parent read 1.98 GB through ``wait4``).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 # -- the benchmark ----------------------------------------------------------------------------------

@@ -1,16 +1,22 @@
-"""Timers, the machine's sgemm rate and FLOP counts."""
+"""Timers, the machine's sgemm rate, FLOP counts and a process's own peak memory.
+
+Imports neither MLX nor torch at the top: the memory benchmark's children read their peak
+here (``own_peak_rss_bytes``) and must not carry torch's pages, and MLX may be imported only
+after ``models`` has put the fast BLAS in place.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import mlx.core as mx
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, repeats: int,
@@ -38,6 +44,8 @@ def median(values: Sequence[float]) -> float:
 
 def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     """MLX's float32 matmul rate on an n x n x n product (through the fast BLAS), GFLOP/s."""
+    import mlx.core as mx
+
     a = mx.random.normal((n, n))
     b = mx.random.normal((n, n))
     mx.eval(a, b)
@@ -51,6 +59,9 @@ def forward_flops(run_forward: Callable[[], object], net: nn.Module) -> float:
     Counted from the shapes each Conv2d/Linear sees (forward hooks), so a pass that stops at
     a layer counts only what ran.
     """
+    import torch
+    from torch import nn
+
     total = 0.0
 
     def conv_hook(module: nn.Conv2d, inputs: object, output: torch.Tensor) -> None:
@@ -88,6 +99,9 @@ def machine_description() -> dict[str, str]:
                     break
     except OSError:
         pass
+    import mlx.core as mx
+    import torch
+
     import models
 
     return {
@@ -101,3 +115,24 @@ def machine_description() -> dict[str, str]:
         "gpu": (f"{torch.cuda.get_device_name()} (MLX: {mx.device_info().get('device_name', '?')})"
                 if torch.cuda.is_available() and mx.default_device().type == mx.DeviceType.gpu else ""),
     }
+
+
+def own_peak_rss_bytes() -> int:
+    """This process's peak resident set size, in bytes.
+
+    On Linux it is the kernel's high-water mark of this process's own memory map (``VmHWM``).
+    Not ``getrusage``/``wait4``'s ``ru_maxrss``: Linux carries the *parent's* RSS into a child
+    across fork + exec (it records the pre-exec memory map's high-water mark), so a child
+    started by a 1 GB benchmark process reported >= 1 GB before doing anything (measured: a
+    10 MB child of a 2 GB parent read 1.98 GB through ``wait4``).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+    scale = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale

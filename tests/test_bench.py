@@ -75,7 +75,7 @@ def test_memory_child_reports_its_own_peak_not_its_parents() -> None:
     import numpy as np
 
     ballast = np.ones(1 << 27)  # 1 GiB, touched
-    code = "import bench; print(bench.own_peak_rss_bytes())"
+    code = "from benchmarks.measure import own_peak_rss_bytes; print(own_peak_rss_bytes())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     peak = int(result.stdout.strip())
