@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .layers import Conv2d
+from .conv import Conv2d
 
 #: ``conv(weight, bias)``: the convolution with the given weight (output channels first) and bias.
 ConvWith = Callable[[mx.array, mx.array | None], mx.array]
@@ -124,5 +124,5 @@ def conv_bn(conv: ConvWith, weight: mx.array, bn: nn.BatchNorm, bias: mx.array |
 
 
 def conv2d_bn(conv: Conv2d, bn: nn.BatchNorm, x: mx.array) -> mx.array:
-    """``bn(conv(x))`` for a ``fastlayers.layers.Conv2d``, folded as ``conv_bn`` folds."""
+    """``bn(conv(x))`` for a ``fastlayers.conv.Conv2d``, folded as ``conv_bn`` folds."""
     return conv_bn(lambda w, b: conv.convolve(x, w, b), conv.weight, bn, conv.bias if "bias" in conv else None)

@@ -32,7 +32,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from fastlayers.layers import Conv2d, adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 from .base import IMAGENET_STD, CaffeWeights, DreamModel, ModelFacts, Recipe, Stage, UnknownLayerError
 

@@ -35,7 +35,7 @@ symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparis
 Speed on CPU (dreaming differentiates the whole stack w.r.t. the image, under mx.compile):
 depthwise convolutions run through ``fastlayers.depthwise`` (MLX's grouped convolution is a
 naive per-group loop there), 1x1 convolutions are plain matrix products, the stem uses
-``fastlayers.layers.conv2d`` (fast input gradient of a strided conv), the dream step folds each
+``fastlayers.conv.conv2d`` (fast input gradient of a strided conv), the dream step folds each
 inference-mode BatchNorm into the preceding convolution (``fastlayers.batchnorm``), and ReLU6 has a
 one-kernel gradient.
 """
@@ -49,7 +49,8 @@ import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv_bn
 from fastlayers.depthwise import depthwise_conv2d, same_padding
-from fastlayers.layers import conv2d, global_avg_pool
+from fastlayers.conv import conv2d
+from fastlayers.pooling import global_avg_pool
 
 from .base import DreamModel, ModelFacts, PackageWeights, Recipe, Stage
 
@@ -117,7 +118,7 @@ class ConvBNReLU6(nn.Module):
             return pointwise_conv(x, weight, bias)
         ph = _pads(x.shape[1], self.kernel_size, self.stride, self.padding)
         pw = _pads(x.shape[2], self.kernel_size, self.stride, self.padding)
-        # fastlayers.layers.conv2d: MLX's own input gradient of a strided conv is a naive loop on CPU
+        # fastlayers.conv.conv2d: MLX's own input gradient of a strided conv is a naive loop on CPU
         return conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:

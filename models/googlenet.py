@@ -14,7 +14,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
-from fastlayers.layers import Conv2d, adaptive_avg_pool2d, global_avg_pool, max_pool2d
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import adaptive_avg_pool2d, global_avg_pool, max_pool2d
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, ModelFacts, Recipe, Stage
 

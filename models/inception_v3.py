@@ -13,7 +13,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from fastlayers.layers import avg_pool2d, max_pool2d
+from fastlayers.pooling import avg_pool2d, max_pool2d
 
 from .base import ModelFacts, Recipe, Stage
 from .googlenet import TORCHVISION_RANDOM_INIT, BasicConv2d, InceptionBase, MaxPool2d

@@ -4,7 +4,7 @@ Parameter paths are torchvision's state-dict keys (``layer1.0.conv1.weight``,
 ``layer1.0.downsample.0.weight``, ``bn1.running_mean``), so the conversion is the plain
 OIHW -> OHWI transpose of the converter. Each bottleneck block is a
 stage (``layer3_2`` = ``layer3[2]``), so a dream on layer3 never runs layer4. Convolutions are
-``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
+``fastlayers.conv.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
 (MLX's own is a naive loop for the strided ones).
 BatchNorms are ``fastlayers.batchnorm.BatchNorm`` (nn.BatchNorm's keys); the dream step folds each
 into the convolution before it (``conv2d_bn``).
@@ -18,7 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
-from fastlayers.layers import Conv2d, global_avg_pool, max_pool2d
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import global_avg_pool, max_pool2d
 
 from .base import DreamModel, ModelFacts, Recipe, Stage
 

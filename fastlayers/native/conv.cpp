@@ -3,7 +3,7 @@
 //
 // Why native: MLX's convolution copies an im2col matrix k*k times the input's size and then
 // runs one product; written with MLX operations as k*k products over shifted views
-// (fastlayers/layers.py) every tap still passes the whole output through memory (addmm copies
+// (fastlayers/conv.py) every tap still passes the whole output through memory (addmm copies
 // its accumulator). Here the output is cut into row blocks small enough to stay in the L2
 // cache, and all k*k products of a block accumulate there with sgemm's beta = 1; padding,
 // cropping and the bias happen in the same passes.

@@ -192,7 +192,7 @@ mx::array pool2d(const mx::array& x, int average, int kh, int kw, int sh, int sw
   if (x.ndim() != 4 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || out_h < 1 || out_w < 1)
     throw std::invalid_argument("pool2d: x (N, H, W, C), positive kernel, stride and output size");
   Pool p{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out_h, out_w, kh, kw, sh, sw, ph, pw, average};
-  // every window must hold at least one input element (torch guarantees it; so does layers.py)
+  // every window must hold at least one input element (torch guarantees it; so does fastlayers/pooling.py)
   if ((out_h - 1) * sh - ph >= p.h || (out_w - 1) * sw - pw >= p.w || kh <= ph || kw <= pw)
     throw std::invalid_argument("pool2d: a window lies entirely in the padding");
   auto stream = mx::default_stream(mx::Device::cpu);

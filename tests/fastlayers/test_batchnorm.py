@@ -10,7 +10,7 @@ import pytest
 
 import models  # noqa: F401  (fast BLAS before mlx runs)
 from fastlayers.batchnorm import BatchNorm, conv2d_bn, constant_weights
-from fastlayers.layers import Conv2d
+from fastlayers.conv import Conv2d
 
 
 def _rel(a: mx.array, b: mx.array) -> float:

@@ -1,12 +1,11 @@
-"""fastlayers.layers' convolution and pooling, with their own gradients, against torch.
+"""fastlayers.conv's convolution, with its own gradients, against torch.
 
 Every code path is exercised, on both CPU paths (``cpu_kernels``): the native stride-1
 convolution (fastlayers/native/conv.cpp: per-tap and all-taps-at-once input gradients; its Winograd
 3x3 layers have their own cases in tests/fastlayers/test_native.py) and, without
 it, the shifted-product convolution (large maps, >= 16 channels) and MLX's im2col one (small
 maps, RGB input), the shifted and the col2im input gradients (stride 1, strided, 1x1, few
-channels), batches, non-square kernels, biases, and max/avg pooling with ceil_mode, padding
-and ReLU ties (torch routes a tied window's gradient to its first max).
+channels), batches, non-square kernels and biases.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastlayers import layers
-from fastlayers.layers import Conv2d, avg_pool2d, conv2d, max_pool2d
+from fastlayers import conv
+from fastlayers.conv import Conv2d, conv2d
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
@@ -88,7 +87,7 @@ def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: in
 
 def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the native kernels, convolutions wider than 1x1 go to conv.cpp (so the cases above test
-    it), strided ones with their phases as channels (``layers._phases_as_channels``); 1x1 layers,
+    it), strided ones with their phases as channels (``conv._phases_as_channels``); 1x1 layers,
     and the pure-MLX path, never do."""
     from fastlayers import native
 
@@ -116,13 +115,13 @@ def test_shifted_products_are_used_on_large_maps(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(native, "load", lambda: None)
     calls = []
-    real = layers._shifted_correlation
-    monkeypatch.setattr(layers, "_shifted_correlation", lambda *a, **k: calls.append(1) or real(*a, **k))
-    layers._conv_function.cache_clear()
+    real = conv._shifted_correlation
+    monkeypatch.setattr(conv, "_shifted_correlation", lambda *a, **k: calls.append(1) or real(*a, **k))
+    conv._conv_function.cache_clear()
     x = mx.random.normal((1, size, size, 16))
     weight = mx.random.normal((8, 3, 3, 16))
     mx.eval(mx.grad(lambda a: conv2d(a, weight, 1, 1).sum())(x))
-    layers._conv_function.cache_clear()
+    conv._conv_function.cache_clear()
     assert len(calls) == expected
 
 
@@ -136,55 +135,3 @@ def test_conv2d_module_is_a_drop_in_nn_conv2d() -> None:
     gf = mx.grad(lambda a: (fast(a) ** 2).sum())(x)
     gp = mx.grad(lambda a: (plain(a) ** 2).sum())(x)
     assert _rel(gf, np.array(gp)) < 1e-5
-
-
-POOL_CASES = [
-    # (H, W, kernel, stride, padding, ceil_mode)
-    (9, 11, 3, 2, 0, True),       # googlenet's stride-2 pools
-    (12, 13, 3, 1, 1, True),      # googlenet's inception branch pool
-    (14, 13, 2, 2, 0, True),      # googlenet's maxpool4: non-overlapping windows, ceil_mode
-    (16, 12, 2, 2, 0, False),     # vgg's pools
-    (15, 13, 2, 2, 0, False),     # non-overlapping, floor mode drops the last row and column
-    (13, 11, 3, 3, 1, True),      # non-overlapping with padding
-    (11, 9, 3, 2, 1, False),      # resnet's stem pool
-    (35, 35, 3, 1, 1, False),     # inception_v3's branch pool
-    (15, 15, 3, 2, 0, False),     # inception_v3 / alexnet
-]
-
-
-@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu-ties"])
-@pytest.mark.parametrize("h,w,k,s,p,ceil_mode", POOL_CASES)
-def test_max_pool2d_matches_torch(h: int, w: int, k: int, s: int, p: int, ceil_mode: bool, relu: bool,
-                                  cpu_kernels: str) -> None:
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, h, w, 70)).astype(np.float32)   # 70 channels: past one 64-wide chunk
-    if relu:
-        x = np.maximum(x, 0.0)      # many tied zeros: torch sends the gradient to the first
-    xt = _nchw(x).requires_grad_(True)
-    yt = F.max_pool2d(xt, k, s, p, ceil_mode=ceil_mode)
-    upstream = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
-    (gt,) = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), xt)
-    up = mx.array(upstream.transpose(0, 2, 3, 1))
-    y = max_pool2d(mx.array(x), k, s, p, ceil_mode)
-    g = mx.grad(lambda a: (max_pool2d(a, k, s, p, ceil_mode) * up).sum())(mx.array(x))
-    np.testing.assert_array_equal(np.array(y), _nhwc(yt))
-    # a wrong route moves whole upstream values (~1); summation order moves ~1e-6
-    np.testing.assert_allclose(np.array(g), _nhwc(gt), atol=1e-5)
-
-
-@pytest.mark.parametrize("count_include_pad", [True, False])
-@pytest.mark.parametrize("h,w,k,s,p,ceil_mode", POOL_CASES)
-def test_avg_pool2d_matches_torch(h: int, w: int, k: int, s: int, p: int, ceil_mode: bool,
-                                  count_include_pad: bool,
-                                  cpu_kernels: str) -> None:
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, h, w, 70)).astype(np.float32)   # 70 channels: past one 64-wide chunk
-    xt = _nchw(x).requires_grad_(True)
-    yt = F.avg_pool2d(xt, k, s, p, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-    upstream = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
-    (gt,) = torch.autograd.grad((yt * torch.from_numpy(upstream)).sum(), xt)
-    up = mx.array(upstream.transpose(0, 2, 3, 1))
-    pool = mx.compile(lambda a: avg_pool2d(a, k, s, p, ceil_mode, count_include_pad))
-    g = mx.grad(lambda a: (pool(a) * up).sum())(mx.array(x))
-    np.testing.assert_allclose(np.array(pool(mx.array(x))), _nhwc(yt), atol=1e-5)
-    np.testing.assert_allclose(np.array(g), _nhwc(gt), atol=1e-5)
