@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -278,8 +279,8 @@ def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str],
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    import models  # noqa: F401  (first: puts the fast BLAS under MLX)
+def _check_environment(args: argparse.Namespace) -> None:
+    """Bad model names, a missing torch side or engine, a GPU run without a GPU: one-line errors."""
     from models import MODELS
 
     unknown = [m for m in (args.models or []) + (args.memory_models or []) + ([args.profile] if args.profile else [])
@@ -296,19 +297,6 @@ def run(args: argparse.Namespace) -> int:
         import deepdream.render  # noqa: F401
     except ImportError as exc:
         raise BenchError(f"the dream engine is not importable ({exc})") from None
-
-    from benchmarks.measure import machine_description, sgemm_gflops
-    from benchmarks.pairs import BENCH_MODELS, ModelUnavailable, build_pair
-    from benchmarks.report import (
-        FOOTNOTES,
-        end_to_end_table,
-        header_lines,
-        memory_table,
-        prediction_table,
-        step_table,
-        tiling_speed_table,
-    )
-
     if args.device == "gpu":
         from deepdream import device
         from deepdream.errors import DreamError
@@ -319,60 +307,149 @@ def run(args: argparse.Namespace) -> int:
             device.use("gpu")
         except DreamError as exc:
             raise BenchError(str(exc)) from None
+
+
+@dataclass
+class BenchRun:
+    """What every table of one run shares: its arguments, threads, working folder and model pairs."""
+
+    args: argparse.Namespace
+    threads: int
+    workdir: Path
+    pairs: dict[str, ModelPair | None] = field(default_factory=dict)
+
+    def pair(self, name: str) -> ModelPair | None:
+        """Both sides of ``name`` (built once), or None with a notice where it cannot be built."""
+        from benchmarks.pairs import ModelUnavailable, build_pair
+
+        if name not in self.pairs:
+            try:
+                self.pairs[name] = build_pair(name, self.workdir)
+                _notice(f"{name}: weights: {self.pairs[name].source}")
+            except ModelUnavailable as exc:
+                self.pairs[name] = None
+                _notice(f"skipping {exc}")
+        return self.pairs[name]
+
+    def specs(self, pair: ModelPair, layers: list[str]) -> dict[str, dict[str, object]]:
+        return worker_specs(pair, layers, self.workdir, self.threads, self.args.clock, self.args.device)
+
+    @property
+    def memory_models(self) -> list[str]:
+        from benchmarks.pairs import BENCH_MODELS
+
+        return self.args.memory_models or list(BENCH_MODELS)
+
+
+def step_rows(bench: BenchRun) -> list[StepResult]:
+    """The dream-step table: every model at every size, ours against torch."""
+    from benchmarks.pairs import BENCH_MODELS
+
+    results: list[StepResult] = []
+    for name in bench.args.models or list(BENCH_MODELS):
+        pair = bench.pair(name)
+        if pair is None:
+            continue
+        results += time_steps(pair, bench.args.sizes, bench.args.warmup, bench.args.repeats,
+                              bench.specs(pair, pair.layers), bench.args.same_process, bench.args.device)
+        if name != E2E_RECIPE:
+            del bench.pairs[name]             # free its memory before the next model
+    return results
+
+
+def end_to_end_rows(bench: BenchRun) -> list[EndToEndResult]:
+    """The end-to-end recipe on both sides (none with --no-e2e)."""
+    if bench.args.no_e2e or (pair := bench.pair(E2E_RECIPE)) is None:
+        return []
+    _notice(f"end-to-end: {E2E_RECIPE} preset at {bench.args.e2e_size} px on both sides ...")
+    return [time_end_to_end(bench.args.e2e_size, bench.args.e2e_steps, lambda layers: bench.specs(pair, layers),
+                            bench.args.same_process)]
+
+
+def memory_rows(bench: BenchRun) -> list[MemoryResult]:
+    """Peak memory of photo dreams against the budget's prediction (none with --no-memory)."""
+    if bench.args.no_memory:
+        return []
+    from benchmarks.memory_bench import measure_memory
+
+    return [result for name in bench.memory_models
+            for result in measure_memory(name, bench.args.memory_sizes, bench.args.memory_steps, bench.workdir,
+                                         bench.args.max_memory, bench.args.device, _notice)]
+
+
+def tiling_rows(bench: BenchRun) -> list[TilingSpeed]:
+    """Auto-tiled steps against whole-image steps (none with --no-tiling)."""
+    if bench.args.no_tiling:
+        return []
+    from benchmarks.memory_bench import measure_tiling_speed
+
+    return [measure_tiling_speed(name, bench.args.tiling_size, bench.args.repeats, bench.workdir, bench.args.device,
+                                 _notice) for name in bench.memory_models]
+
+
+def print_steps(results: list[StepResult], sgemm: float) -> None:
+    from benchmarks.report import FOOTNOTES, step_table
+
+    print("### One dream step (model's default layers)\n")
+    print(step_table(results, sgemm))
+    print()
+    print(FOOTNOTES)
+    print()
+
+
+def print_end_to_end(results: list[EndToEndResult]) -> None:
+    from benchmarks.report import end_to_end_table
+
+    print("### End to end\n")
+    print(end_to_end_table(results))
+    print()
+
+
+def print_memory(results: list[MemoryResult], steps: int) -> None:
+    from benchmarks.report import memory_table, prediction_table
+
+    print(f"### Peak memory (GiB) of photo dreams with default flags, {steps} step per octave\n")
+    print(memory_table(results, MEMORY_LIMIT_BYTES))
+    print()
+    print("Each cell: the measured peak RSS of a child doing what dream.py does (JPEG in, result out); in "
+          "brackets the memory budget's prediction and how the full-size octave was split. "
+          f"**OVER** marks a peak above {MEMORY_LIMIT_BYTES / 2 ** 30:.0f} GiB.\n")
+    print("### The prediction against the measured peak\n")
+    print(prediction_table(results))
+    print()
+
+
+def print_tiling(results: list[TilingSpeed], repeats: int) -> None:
+    from benchmarks.report import tiling_speed_table
+
+    print(f"### Auto-tiled steps against whole-image steps (median of {repeats})\n")
+    print(tiling_speed_table(results))
+    print()
+
+
+def run(args: argparse.Namespace) -> int:
+    import models  # noqa: F401  (first: puts the fast BLAS under MLX)
+
+    _check_environment(args)
+    import torch
+
+    from benchmarks.measure import machine_description, sgemm_gflops
+    from benchmarks.report import header_lines
+
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     machine = machine_description()
     sgemm = sgemm_gflops()
-    names = args.models or list(BENCH_MODELS)
     if args.profile:
         return run_profile(args, threads, machine, sgemm, load_before)
 
-    steps: list[StepResult] = []
-    e2e: list[EndToEndResult] = []
-    memory: list[MemoryResult] = []
-    tiling: list[TilingSpeed] = []
     with tempfile.TemporaryDirectory(prefix="deepdream-bench-") as tmp:
-        workdir = Path(tmp)
-        pairs: dict[str, ModelPair | None] = {}
-
-        def pair_for(name: str) -> ModelPair | None:
-            if name not in pairs:
-                try:
-                    pairs[name] = build_pair(name, workdir)
-                    _notice(f"{name}: weights: {pairs[name].source}")
-                except ModelUnavailable as exc:
-                    pairs[name] = None
-                    _notice(f"skipping {exc}")
-            return pairs[name]
-
-        for name in names:
-            pair = pair_for(name)
-            if pair is None:
-                continue
-            specs = worker_specs(pair, pair.layers, workdir, threads, args.clock, args.device)
-            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, specs, args.same_process, args.device)
-            if name != E2E_RECIPE:
-                del pairs[name]             # free its memory before the next model
-        if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
-            _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
-            e2e.append(time_end_to_end(args.e2e_size, args.e2e_steps,
-                                       lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock,
-                                                                           args.device),
-                                       args.same_process))
-        memory_models = args.memory_models or list(BENCH_MODELS)
-        if not args.no_memory:
-            from benchmarks.memory_bench import measure_memory
-
-            for name in memory_models:
-                memory += measure_memory(name, args.memory_sizes, args.memory_steps, workdir, args.max_memory,
-                                         args.device, _notice)
-        if not args.no_tiling:
-            from benchmarks.memory_bench import measure_tiling_speed
-
-            for name in memory_models:
-                tiling.append(measure_tiling_speed(name, args.tiling_size, args.repeats, workdir, args.device,
-                                                   _notice))
+        bench = BenchRun(args, threads, Path(tmp))
+        steps = step_rows(bench)
+        e2e = end_to_end_rows(bench)
+        memory = memory_rows(bench)
+        tiling = tiling_rows(bench)
     load_after = os.getloadavg()
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
@@ -381,38 +458,22 @@ def run(args: argparse.Namespace) -> int:
         print("- times are CPU seconds of all threads (--clock cpu), not elapsed time")
     print()
     if steps:
-        print("### One dream step (model's default layers)\n")
-        print(step_table(steps, sgemm))
-        print()
-        print(FOOTNOTES)
-        print()
+        print_steps(steps, sgemm)
     if e2e:
-        print("### End to end\n")
-        print(end_to_end_table(e2e))
-        print()
+        print_end_to_end(e2e)
     if memory:
-        print(f"### Peak memory (GiB) of photo dreams with default flags, {args.memory_steps} step per octave\n")
-        print(memory_table(memory, MEMORY_LIMIT_BYTES))
-        print()
-        print("Each cell: the measured peak RSS of a child doing what dream.py does (JPEG in, result out); in "
-              "brackets the memory budget's prediction and how the full-size octave was split. "
-              f"**OVER** marks a peak above {MEMORY_LIMIT_BYTES / 2 ** 30:.0f} GiB.\n")
-        print("### The prediction against the measured peak\n")
-        print(prediction_table(memory))
-        print()
+        print_memory(memory, args.memory_steps)
     if tiling:
-        print(f"### Auto-tiled steps against whole-image steps (median of {args.repeats})\n")
-        print(tiling_speed_table(tiling))
-        print()
+        print_tiling(tiling, args.repeats)
     if args.json:
         from dataclasses import asdict
+
+        from models.weights import atomic_write
 
         payload = {"machine": machine, "threads": threads, "sgemm_gflops": sgemm,
                    "load_before": load_before, "load_after": load_after,
                    "steps": [asdict(r) for r in steps], "end_to_end": [asdict(r) for r in e2e],
                    "memory": [asdict(r) for r in memory], "tiling": [asdict(r) for r in tiling]}
-        from models.weights import atomic_write
-
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     return 0
 
