@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the real imports wait until the BLAS is in place (``import models`` first)
+    from benchmarks.measure import Limits
     from benchmarks.memory_bench import MemoryResult, TilingSpeed
     from benchmarks.pairs import ModelPair
     from benchmarks.report import EndToEndResult, StepResult
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_SIZES = (224, 512)
+DEFAULT_SIZES = (512, 1024)
 #: On a GPU small images measure launch overhead, not the step: larger sizes.
 GPU_SIZES = (512, 1024)
 #: Photo sizes of the memory table (1, 4, 12 and 24 MP) and the size of the tiling speed rows.
@@ -174,7 +175,7 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
     import numpy as np
 
     from benchmarks.isolated import STEP_ARGS, Side, SideWorker, alternating_times, test_image, torch_device
-    from benchmarks.measure import forward_flops, median
+    from benchmarks.measure import median, step_cost
     from benchmarks.report import StepResult
     from benchmarks.torch_dream import TorchDreamStep
     from deepdream.objectives import build_objective
@@ -203,10 +204,10 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
             # Relative L2, not max: a max-pool window whose two largest values differ by float
             # rounding may pick a different winner on each side, which moves a few pixels' gradient.
             agreement = float(np.linalg.norm(ours_delta - torch_delta) / max(np.linalg.norm(torch_delta), 1e-30))
-            flops = 2.0 * forward_flops(lambda s=tstate: tstep.tap(s), pair.net)
+            cost = step_cost(tstep.loss, tstate)
             times = alternating_times(sides, size, warmup, repeats)
             result = StepResult(pair.name, pair.layers, size, median(times["ours"]), median(times["torch"]),
-                                flops, agreement, repeats)
+                                cost, agreement, repeats)
             _notice(f"{pair.name} {size} px: ours {result.ours_s * 1000:.0f} ms, torch {result.torch_s * 1000:.0f} ms "
                     f"(ours/torch {result.ratio:.2f})")
             results.append(result)
@@ -254,7 +255,7 @@ def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], d
                           settings.steps, ours_s, torch_s)
 
 
-def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], sgemm: float,
+def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], limits: Limits,
                 load_before: tuple[float, float, float]) -> int:
     from benchmarks.isolated import CLOCKS
     from benchmarks.pairs import ModelUnavailable, build_pair
@@ -272,7 +273,7 @@ def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str],
             tables.append(f"### {args.profile}, {size} px: forward + input gradient up to each stage\n\n"
                           + profile_table(costs))
     print(f"## Per-stage profile of {args.profile}\n")
-    print(header_lines(machine, threads, sgemm, load_before, os.getloadavg()))
+    print(header_lines(machine, threads, limits, load_before, os.getloadavg()))
     for table in tables:
         print()
         print(table)
@@ -387,11 +388,11 @@ def tiling_rows(bench: BenchRun) -> list[TilingSpeed]:
                                  _notice) for name in bench.memory_models]
 
 
-def print_steps(results: list[StepResult], sgemm: float) -> None:
+def print_steps(results: list[StepResult], limits: Limits) -> None:
     from benchmarks.report import FOOTNOTES, step_table
 
     print("### One dream step (model's default layers)\n")
-    print(step_table(results, sgemm))
+    print(step_table(results, limits))
     print()
     print(FOOTNOTES)
     print()
@@ -433,16 +434,16 @@ def run(args: argparse.Namespace) -> int:
     _check_environment(args)
     import torch
 
-    from benchmarks.measure import machine_description, sgemm_gflops
+    from benchmarks.measure import machine_description, machine_limits
     from benchmarks.report import header_lines
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     machine = machine_description()
-    sgemm = sgemm_gflops()
+    limits = machine_limits(threads, args.device)
     if args.profile:
-        return run_profile(args, threads, machine, sgemm, load_before)
+        return run_profile(args, threads, machine, limits, load_before)
 
     with tempfile.TemporaryDirectory(prefix="deepdream-bench-") as tmp:
         bench = BenchRun(args, threads, Path(tmp))
@@ -453,12 +454,12 @@ def run(args: argparse.Namespace) -> int:
     load_after = os.getloadavg()
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
-    print(header_lines(machine, threads, sgemm, load_before, load_after, args.same_process))
+    print(header_lines(machine, threads, limits, load_before, load_after, args.same_process))
     if args.clock == "cpu":
         print("- times are CPU seconds of all threads (--clock cpu), not elapsed time")
     print()
     if steps:
-        print_steps(steps, sgemm)
+        print_steps(steps, limits)
     if e2e:
         print_end_to_end(e2e)
     if memory:
@@ -470,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
 
         from models.weights import atomic_write
 
-        payload = {"machine": machine, "threads": threads, "sgemm_gflops": sgemm,
+        payload = {"machine": machine, "threads": threads, "limits": asdict(limits),
                    "load_before": load_before, "load_after": load_after,
                    "steps": [asdict(r) for r in steps], "end_to_end": [asdict(r) for r in e2e],
                    "memory": [asdict(r) for r in memory], "tiling": [asdict(r) for r in tiling]}

@@ -1,4 +1,5 @@
-"""Timers, the machine's sgemm rate, FLOP counts and a process's own peak memory.
+"""Timers, the machine's limits (sgemm rate, memory bandwidth), what a step must compute and
+move, and a process's own peak memory.
 
 Imports neither MLX nor torch at the top: the memory benchmark's children read their peak
 here (``own_peak_rss_bytes``) and must not carry torch's pages, and MLX may be imported only
@@ -7,16 +8,20 @@ after ``models`` has put the fast BLAS in place.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torch import nn
+    import torch
 
 
 def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, repeats: int,
@@ -53,39 +58,113 @@ def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n ** 3 / median(times) / 1e9
 
 
-def forward_flops(run_forward: Callable[[], object], net: nn.Module) -> float:
-    """FLOPs of the convolutions and linear layers that one forward pass executes (2 per multiply-add).
+@dataclass(frozen=True)
+class Limits:
+    """The machine's two rates a step is measured against, taken in the same run as the step."""
 
-    Counted from the shapes each Conv2d/Linear sees (forward hooks), so a pass that stops at
-    a layer counts only what ran.
+    sgemm_gflops: float         # MLX's 2048^3 float32 matrix product, in a process without torch
+    stream_gbps: float          # memory bandwidth: STREAM's triad on all the threads timed
+
+
+def machine_limits(threads: int, device: str = "cpu") -> Limits:
+    return Limits(sgemm_gflops_alone(device), stream_gbps(threads, device))
+
+
+def sgemm_gflops_alone(device: str = "cpu") -> float:
+    """``sgemm_gflops`` in a process of its own that never imports torch, as ``dream.py`` runs MLX
+    (torch's OpenMP runtime in the process changes which threads MKL runs on)."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import models; from deepdream import device; "
+            "device.use(sys.argv[2]); from benchmarks.measure import sgemm_gflops; "
+            "print(json.dumps(sgemm_gflops()))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code, root, device], capture_output=True, text=True, check=True)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one forward-to-the-layers + input-gradient pass must compute and move, counted on torch's graph.
+
+    ``flops``: the direct convolutions' and linear layers' FLOPs (2 per multiply-add), forward
+    and input gradient, as torch's ``FlopCounterMode`` counts them (no weight gradients: the
+    dream differentiates only the image). ``bytes``: what those same operations read and write
+    at least once (input, weights and output of each forward; output gradient, weights and
+    input gradient of each backward), i.e. the traffic of a step whose element-wise work is
+    fused into its convolutions.
     """
+
+    flops: float
+    bytes: float
+
+    def flop_limit_s(self, sgemm_gflops: float) -> float:
+        """The step's time at the machine's matrix-product rate: its compute limit."""
+        return self.flops / (sgemm_gflops * 1e9)
+
+    def byte_limit_s(self, stream_gbps: float) -> float:
+        """The step's time at the machine's memory bandwidth: its memory limit."""
+        return self.bytes / (stream_gbps * 1e9)
+
+
+def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> StepCost:
+    """Count the forward ``loss(x)`` and its gradient w.r.t. ``x`` as ``StepCost`` says."""
     import torch
-    from torch import nn
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+    from torch.utils.flop_counter import FlopCounterMode
 
-    total = 0.0
+    aten = torch.ops.aten
+    # operation -> which of its tensor arguments it reads (None: all of them)
+    reads: dict[object, tuple[int, ...] | None] = {
+        aten.convolution.default: None,
+        aten.convolution_backward.default: (0, 2),     # grad_output and weight; not the forward's input
+        aten.mm.default: None, aten.addmm.default: None, aten.bmm.default: None,
+    }
 
-    def conv_hook(module: nn.Conv2d, inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += 2.0 * output.numel() * (module.in_channels // module.groups) * kh * kw
+    def nbytes(values: object) -> int:
+        return sum(t.numel() * t.element_size() for t in tree_flatten(values)[0] if isinstance(t, torch.Tensor))
 
-    def linear_hook(module: nn.Linear, inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        total += 2.0 * output.numel() * module.in_features
+    class ByteCounter(TorchDispatchMode):
+        total = 0
 
-    handles = []
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            if func in reads:
+                which = reads[func]
+                read = args if which is None else [args[i] for i in which]
+                ByteCounter.total += nbytes(read) + nbytes(out)
+            return out
+
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad(), FlopCounterMode(display=False) as flops, ByteCounter():
+        # backward(inputs=...), not autograd.grad: FlopCounterMode's module hooks refuse the latter;
+        # either way only the input's gradient is computed.
+        loss(x).backward(inputs=[x])
+    return StepCost(float(flops.get_total_flops()), float(ByteCounter.total))
+
+
+def stream_gbps(threads: int, device: str = "cpu", megabytes: int = 256, repeats: int = 5) -> float:
+    """The machine's memory bandwidth (STREAM's triad a = b + s * c over arrays far larger than
+    its caches, counting the three arrays once), GB/s, with torch's element-wise kernels on
+    ``threads`` threads (or on the GPU)."""
+    import torch
+
+    where = "cuda" if device == "gpu" else "cpu"
+    n = megabytes * 2 ** 20 // 4
+    b, c = torch.rand(n, device=where), torch.rand(n, device=where)
+    a = torch.empty(n, device=where)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def triad() -> None:
+        torch.add(b, c, alpha=3.0, out=a)
+        if where == "cuda":
+            torch.cuda.synchronize()
+
     try:
-        with torch.no_grad():
-            run_forward()
+        times = interleaved_times({"triad": triad}, warmup=1, repeats=repeats)
     finally:
-        for handle in handles:
-            handle.remove()
-    return total
+        torch.set_num_threads(previous)
+    return 3 * n * 4 / median(times["triad"]) / 1e9
 
 
 def machine_description() -> dict[str, str]:
