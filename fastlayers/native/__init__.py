@@ -33,6 +33,8 @@ from types import ModuleType
 import mlx.core as mx
 import numpy as np
 
+from .. import threads
+
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "common.h", "conv.h", "bindings.cpp", "conv.cpp", "winograd.cpp", "depthwise.cpp",
@@ -145,6 +147,7 @@ def load() -> ModuleType | None:
         if library is None:
             library = _build(target)
         module = _import(library)
+        module.set_threads(threads.count())
         _smoke_test(module)
     except ImportError as exc:
         status = f"unavailable ({exc}; pip install -r requirements.txt)"

@@ -15,6 +15,13 @@ NB_MODULE(_native, m) {
         "Stride-1 convolution of x (N, H, W, C_in) with w (C_out, kh, kw, C_in) plus bias, zero-padded.");
   m.def("has_sgemm", &deepdream::has_sgemm, "Whether the process has a cblas_sgemm for conv2d.");
   m.def(
+      "set_threads", [](int n) { deepdream::thread_setting = n; }, nb::arg("n"),
+      "How many threads the kernels split their work over (fastlayers.threads.count()).");
+  m.def("thread_count", &deepdream::thread_count, "How many threads the kernels split their work over.");
+  m.def(
+      "parallel_runtime", [] { return deepdream::omp_parallel() ? "openmp" : "threads"; },
+      "What runs the kernels' parallel loops now: the process's OpenMP runtime (the BLAS's team), or plain threads.");
+  m.def(
       "conv2d_uses_winograd",
       [](int c_in, int c_out, int kh, int kw, int out_h, int out_w) {
         return deepdream::winograd_applies({1, out_h, out_w, c_in, out_h, out_w, c_out, kh, kw, 0, 0});

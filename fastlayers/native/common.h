@@ -1,7 +1,10 @@
 // Shared by the native kernels: the loop splitter and the headers every primitive needs.
 #pragma once
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -19,16 +22,61 @@ namespace deepdream {
 
 namespace mx = mlx::core;
 
-// Run body(begin, end) over [0, count), split across the cores.
+// How many threads the kernels split their work over: fastlayers.threads.count(), handed over by
+// fastlayers/native/__init__.py when it loads the module (the BLAS reads the same setting).
+inline std::atomic<int> thread_setting{0};
+
+inline int thread_count() {
+  int n = thread_setting.load(std::memory_order_relaxed);
+  return n > 0 ? n : std::max(1u, std::thread::hardware_concurrency());
+}
+
+// The OpenMP runtime's entry point for a parallel region, from the process (MKL's libiomp5 brings
+// one, and so does torch's libgomp): null until a runtime is loaded.
+using OmpParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+
+inline OmpParallel omp_parallel() {
+  static std::atomic<OmpParallel> found{nullptr};
+  OmpParallel fn = found.load(std::memory_order_acquire);
+  if (!fn) {
+    fn = reinterpret_cast<OmpParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    if (fn) found.store(fn, std::memory_order_release);
+  }
+  return fn;
+}
+
+// Run body(begin, end) over [0, count), split into thread_count() chunks.
+//
+// On the BLAS's own OpenMP threads when there are some: MKL's threads spin for a while after
+// each product, so a second pool (threads of our own) would fight them for the same cores while
+// they spin, whereas the runtime's team picks our chunks up at once. Whatever team size the
+// runtime grants, each member takes chunks until none is left, so every chunk runs exactly once.
+// Without an OpenMP runtime in the process (OpenBLAS's pthreads build, a BLAS-less test), plain
+// threads run the chunks.
 template <typename F>
 void parallel_for(int count, F body) {
-  int threads = std::max(1, std::min<int>(std::thread::hardware_concurrency(), count));
+  int threads = std::max(1, std::min(thread_count(), count));
   if (threads == 1) {
     body(0, count);
     return;
   }
-  std::vector<std::thread> pool;
   int chunk = (count + threads - 1) / threads;
+  if (OmpParallel region = omp_parallel()) {
+    struct Shared {
+      F* body;
+      int count, chunk, chunks;
+      std::atomic<int> next{0};
+    } shared{&body, count, chunk, (count + chunk - 1) / chunk};
+    region(
+        [](void* data) {
+          auto* s = static_cast<Shared*>(data);
+          for (int c; (c = s->next.fetch_add(1)) < s->chunks;)
+            (*s->body)(c * s->chunk, std::min(s->count, (c + 1) * s->chunk));
+        },
+        &shared, static_cast<unsigned>(threads), 0);
+    return;
+  }
+  std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) {
     int begin = t * chunk, end = std::min(count, begin + chunk);
     if (begin < end) pool.emplace_back(body, begin, end);
