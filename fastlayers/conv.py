@@ -31,6 +31,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import native
+from .activation import check as activation_index
+from .activation import finish
 from .windows import Pair, gather_padding, on_cpu, one, pad_window_grid, pair, scatter_taps
 
 #: Below this many input channels a shifted-product convolution does k*k thin products; MLX's
@@ -128,22 +130,27 @@ def _conv_function(stride: Pair, padding: Pair) -> Callable[[mx.array, mx.array]
 
 
 def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int | Pair = 0,
-           bias: mx.array | None = None) -> mx.array:
-    """``mx.conv2d`` (groups 1, dilation 1; x NHWC, weight (C_out, kh, kw, C_in)) plus ``bias``, fast
-    forward and input gradient on CPU (see the module docstring). Same values and gradients as
-    ``mx.conv2d``."""
+           bias: mx.array | None = None, activation: str | None = None,
+           residual: mx.array | None = None) -> mx.array:
+    """``activation(mx.conv2d(x, weight) + bias + residual)`` (groups 1, dilation 1; x NHWC, weight
+    (C_out, kh, kw, C_in); ``activation`` one of ``fastlayers.activation.ACTIVATIONS``; bias and
+    residual optional), fast forward and input gradient on CPU (see the module docstring). Same
+    values and gradients as those MLX operations."""
     stride, padding = pair(stride), pair(padding)
+    act = activation_index(activation)
     if not on_cpu():
         y = mx.conv2d(x, weight, stride=stride, padding=padding)
     elif (native_conv := _native_conv(x, weight, stride, padding)) is not None:
+        # fastlayers/native/conv.cpp: the bias, the residual and the activation in the output's
+        # own pass, the gradient masked as the backward reads it
         kernels, out_hw = native_conv
         zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
-        return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw)
+        return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw, act, residual)
     elif stride != (1, 1) and weight.shape[1:3] != (1, 1) and _conv_kernels(x) is not None:
-        return conv2d(*_phases_as_channels(x, weight, stride, padding), 1, 0, bias)
+        return conv2d(*_phases_as_channels(x, weight, stride, padding), 1, 0, bias, activation, residual)
     else:
         y = _conv_function(stride, padding)(x, weight)
-    return y if bias is None else y + bias
+    return finish(y, bias, residual, activation)
 
 
 def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tuple[mx.array, mx.array]:
@@ -170,11 +177,10 @@ def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tupl
 
 def _native_conv(x: mx.array, weight: mx.array, stride: Pair,
                  padding: Pair) -> tuple[ModuleType, Pair] | None:
-    """The native kernels and the output size where they run this convolution (stride 1, a kernel
-    wider than 1x1, since 1x1 layers already are one matrix product, and padding inside the
-    kernel), or None to use the MLX forms."""
+    """The native kernels and the output size where they run this convolution (stride 1, padding
+    inside the kernel), or None to use the MLX forms."""
     _, kh, kw, _ = weight.shape
-    if stride != (1, 1) or (kh, kw) == (1, 1) or padding[0] >= kh or padding[1] >= kw:
+    if stride != (1, 1) or padding[0] >= kh or padding[1] >= kw:
         return None
     kernels = _conv_kernels(x)
     if kernels is None:
@@ -189,14 +195,16 @@ def _conv_kernels(x: mx.array) -> ModuleType | None:
 
 
 class Conv2d(nn.Conv2d):
-    """Drop-in ``nn.Conv2d`` (same parameters and keys) that runs through ``conv2d``."""
+    """Drop-in ``nn.Conv2d`` (same parameters and keys) that runs through ``conv2d``; it may end in
+    an activation (``activation``), after adding a ``residual``, in the convolution's own pass."""
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.convolve(x, self.weight, self.bias if "bias" in self else None)
+    def __call__(self, x: mx.array, activation: str | None = None, residual: mx.array | None = None) -> mx.array:
+        return self.convolve(x, self.weight, self.bias if "bias" in self else None, activation, residual)
 
-    def convolve(self, x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    def convolve(self, x: mx.array, weight: mx.array, bias: mx.array | None, activation: str | None = None,
+                 residual: mx.array | None = None) -> mx.array:
         """This layer's convolution with another weight and bias (a folded BatchNorm's)."""
         if self.groups != 1 or self.dilation not in (1, (1, 1)):
             y = mx.conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
-            return y if bias is None else y + bias
-        return conv2d(x, weight, self.stride, self.padding, bias)
+            return finish(y, bias, residual, activation)
+        return conv2d(x, weight, self.stride, self.padding, bias, activation, residual)

@@ -111,10 +111,11 @@ def parameter_key(caffe_layer: str) -> str:
 # -- building blocks ---------------------------------------------------------------------------------
 
 class ConvReLU(Conv2d):
-    """A convolution and the ReLU Caffe runs in place on its output (one blob, one stage)."""
+    """A convolution and the ReLU Caffe runs in place on its output (one blob, one stage), the
+    ReLU in the convolution's own pass (``fastlayers.activation``)."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.relu(super().__call__(x))
+        return super().__call__(x, activation="relu")
 
 
 @lru_cache(maxsize=None)

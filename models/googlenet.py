@@ -30,7 +30,8 @@ TORCHVISION_RANDOM_INIT = {"aux_logits": False, "transform_input": True, "init_w
 
 class BasicConv2d(nn.Module):
     """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, as torchvision's GoogLeNet/Inception define it;
-    the dream step folds the BatchNorm into the conv (``fastlayers.batchnorm``)."""
+    the dream step folds the BatchNorm into the conv (``fastlayers.batchnorm``), which ends in the
+    ReLU in its own pass."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> None:
@@ -40,7 +41,7 @@ class BasicConv2d(nn.Module):
         self.bn = BatchNorm(out_channels, eps=1e-3)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.relu(conv2d_bn(self.conv, self.bn, x))
+        return conv2d_bn(self.conv, self.bn, x, activation="relu")
 
 
 class MaxPool2d(nn.Module):

@@ -49,11 +49,12 @@ class Bottleneck(nn.Module):
                                BatchNorm(out_channels)]
 
     def __call__(self, x: mx.array) -> mx.array:
-        out = nn.relu(conv2d_bn(self.conv1, self.bn1, x))
-        out = nn.relu(conv2d_bn(self.conv2, self.bn2, out))
-        out = conv2d_bn(self.conv3, self.bn3, out)
+        # Each convolution ends in its ReLU, the last one after adding the shortcut, in the
+        # convolution's own pass (fastlayers.activation).
         shortcut = conv2d_bn(*self.downsample, x) if self.downsample else x
-        return nn.relu(out + shortcut)
+        out = conv2d_bn(self.conv1, self.bn1, x, activation="relu")
+        out = conv2d_bn(self.conv2, self.bn2, out, activation="relu")
+        return conv2d_bn(self.conv3, self.bn3, out, activation="relu", residual=shortcut)
 
 
 def _maxpool(x: mx.array) -> mx.array:

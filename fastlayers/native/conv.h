@@ -20,14 +20,18 @@ struct ConvGeometry {
   int oh, ow, co;         // output (N, oh, ow, C_out)
   int kh, kw;
   int top, left;          // zero padding before the first row / column (after: implied by oh, ow)
+  int act;                // Activation (common.h) applied to conv + bias [+ residual]
+  int residual;           // 1: the forward adds an input shaped like its output before the activation
 };
 
 // Whether winograd.cpp runs this convolution's forward and input gradient (else conv.cpp's products do).
 bool winograd_applies(const ConvGeometry& g);
 // x (N, H, W, C_in), w (C_out, 3, 3, C_in) living in `w_buffer` (the key of the transformed-weight cache).
-void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias, float* out,
-                      const ConvGeometry& g);
-void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, float* dx,
+// The forward applies the geometry's activation to conv + bias [+ residual]; the input gradient masks
+// `grad` by the activation at the forward's output `y` as it reads it (y null: no mask).
+void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias,
+                      const float* residual, float* out, const ConvGeometry& g);
+void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, const float* y, float* dx,
                          const ConvGeometry& g);
 
 // How many transformed kernels winograd.cpp holds (those of weights still alive elsewhere).

@@ -19,10 +19,13 @@ struct Geometry {
   int n, h, w, c;       // input (N, H, W, C)
   int oh, ow;           // output of the forward convolution
   int kh, kw, stride, top, left;
+  int act;              // Activation (common.h) after the bias
+  int residual;         // always 0 (WeightedPrimitive's field; no depthwise layer adds one)
 };
 
-// out[n, oy, ox] = bias + sum_ij x[n, s*oy + i - top, s*ox + j - left] * taps[i, j]
-void forward(const float* x, const float* taps, const WeightsBuffer&, const float* bias, float* out, const Geometry& g) {
+// out[n, oy, ox] = activation(bias + sum_ij x[n, s*oy + i - top, s*ox + j - left] * taps[i, j])
+void forward(const float* x, const float* taps, const WeightsBuffer&, const float* bias, const float*, float* out,
+             const Geometry& g) {
   parallel_for(g.n * g.oh, [&](int begin, int end) {
     for (int row = begin; row < end; ++row) {
       int n = row / g.oh, oy = row % g.oh;
@@ -40,14 +43,27 @@ void forward(const float* x, const float* taps, const WeightsBuffer&, const floa
             for (int k = 0; k < g.c; ++k) o[k] += xp[k] * wp[k];
           }
         }
+        if (g.act != kLinear) epilogue(o, o, nullptr, nullptr, g.c, g.act);
       }
     }
   });
 }
 
+// The gradient after the activation masked by it (y: the forward's output; null: nothing to mask),
+// into `scratch`; or the gradient itself.
+const float* masked_gradient(const float* grad, const float* y, const Geometry& g, std::vector<float>& scratch) {
+  if (!y || g.act == kLinear) return grad;
+  scratch.resize((size_t)g.n * g.oh * g.ow * g.c);
+  activation_grad(grad, y, scratch.data(), scratch.size(), g.act);
+  return scratch.data();
+}
+
 // dx[n, y, x] = sum over the taps (i, j) and outputs (oy, ox) that read input (y, x)
 //             = sum_ij g[n, (y + top - i) / s, (x + left - j) / s] * taps[i, j] (exact divisions only)
-void input_grad(const float* grad, const float* taps, const WeightsBuffer&, float* dx, const Geometry& g) {
+void input_grad(const float* grad_in, const float* taps, const WeightsBuffer&, const float* y, float* dx,
+                const Geometry& g) {
+  std::vector<float> scratch;
+  const float* grad = masked_gradient(grad_in, y, g, scratch);
   parallel_for(g.n * g.h, [&](int begin, int end) {
     for (int row = begin; row < end; ++row) {
       int n = row / g.h, y = row % g.h;
@@ -75,7 +91,9 @@ void input_grad(const float* grad, const float* taps, const WeightsBuffer&, floa
 }
 
 // dtaps[i, j] = sum_{n, oy, ox} x[n, s*oy + i - top, s*ox + j - left] * g[n, oy, ox]; one tap per task
-void weight_grad(const float* x, const float* grad, float* dtaps, const Geometry& g) {
+void weight_grad(const float* x, const float* grad_in, const float* y, float* dtaps, const Geometry& g) {
+  std::vector<float> scratch;
+  const float* grad = masked_gradient(grad_in, y, g, scratch);
   parallel_for(g.kh * g.kw, [&](int begin, int end) {
     for (int tap = begin; tap < end; ++tap) {
       int i = tap / g.kw, j = tap % g.kw;
@@ -118,11 +136,12 @@ struct DepthwiseConvOp {
 // x (N, H, W, C), taps (kh, kw, C), bias (C,); zero padding top/left given, bottom/right implied
 // by the output size (oh, ow).
 mx::array depthwise_conv2d(const mx::array& x, const mx::array& taps, const mx::array& bias, int stride,
-                           int top, int left, int oh, int ow) {
+                           int top, int left, int oh, int ow, int act) {
   if (x.ndim() != 4 || taps.ndim() != 3 || bias.ndim() != 1 || taps.shape(2) != x.shape(3) ||
-      bias.shape(0) != x.shape(3) || stride < 1 || oh < 1 || ow < 1)
-    throw std::invalid_argument("depthwise_conv2d: x (N, H, W, C), taps (kh, kw, C), bias (C,), stride >= 1");
-  Geometry g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), oh, ow, taps.shape(0), taps.shape(1), stride, top, left};
+      bias.shape(0) != x.shape(3) || stride < 1 || oh < 1 || ow < 1 || act < kLinear || act > kReLU6)
+    throw std::invalid_argument("depthwise_conv2d: x (N, H, W, C), taps (kh, kw, C), bias (C,), stride >= 1, act 0-2");
+  Geometry g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), oh, ow, taps.shape(0), taps.shape(1), stride, top, left,
+             act, 0};
   return WeightedPrimitive<DepthwiseConvOp>::make(Kind::Forward, g, {x, taps, bias});
 }
 

@@ -86,9 +86,9 @@ def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: in
 
 
 def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the native kernels, convolutions wider than 1x1 go to conv.cpp (so the cases above test
-    it), strided ones with their phases as channels (``conv._phases_as_channels``); 1x1 layers,
-    and the pure-MLX path, never do."""
+    """With the native kernels, stride-1 convolutions (1x1 too) go to conv.cpp (so the cases above
+    test it), strided ones with their phases as channels (``conv._phases_as_channels``); strided 1x1
+    layers, and the pure-MLX path, never do."""
     from fastlayers import native
 
     kernels = native.load()
@@ -102,9 +102,9 @@ def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch
         monkeypatch.setattr(native, "load", lambda: Counting())
     x = mx.random.normal((1, 20, 20, 8))
     for weight, stride, padding in [(mx.random.normal((4, 3, 3, 8)), 1, 1), (mx.random.normal((4, 3, 3, 8)), 2, 1),
-                                    (mx.random.normal((4, 1, 1, 8)), 1, 0)]:
+                                    (mx.random.normal((4, 1, 1, 8)), 1, 0), (mx.random.normal((4, 1, 1, 8)), 2, 0)]:
         mx.eval(mx.grad(lambda a: conv2d(a, weight, stride, padding).sum())(x))
-    assert len(calls) == (2 if cpu_kernels == "native" else 0)
+    assert len(calls) == (3 if cpu_kernels == "native" else 0)
 
 
 @pytest.mark.parametrize("size,expected", [(52, 2), (20, 1)])
@@ -135,3 +135,54 @@ def test_conv2d_module_is_a_drop_in_nn_conv2d() -> None:
     gf = mx.grad(lambda a: (fast(a) ** 2).sum())(x)
     gp = mx.grad(lambda a: (plain(a) ** 2).sum())(x)
     assert _rel(gf, np.array(gp)) < 1e-5
+
+
+ENDING_CASES = [
+    # (H, W, C_in, C_out, kernel, stride, padding): one per native route
+    (52, 50, 16, 24, 3, 1, 1),      # Winograd
+    (21, 23, 24, 40, 1, 1, 0),      # 1x1: one product per row block
+    (30, 28, 16, 20, 5, 1, 2),      # shifted products
+    (33, 31, 3, 16, 7, 2, 3),       # strided stem: phases as channels, RGB input gradient
+]
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("h,w,ci,co,k,s,p", ENDING_CASES)
+def test_activation_and_residual_join_the_convolution(h: int, w: int, ci: int, co: int, k: int, s: int, p: int,
+                                                      activation: str, with_residual: bool,
+                                                      cpu_kernels: str) -> None:
+    """conv2d(..., activation, residual) equals the convolution followed by MLX's own residual sum
+    and activation, forward and every gradient: the pre-activation values are the same numbers,
+    so every ReLU takes the same decision and the comparison can be tight."""
+    from fastlayers.activation import finish
+
+    rng = np.random.default_rng(3)
+    x = mx.array(rng.standard_normal((1, h, w, ci)).astype(np.float32))
+    weight = mx.array((4 * rng.standard_normal((co, k, k, ci)) / np.sqrt(ci * k * k)).astype(np.float32))
+    bias = mx.array(rng.standard_normal(co).astype(np.float32))
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    residual = mx.array(rng.standard_normal((1, oh, ow, co)).astype(np.float32)) if with_residual else None
+    up = mx.array(rng.standard_normal((1, oh, ow, co)).astype(np.float32))
+
+    def fused(a, b, c, r):
+        return conv2d(a, b, s, p, c, activation, r)
+
+    def separate(a, b, c, r):
+        return finish(conv2d(a, b, s, p, c), residual=r, activation=activation)
+
+    args = (x, weight, bias, residual if with_residual else mx.zeros((1, oh, ow, co)))
+    argnums = (0, 1, 2, 3) if with_residual else (0, 1, 2)
+    results = []
+    for f in (fused, separate):
+        def loss(a, b, c, r, f=f):
+            return (f(a, b, c, r if with_residual else None) * up).sum()
+        y = f(*args[:3], residual)
+        results.append((y, mx.compile(mx.grad(loss, argnums=argnums))(*args)))
+    (y1, g1), (y2, g2) = results
+    assert _rel(y1, np.array(y2)) < 1e-6
+    if activation == "relu6":
+        assert 0 < float((y2 == 6).mean()) < 0.5            # the upper kink is exercised
+    assert 0 < float((y2 == 0).mean()) < 0.9
+    for a, b in zip(g1, g2):
+        assert _rel(a, np.array(b)) < 1e-5
