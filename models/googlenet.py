@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
+from fastlayers.concat import concat_channels
 from fastlayers.conv import Conv2d
 from fastlayers.pooling import adaptive_avg_pool2d, global_avg_pool, max_pool2d
 
@@ -81,7 +82,7 @@ class Inception(nn.Module):
             for layer in branch:
                 y = layer(y)
             outs.append(y)
-        return mx.concatenate(outs, axis=-1)
+        return concat_channels(outs)
 
 
 class InceptionAux(nn.Module):

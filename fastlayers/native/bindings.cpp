@@ -1,6 +1,7 @@
 // The Python module fastlayers.native._native: one function per kernel (see fastlayers/native/__init__.py).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/vector.h>
 
 #include "conv.h"
 
@@ -34,6 +35,8 @@ NB_MODULE(_native, m) {
       "Whether conv2d runs this shape with Winograd's F(4x4, 3x3) (winograd.cpp) rather than shifted products.");
   m.def("winograd_cached_kernels", &deepdream::winograd_cached_kernels,
         "How many transformed 3x3 kernels are cached (one per weight array still alive that conv2d used).");
+  m.def("concat_channels", &deepdream::concat_channels, nb::arg("arrays"),
+        "The arrays' last dimension (NHWC channels) side by side; its gradient splits (both copies on all threads).");
   m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
         nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
         "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");
