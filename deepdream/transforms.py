@@ -13,6 +13,8 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from fastlayers.blur import separable_blurs
+
 #: pytorch-deepdream's "magic" kernel size for the cascade smoothing.
 SMOOTHING_KERNEL_SIZE = 9
 #: Standard deviations of the three cascaded Gaussians, in units of the step's sigma.
@@ -137,12 +139,14 @@ def cascade_smooth(grad: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL
 def cascade_smooth_padded(padded: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL_SIZE) -> mx.array:
     """``cascade_smooth`` of an array already padded by ``size // 2`` on every side (the output is that
     much smaller): a tile padded with its neighbours' pixels smooths exactly as the whole image would."""
+    taps = [gaussian_taps(sigma * coeff, size) for coeff in CASCADE_SIGMAS]
+    if (fast := separable_blurs(padded, mx.stack(taps))) is not None:
+        return fast                     # the same sums on all threads (fastlayers/native/blur.cpp)
     _, height, width, _ = padded.shape
     height, width = height - 2 * (size // 2), width - 2 * (size // 2)
     out = None
-    for coeff in CASCADE_SIGMAS:
-        taps = gaussian_taps(sigma * coeff, size)
-        out = _correlate_axis(_correlate_axis(padded, taps, 1, height), taps, 2, width, out)
+    for blur in taps:
+        out = _correlate_axis(_correlate_axis(padded, blur, 1, height), blur, 2, width, out)
     return out / len(CASCADE_SIGMAS)
 
 

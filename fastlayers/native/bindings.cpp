@@ -37,6 +37,8 @@ NB_MODULE(_native, m) {
         "How many transformed 3x3 kernels are cached (one per weight array still alive that conv2d used).");
   m.def("concat_channels", &deepdream::concat_channels, nb::arg("arrays"),
         "The arrays' last dimension (NHWC channels) side by side; its gradient splits (both copies on all threads).");
+  m.def("separable_blurs", &deepdream::separable_blurs, nb::arg("padded"), nb::arg("taps"),
+        "The mean of B separable blurs (taps (B, k)) of an image padded by (k - 1) / 2 on every side (no gradient).");
   m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
         nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
         "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");

@@ -267,6 +267,7 @@ bool has_sgemm();
 mx::array conv2d(const mx::array& x, const mx::array& w, const mx::array& bias, int top, int left, int oh, int ow,
                  int act, const std::optional<mx::array>& residual);
 mx::array concat_channels(const std::vector<mx::array>& arrays);
+mx::array separable_blurs(const mx::array& padded, const mx::array& taps);
 mx::array max_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w);
 mx::array avg_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w,
                      bool count_include_pad);
