@@ -94,8 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny sizes, one model, one repeat: only checks that everything runs (CI)")
     parser.add_argument("--profile", metavar="NAME",
                         help="instead of the table: per-stage cost of forward + gradient of one model, ours vs torch")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: elapsed time (default); cpu: CPU time of all threads, steadier on a busy machine")
+    parser.add_argument("--clock", choices=("wall", "cpu", "span"), default="wall",
+                        help="wall: elapsed time (default); cpu: CPU time of all threads; span: CPU time of the "
+                             "busiest thread with idle threads asleep, about an idle machine's elapsed time and "
+                             "steady on a busy one (benchmarks/measure.py)")
     parser.add_argument("--same-process", action="store_true",
                         help="time both sides inside this process instead of one worker process each "
                              "(torch's OpenMP then also runs MLX's BLAS: slower for ours, see benchmarks/isolated.py)")
@@ -257,7 +259,7 @@ def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], d
 
 def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], limits: Limits,
                 load_before: tuple[float, float, float]) -> int:
-    from benchmarks.isolated import CLOCKS
+    from benchmarks.measure import TIMERS
     from benchmarks.pairs import ModelUnavailable, build_pair
     from benchmarks.profile import profile_stages, profile_table
     from benchmarks.report import header_lines
@@ -269,7 +271,7 @@ def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str],
             raise BenchError(str(exc)) from None
         tables = []
         for size in args.sizes:
-            costs = profile_stages(pair, size, warmup=args.warmup, repeats=args.repeats, clock=CLOCKS[args.clock])
+            costs = profile_stages(pair, size, warmup=args.warmup, repeats=args.repeats, timer=TIMERS[args.clock])
             tables.append(f"### {args.profile}, {size} px: forward + input gradient up to each stage\n\n"
                           + profile_table(costs))
     print(f"## Per-stage profile of {args.profile}\n")
@@ -441,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     machine = machine_description()
-    limits = machine_limits(threads, args.device)
+    limits = machine_limits(threads, args.device, args.clock)
     if args.profile:
         return run_profile(args, threads, machine, limits, load_before)
 
@@ -455,8 +457,9 @@ def run(args: argparse.Namespace) -> int:
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
     print(header_lines(machine, threads, limits, load_before, load_after, args.same_process))
-    if args.clock == "cpu":
-        print("- times are CPU seconds of all threads (--clock cpu), not elapsed time")
+    if args.clock != "wall":
+        print(f"- times (steps and the machine's rates alike) are {CLOCK_NOTES[args.clock]} (--clock {args.clock}), "
+              "not elapsed time")
     print()
     if steps:
         print_steps(steps, limits)
@@ -479,13 +482,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What a step's time is under each --clock but wall, for the table's header.
+CLOCK_NOTES = {"cpu": "CPU seconds of all threads",
+               "span": "CPU seconds of each process's busiest thread, idle threads asleep"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.clock == "span":
+        from benchmarks.measure import SPAN_ENV
+
+        os.environ.update(SPAN_ENV)     # read by the OpenMP runtimes as they start: before any import
     if args.threads:
         # The BLAS reads these when it loads, i.e. on `import models`: set them first.
         for var in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
             os.environ[var] = str(args.threads)
-    sys.path.insert(0, str(ROOT))
     try:
         if args.memory_child:
             from benchmarks.memory_bench import child_main

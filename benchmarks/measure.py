@@ -24,9 +24,57 @@ if TYPE_CHECKING:
     import torch
 
 
+Timer = Callable[[Callable[[], object]], float]
+
+
+def _wall(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _cpu(run: Callable[[], object]) -> float:
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
+def _thread_runtimes() -> dict[str, int]:
+    """Nanoseconds each thread of this process has run so far (Linux's schedstat)."""
+    times = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                times[tid] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue                  # a thread that ended meanwhile
+    return times
+
+
+def _span(run: Callable[[], object]) -> float:
+    if not os.path.isdir("/proc/self/task"):
+        return _cpu(run)
+    before = _thread_runtimes()
+    run()
+    after = _thread_runtimes()
+    return max(t - before.get(tid, 0) for tid, t in after.items()) / 1e9
+
+
+#: How a measurement reads time. wall: elapsed time (what a user waits). cpu: the CPU time of all
+#: the process's threads (counts work, and threads spinning while they wait). span: the CPU time of
+#: the busiest thread, run with every waiting thread asleep (``SPAN_ENV``): on an idle machine about
+#: the elapsed time, and on a busy one far steadier than it, since other processes' turns on the
+#: cores do not count (Linux; elsewhere it reads as cpu).
+TIMERS: dict[str, Timer] = {"wall": _wall, "cpu": _cpu, "span": _span}
+
+#: What the span timer needs in every timed process, before its OpenMP runtimes start: idle
+#: threads sleep at once instead of spinning (Intel's runtime under MKL, GNU's under torch).
+SPAN_ENV = {"KMP_BLOCKTIME": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, repeats: int,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Seconds of each callable by ``clock``, ``repeats`` times after ``warmup`` untimed calls.
+                      timer: Timer = _wall) -> dict[str, list[float]]:
+    """Seconds of each callable by ``timer``, ``repeats`` times after ``warmup`` untimed calls.
 
     The callables take turns (A, B, A, B, ...), so a change in machine load during the
     measurement hits both sides alike instead of whichever ran second.
@@ -37,9 +85,7 @@ def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, rep
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            start = clock()
-            run()
-            times[name].append(clock() - start)
+            times[name].append(timer(run))
     return times
 
 
@@ -47,14 +93,15 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """MLX's float32 matmul rate on an n x n x n product (through the fast BLAS), GFLOP/s."""
+def sgemm_gflops(n: int = 2048, repeats: int = 5, clock: str = "wall") -> float:
+    """MLX's float32 matmul rate on an n x n x n product (through the fast BLAS), GFLOP/s, by ``TIMERS[clock]``."""
     import mlx.core as mx
 
     a = mx.random.normal((n, n))
     b = mx.random.normal((n, n))
     mx.eval(a, b)
-    times = interleaved_times({"sgemm": lambda: mx.eval(a @ b)}, warmup=1, repeats=repeats)["sgemm"]
+    times = interleaved_times({"sgemm": lambda: mx.eval(a @ b)}, warmup=1, repeats=repeats,
+                              timer=TIMERS[clock])["sgemm"]
     return 2.0 * n ** 3 / median(times) / 1e9
 
 
@@ -66,18 +113,20 @@ class Limits:
     stream_gbps: float          # memory bandwidth: STREAM's triad on all the threads timed
 
 
-def machine_limits(threads: int, device: str = "cpu") -> Limits:
-    return Limits(sgemm_gflops_alone(device), stream_gbps(threads, device))
+def machine_limits(threads: int, device: str = "cpu", clock: str = "wall") -> Limits:
+    """Both rates, each read by ``TIMERS[clock]``, as the steps they are compared with are."""
+    return Limits(sgemm_gflops_alone(device, clock), stream_gbps(threads, device, clock=clock))
 
 
-def sgemm_gflops_alone(device: str = "cpu") -> float:
+def sgemm_gflops_alone(device: str = "cpu", clock: str = "wall") -> float:
     """``sgemm_gflops`` in a process of its own that never imports torch, as ``dream.py`` runs MLX
     (torch's OpenMP runtime in the process changes which threads MKL runs on)."""
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import models; from deepdream import device; "
             "device.use(sys.argv[2]); from benchmarks.measure import sgemm_gflops; "
-            "print(json.dumps(sgemm_gflops()))")
+            "print(json.dumps(sgemm_gflops(clock=sys.argv[3])))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code, root, device], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code, root, device, clock], capture_output=True, text=True,
+                          check=True)
     return float(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -142,7 +191,8 @@ def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
     return StepCost(float(flops.get_total_flops()), float(ByteCounter.total))
 
 
-def stream_gbps(threads: int, device: str = "cpu", megabytes: int = 256, repeats: int = 5) -> float:
+def stream_gbps(threads: int, device: str = "cpu", megabytes: int = 256, repeats: int = 5,
+                clock: str = "wall") -> float:
     """The machine's memory bandwidth (STREAM's triad a = b + s * c over arrays far larger than
     its caches, counting the three arrays once), GB/s, with torch's element-wise kernels on
     ``threads`` threads (or on the GPU)."""
@@ -161,7 +211,7 @@ def stream_gbps(threads: int, device: str = "cpu", megabytes: int = 256, repeats
             torch.cuda.synchronize()
 
     try:
-        times = interleaved_times({"triad": triad}, warmup=1, repeats=repeats)
+        times = interleaved_times({"triad": triad}, warmup=1, repeats=repeats, timer=TIMERS[clock])
     finally:
         torch.set_num_threads(previous)
     return 3 * n * 4 / median(times["triad"]) / 1e9
