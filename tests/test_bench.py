@@ -89,10 +89,12 @@ def test_memory_child_reports_its_own_peak_not_its_parents() -> None:
     assert ballast.sum() == ballast.size
 
 
-def test_same_process_mode_says_so(weights_dir: Path) -> None:
-    result = _bench("--quick", "--same-process", "--no-e2e", "--no-memory", weights_dir=weights_dir)
+def test_same_process_mode_and_span_clock_say_so(weights_dir: Path) -> None:
+    result = _bench("--quick", "--same-process", "--no-e2e", "--no-memory", "--no-tiling", "--clock", "span",
+                    weights_dir=weights_dir)
     assert result.returncode == 0, result.stderr
     assert "timing: both sides in the benchmark's own process (--same-process)" in result.stdout
+    assert "CPU seconds of each process's busiest thread, idle threads asleep (--clock span)" in result.stdout
     assert re.search(r"^\| googlenet \| inception4c \| 64 \| \d+ \| \d+ \|", result.stdout, re.M)
 
 
