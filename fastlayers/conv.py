@@ -4,9 +4,11 @@ Dreaming differentiates every layer w.r.t. its input, and on CPU MLX's own gradi
 convolutions are slow (``bench.py --profile`` shows where; docs/performance.md has the
 history): the input gradient of a strided convolution takes MLX's naive convolution loop, and
 even a plain 3x3 convolution spends more time building its im2col matrix than in the matrix
-product. So ``conv2d`` carries its own gradient (``mx.custom_function``), or runs as a native
-primitive (``fastlayers/native``: the stride-1 convolution in ``conv.cpp``, its 3x3 layers in
-``winograd.cpp``) where those are built; the MLX forms below are the fallback:
+product. So ``conv2d`` runs as a native primitive where those are built (``fastlayers/native``:
+``conv.cpp``, every layer with the same stride down and across, a strided one as stride-1
+correlations over its input's phases; the 3x3 stride-1 layers in ``winograd.cpp``; the bias, a
+residual and the activation in the pass that writes the output), or carries its own gradient
+(``mx.custom_function``): the MLX forms below, the fallback and the reference:
 
 - A stride-1 convolution is a sum of kh*kw matrix products over *shifted views* of the padded
   input flattened to (pixels, channels): shifting the flat view by one row of the padded image
@@ -142,11 +144,11 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
         y = mx.conv2d(x, weight, stride=stride, padding=padding)
     elif (native_conv := _native_conv(x, weight, stride, padding)) is not None:
         # fastlayers/native/conv.cpp: the bias, the residual and the activation in the output's
-        # own pass, the gradient masked as the backward reads it
+        # own pass, the gradient masked as the backward reads it; strided layers phase by phase
         kernels, out_hw = native_conv
         zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
-        return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw, act, residual)
-    elif stride != (1, 1) and weight.shape[1:3] != (1, 1) and _conv_kernels(x) is not None:
+        return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw, act, residual, stride[0])
+    elif stride != (1, 1) and _conv_kernels(x) is not None:
         return conv2d(*_phases_as_channels(x, weight, stride, padding), 1, 0, bias, activation, residual)
     else:
         y = _conv_function(stride, padding)(x, weight)
@@ -154,12 +156,13 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
 
 
 def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tuple[mx.array, mx.array]:
-    """A stride-s convolution as a stride-1 one (padding 0), for the native kernels: input pixel
-    (s*t + a, s*u + b) of the padded image becomes channel block (a, b) of pixel (t, u), and kernel
-    tap (s*i + a, s*j + b) tap (i, j) of that block (taps past the kernel are zero). The strided
-    stems (alexnet's 11x11/4 becomes a 3x3 over 48 channels, Winograd's case; googlenet's and
-    resnet50's 7x7/2 a 4x4 over 12) and resnet50's 3x3/2 layers then run as native products, with
-    gradients through the rearrangement (a reshape and a transpose) for free."""
+    """A stride-s convolution as a stride-1 one (padding 0), for the native kernels' few-channel
+    layers: input pixel (s*t + a, s*u + b) of the padded image becomes channel block (a, b) of pixel
+    (t, u), and kernel tap (s*i + a, s*j + b) tap (i, j) of that block (taps past the kernel are
+    zero). The RGB stems' products would otherwise be 3 wide: alexnet's 11x11/4 becomes a 3x3 over
+    48 channels (Winograd's case), googlenet's and resnet50's 7x7/2 a 4x4 over 12, with gradients
+    through the rearrangement (a reshape and a transpose) for free. Wider layers run phase by phase
+    natively, which multiplies no zero tap."""
     n, h, w, c = x.shape
     co, kh, kw, _ = weight.shape
     (sh, sw), (ph, pw) = s, p
@@ -177,15 +180,17 @@ def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tupl
 
 def _native_conv(x: mx.array, weight: mx.array, stride: Pair,
                  padding: Pair) -> tuple[ModuleType, Pair] | None:
-    """The native kernels and the output size where they run this convolution (stride 1, padding
-    inside the kernel), or None to use the MLX forms."""
-    _, kh, kw, _ = weight.shape
-    if stride != (1, 1) or padding[0] >= kh or padding[1] >= kw:
+    """The native kernels and the output size where they run this convolution (the same stride
+    down and across, padding inside the kernel, and strided only with enough input channels or a
+    1x1 kernel: see ``_phases_as_channels``), or None to use the MLX forms."""
+    _, kh, kw, ci = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    if sh != sw or ph >= kh or pw >= kw or (sh > 1 and ci < _MIN_SHIFTED_CHANNELS and (kh, kw) != (1, 1)):
         return None
     kernels = _conv_kernels(x)
     if kernels is None:
         return None
-    return kernels, (x.shape[1] + 2 * padding[0] - kh + 1, x.shape[2] + 2 * padding[1] - kw + 1)
+    return kernels, ((x.shape[1] + 2 * ph - kh) // sh + 1, (x.shape[2] + 2 * pw - kw) // sw + 1)
 
 
 def _conv_kernels(x: mx.array) -> ModuleType | None:

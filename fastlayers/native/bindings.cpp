@@ -16,8 +16,9 @@ NB_MODULE(_native, m) {
         "activation ACTIVATIONS[act].");
   m.def("conv2d", &deepdream::conv2d, nb::arg("x"), nb::arg("w"), nb::arg("bias"), nb::arg("top"), nb::arg("left"),
         nb::arg("out_h"), nb::arg("out_w"), nb::arg("act") = 0, nb::arg("residual") = nb::none(),
-        "Stride-1 convolution of x (N, H, W, C_in) with w (C_out, kh, kw, C_in) plus bias (and residual, shaped "
-        "like the output), zero-padded, then the activation ACTIVATIONS[act].");
+        nb::arg("stride") = 1,
+        "Convolution of x (N, H, W, C_in) with w (C_out, kh, kw, C_in) plus bias (and residual, shaped like the "
+        "output), zero-padded, then the activation ACTIVATIONS[act].");
   m.def("has_sgemm", &deepdream::has_sgemm, "Whether the process has a cblas_sgemm for conv2d.");
   m.def(
       "set_threads", [](int n) { deepdream::thread_setting = n; }, nb::arg("n"),
@@ -29,7 +30,7 @@ NB_MODULE(_native, m) {
   m.def(
       "conv2d_uses_winograd",
       [](int c_in, int c_out, int kh, int kw, int out_h, int out_w) {
-        return deepdream::winograd_applies({1, out_h, out_w, c_in, out_h, out_w, c_out, kh, kw, 0, 0, 0, 0});
+        return deepdream::winograd_applies({1, out_h, out_w, c_in, out_h, out_w, c_out, kh, kw, 0, 0, 0, 0, 1});
       },
       nb::arg("c_in"), nb::arg("c_out"), nb::arg("kh"), nb::arg("kw"), nb::arg("out_h"), nb::arg("out_w"),
       "Whether conv2d runs this shape with Winograd's F(4x4, 3x3) (winograd.cpp) rather than shifted products.");

@@ -265,7 +265,7 @@ mx::array depthwise_conv2d(const mx::array& x, const mx::array& taps, const mx::
                            int top, int left, int out_h, int out_w, int act);
 bool has_sgemm();
 mx::array conv2d(const mx::array& x, const mx::array& w, const mx::array& bias, int top, int left, int oh, int ow,
-                 int act, const std::optional<mx::array>& residual);
+                 int act, const std::optional<mx::array>& residual, int stride);
 mx::array concat_channels(const std::vector<mx::array>& arrays);
 mx::array separable_blurs(const mx::array& padded, const mx::array& taps);
 mx::array max_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w);

@@ -22,9 +22,11 @@ struct ConvGeometry {
   int top, left;          // zero padding before the first row / column (after: implied by oh, ow)
   int act;                // Activation (common.h) applied to conv + bias [+ residual]
   int residual;           // 1: the forward adds an input shaped like its output before the activation
+  int stride;             // the same down and across
 };
 
-// Whether winograd.cpp runs this convolution's forward and input gradient (else conv.cpp's products do).
+// Whether winograd.cpp runs this convolution's forward and input gradient (else conv.cpp's products do):
+// 3x3, stride 1, enough channels and tiles.
 bool winograd_applies(const ConvGeometry& g);
 // x (N, H, W, C_in), w (C_out, 3, 3, C_in) living in `w_buffer` (the key of the transformed-weight cache).
 // The forward applies the geometry's activation to conv + bias [+ residual]; the input gradient masks

@@ -325,7 +325,7 @@ size_t winograd_cached_kernels() { return kernel_cache().size(); }
 bool winograd_applies(const ConvGeometry& g) {
   // Fewer tiles than this and the point products are too small for the BLAS to run them fast.
   constexpr int kMinTiles = 16;
-  return g.kh == 3 && g.kw == 3 && g.ci >= kLanes && g.co >= kLanes && tiling(g).tiles() >= kMinTiles;
+  return g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ci >= kLanes && g.co >= kLanes && tiling(g).tiles() >= kMinTiles;
 }
 
 void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias,

@@ -40,10 +40,12 @@ CONV_CASES = [
     (1, 50, 52, 24, 16, (7, 1), 1, (3, 0)),
     (1, 52, 52, 16, 16, 5, 1, 0),          # shifted without padding
     (1, 60, 57, 3, 16, 3, 1, 1),           # RGB input: im2col forward, col2im gradient
-    (1, 33, 31, 3, 8, 7, 2, 3),            # strided stem (googlenet, resnet)
+    (1, 33, 31, 3, 8, 7, 2, 3),            # strided stem (googlenet, resnet): native phase by phase
     (1, 47, 45, 3, 8, 11, 4, 2),           # alexnet's stem
     (1, 21, 20, 32, 16, 3, 2, 1),          # strided, many channels (resnet bottleneck)
-    (1, 20, 19, 16, 32, 1, 2, 0),          # 1x1 stride 2 (resnet downsample)
+    (1, 20, 19, 16, 32, 1, 2, 0),          # 1x1 stride 2 (resnet downsample): three phases unread
+    (1, 19, 22, 20, 24, 3, 2, 0),          # strided without padding (inception_v3's Mixed_6a)
+    (1, 15, 14, 5, 12, 1, 2, 0),           # 1x1 stride 2, few channels: the phases' wide input gradient
     (1, 12, 13, 24, 40, 1, 1, 0),          # 1x1: matrix products
     (1, 13, 11, 32, 48, 3, 1, 1),          # small map: im2col forward, shifted gradient
     (2, 52, 50, 16, 8, 3, 1, 1),           # a batch (training)
@@ -85,26 +87,30 @@ def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: in
         assert _rel(gb, gbt.numpy()) < 1e-5
 
 
-def test_native_convolution_runs_stride_one_layers(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the native kernels, stride-1 convolutions (1x1 too) go to conv.cpp (so the cases above
-    test it), strided ones with their phases as channels (``conv._phases_as_channels``); strided 1x1
-    layers, and the pure-MLX path, never do."""
+def test_native_convolution_runs_every_layer(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the native kernels every convolution goes to conv.cpp (so the cases above test it):
+    strided ones phase by phase, or, with few input channels or unequal strides, as a stride-1
+    one over their phases stacked as channels (``conv._phases_as_channels``). The pure-MLX path
+    never calls it."""
     from fastlayers import native
 
     kernels = native.load()
-    calls = []
+    strides = []
     if kernels is not None:
         class Counting:
             def __getattr__(self, name: str):
                 if name == "conv2d":
-                    return lambda *a, **k: calls.append(1) or kernels.conv2d(*a, **k)
+                    return lambda *a, **k: strides.append(a[9]) or kernels.conv2d(*a, **k)
                 return getattr(kernels, name)
         monkeypatch.setattr(native, "load", lambda: Counting())
-    x = mx.random.normal((1, 20, 20, 8))
-    for weight, stride, padding in [(mx.random.normal((4, 3, 3, 8)), 1, 1), (mx.random.normal((4, 3, 3, 8)), 2, 1),
-                                    (mx.random.normal((4, 1, 1, 8)), 1, 0), (mx.random.normal((4, 1, 1, 8)), 2, 0)]:
-        mx.eval(mx.grad(lambda a: conv2d(a, weight, stride, padding).sum())(x))
-    assert len(calls) == (3 if cpu_kernels == "native" else 0)
+    x = mx.random.normal((1, 20, 20, 16))
+    cases = [((4, 3, 3, 16), 1, 1), ((4, 3, 3, 16), 2, 1), ((4, 1, 1, 16), 1, 0), ((4, 1, 1, 16), 2, 0),
+             ((4, 3, 3, 3), 2, 1), ((4, 3, 3, 16), (2, 1), 1)]
+    for shape, stride, padding in cases:
+        weight = mx.random.normal(shape)
+        a = x[..., :shape[-1]]
+        mx.eval(mx.grad(lambda a: conv2d(a, weight, stride, padding).sum())(a))
+    assert strides == ([1, 2, 1, 2, 1, 1] if cpu_kernels == "native" else [])
 
 
 @pytest.mark.parametrize("size,expected", [(52, 2), (20, 1)])
