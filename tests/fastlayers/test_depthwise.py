@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 # (batch, height, width, channels, kernel, stride, padding): odd and even sizes, sizes that
 # leave the TF-SAME extra pixel on one side only, explicit asymmetric and over-wide padding,
-# a kernel larger than the stride's phase count, 1x1 kernels and 1-pixel inputs.
+# a kernel larger than the stride's phase count, 1x1 kernels, 1-pixel inputs and wide channels.
 CASES = [
     (2, 9, 7, 5, 3, 1, "same"),
     (1, 9, 7, 5, 3, 2, "same"),
@@ -28,6 +28,11 @@ CASES = [
     (1, 8, 8, 2, 5, 2, ((3, 0), (0, 1))),
     (2, 6, 5, 3, 3, 1, 3),
     (3, 1, 1, 4, 3, 2, "same"),
+    # 40 channels: two whole 16-channel vectors and a remainder, through the native kernel's
+    # register-summed interior and its general border loop alike
+    (1, 12, 11, 40, 5, 1, "same"),
+    (2, 9, 10, 40, 3, 2, "same"),
+    (1, 8, 7, 40, 3, 1, ((0, 2), (2, 1))),
 ]
 
 
