@@ -25,10 +25,10 @@ from models import DreamModel
 
 from . import robustness
 from .classes import class_index, class_names
+from .colour import resolve_colour_matrix
 from .errors import DreamError
 from .objectives import RenderObjective, Term, layer_channels
 from .param import PARAMS, make_param
-from .render import resolve_colour_matrix
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

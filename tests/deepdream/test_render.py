@@ -11,13 +11,13 @@ import pytest
 
 import models
 from deepdream import transforms
-from deepdream.colour import IMAGENET_SQRT_COV
+from deepdream.colour import IMAGENET_SQRT_COV, DecorrelatedSpace, PixelSpace
 from deepdream.cli import DreamArgumentParser, add_dream_arguments, settings_for_model, validate_args
 from deepdream.errors import DreamError
 from deepdream.image_io import load_image
 from deepdream.objectives import build_objective, guided_dot
 from deepdream.presets import PRESETS
-from deepdream.render import DecorrelatedSpace, Dreamer, DreamSettings, PixelSpace, dream, make_step
+from deepdream.render import Dreamer, DreamSettings, dream, make_step
 
 ROOT = Path(__file__).resolve().parents[2]
 CHELSEA = ROOT / "assets" / "chelsea.png"

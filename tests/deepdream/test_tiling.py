@@ -8,7 +8,8 @@ import pytest
 from deepdream import transforms
 from deepdream.image_io import load_image
 from deepdream.objectives import build_objective
-from deepdream.render import Dreamer, DreamSettings, make_space, make_step
+from deepdream.colour import make_space
+from deepdream.render import Dreamer, DreamSettings, make_step
 from deepdream.tiling import TiledStep
 from tests.deepdream.test_render import CHELSEA
 
