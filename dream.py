@@ -48,7 +48,7 @@ from deepdream.image_io import (  # noqa: E402
     save_image,
 )
 from deepdream.objectives import parse_channels  # noqa: E402
-from deepdream.render import Dreamer  # noqa: E402
+from deepdream.dreamer import Dreamer  # noqa: E402
 from deepdream.sweep import check_sweep_folder, run_sweep  # noqa: E402
 from deepdream.visualise import Renderer, plan_render, tile_targets  # noqa: E402
 

@@ -45,7 +45,8 @@ from deepdream.cli import (  # noqa: E402
 )
 from deepdream.errors import DreamError, Notify  # noqa: E402
 from deepdream.flow import FLOW_METHODS, Coherence  # noqa: E402
-from deepdream.render import Dreamer, DreamSettings  # noqa: E402
+from deepdream.dreamer import Dreamer  # noqa: E402
+from deepdream.settings import DreamSettings  # noqa: E402
 from deepdream.video import (  # noqa: E402
     FRAME_DEFAULTS,
     H264_CONTAINERS,

@@ -58,7 +58,7 @@ def main() -> int:
     from deepdream.cli import make_notify, settings_for_model, still_parser, still_start
     from deepdream.contact_sheet import contact_sheet
     from deepdream.image_io import save_image
-    from deepdream.render import Dreamer
+    from deepdream.dreamer import Dreamer
 
     sheet_commands = {f"layer {layer}": command([*SHEET_ARGS, "--layers", layer], OUT / f"layer_{layer}.jpg")
                       for layer in SHEET_LAYERS}

@@ -87,7 +87,7 @@ def _dream_args(name: str, photo: Path, output: Path, steps: int, max_memory: in
 def _dreamer(args: argparse.Namespace):
     import models
     from deepdream.cli import settings_for_model
-    from deepdream.render import Dreamer
+    from deepdream.dreamer import Dreamer
 
     model = models.build_model(args.model)
     model.eval()

@@ -53,7 +53,7 @@ from .image_io import limit_size, load_image, noise_image
 from .objectives import parse_channels
 from .param import PARAMS
 from .presets import PRESETS, get_preset, recipe_for_model
-from .render import GRAD_NORMS, DreamSettings
+from .settings import GRAD_NORMS, DreamSettings
 from .robustness import NONE as NO_ROBUSTNESS
 from .robustness import Robustness
 from .sweep import SWEEP_BATCH

@@ -13,8 +13,9 @@ from PIL import Image
 from deepdream import memory
 from deepdream.errors import DreamError
 from deepdream.image_io import load_image
-from deepdream.render import Dreamer, DreamSettings
-from tests.deepdream.test_render import CHELSEA
+from deepdream.dreamer import Dreamer
+from deepdream.settings import DreamSettings
+from tests.deepdream.test_dreamer import CHELSEA
 
 ROOT = Path(__file__).resolve().parents[2]
 LINUX_PROBE = isinstance(memory.make_probe(), memory.LinuxProbe)

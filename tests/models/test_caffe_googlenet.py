@@ -434,7 +434,7 @@ def test_notebook_preset_is_the_2015_step(files):
     """One step of the bvlc_googlenet recipe equals the notebook's make_step, written here in torch on
     Caffe's BGR blob: x += 1.5 / mean|g| * g with g the gradient of 0.5 ||a||^2, clipped to [-mean, 255 - mean]."""
     from deepdream.cli import DreamArgumentParser, add_dream_arguments, settings_for_model
-    from deepdream.render import Dreamer
+    from deepdream.dreamer import Dreamer
 
     model, ref = files["model"], files["ref"]
     parser = DreamArgumentParser()

@@ -17,7 +17,9 @@ from deepdream.errors import DreamError
 from deepdream.image_io import load_image
 from deepdream.objectives import build_objective, guided_dot
 from deepdream.presets import PRESETS
-from deepdream.render import Dreamer, DreamSettings, dream, make_step
+from deepdream.dreamer import Dreamer, dream
+from deepdream.settings import DreamSettings
+from deepdream.step import make_step
 
 ROOT = Path(__file__).resolve().parents[2]
 CHELSEA = ROOT / "assets" / "chelsea.png"

@@ -1,196 +1,36 @@
-"""The dream itself: one gradient-ascent step (``make_step``) and the octave loop (``Dreamer``).
-
-The step follows pytorch-deepdream (whose recipes the presets reproduce): the image lives in
-the network's ImageNet-normalised input space; each step rolls it by a random jitter, takes
-the gradient of the objective, blurs it with a cascade of three Gaussians whose width grows
-over the octave, normalises it to zero mean / unit std, adds ``lr`` times it, rolls back and
-clamps to valid pixels. Alternatives: the 2015 Caffe normalisation (``g / mean|g|``), the
-Laplacian-pyramid normalisation of the 2015 TF notebook, TF-tutorial tiling for big images,
-and steps in a decorrelated colour space.
+"""The dream loop: octaves of steps over an image (``Dreamer``, and the one-call ``dream``).
 
 Octaves follow the 2015 notebook: the image is shrunk ``octaves - 1`` times by ``scale``, the
 smallest is dreamed first, and only the *detail* (dreamed minus base) is upscaled and added
-to the next larger base, so the photo's own pixels are never blurred by resampling.
+to the next larger base, so the photo's own pixels are never blurred by resampling. Each
+octave is dreamed whole (``step.DreamStep``) or in tiles (``tiling.TiledStep``), as its memory
+plan says (``memory``).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
 from models import DreamModel
-from fastlayers.batchnorm import constant_weights
 
 from . import memory, transforms
-from .colour import PixelSpace, Space, make_space
+from .colour import make_space
 from .errors import DreamError, make_notify
 from .image_io import load_image
-from .objectives import Objective, build_objective
+from .objectives import build_objective
+from .settings import DreamSettings
+from .step import DreamStep, make_step
 from .tiling import TiledStep
 
 #: The guide image is analysed at most this large (longest side): its features are matched
 #: per position, so a bigger guide only costs time.
 GUIDE_MAX_SIZE = 512
-GRAD_NORMS = ("std", "mean-abs")
 
-
-@dataclass(frozen=True)
-class DreamSettings:
-    """Everything that shapes a dream, as plain values (what the command line resolves to).
-
-    The field defaults are the generic settings (pytorch-deepdream's), used where neither a flag,
-    a preset nor the model's recipe gives a value: the one home of the dream's defaults.
-
-    ``layers=None`` means the model's default layers. ``decorrelate`` is ``"imagenet"``,
-    ``"model"`` (the matrix in the weights file's metadata) or the path of a 3x3 ``.npy``.
-    ``tile_size=None`` tiles when the memory budget asks for it (``max_memory`` bytes, None: the
-    machine's default, ``memory.default_budget``), ``0`` never, a size always.
-    """
-
-    layers: tuple[str, ...] | None = None
-    channels: tuple[int, ...] | None = None
-    guide: str | None = None
-    octaves: int = 4
-    scale: float = 1.8
-    steps: int = 10
-    lr: float = 0.09
-    jitter: int = 32
-    smoothing: float = 0.5
-    smooth: bool = True
-    lap_norm: bool = False
-    grad_norm: str = "std"
-    tile_size: int | None = None
-    max_memory: int | None = None
-    seed: int | None = None
-    decorrelate: str | None = None
-
-    def validate(self) -> None:
-        """Raise DreamError for values no dream can use."""
-        if self.octaves < 1:
-            raise DreamError(f"--octaves must be at least 1 (got {self.octaves})")
-        if self.steps < 1:
-            raise DreamError(f"--steps must be at least 1 (got {self.steps})")
-        if not self.scale > 0 or not np.isfinite(self.scale):
-            raise DreamError(f"--scale must be a positive number (got {self.scale}); 1.3-2 is typical")
-        if self.octaves > 1 and self.scale <= 1.0:
-            raise DreamError(f"--scale must be above 1 when --octaves is more than 1 (got {self.scale}); "
-                             "1.3-2 is typical")
-        if not self.lr >= 0 or not np.isfinite(self.lr):
-            raise DreamError(f"--lr must be zero or positive (got {self.lr})")
-        if self.jitter < 0:
-            raise DreamError(f"--jitter must be zero or positive (got {self.jitter})")
-        if not self.smoothing >= 0 or not np.isfinite(self.smoothing):
-            raise DreamError(f"--smoothing must be zero or positive (got {self.smoothing})")
-        if self.grad_norm not in GRAD_NORMS:
-            raise DreamError(f"unknown gradient normalisation '{self.grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
-        if self.tile_size is not None and self.tile_size < 0:
-            raise DreamError(f"--tile-size must be positive, or 0 for whole-image steps (got {self.tile_size})")
-        if self.max_memory is not None and self.max_memory <= 0:
-            raise DreamError(f"--max-memory must be positive (got {self.max_memory} bytes); e.g. --max-memory 6GB")
-        if self.channels is not None and any(c < 0 for c in self.channels):
-            raise DreamError("--channels takes channel indices from 0 up; see the layer's channel count")
-
-    def as_dict(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-# -- one step --------------------------------------------------------------------------------------
-
-class DreamStep:
-    """One gradient-ascent step on the whole image, compiled with ``mx.compile``.
-
-    ``state = step.encode(rgb)``, then ``new_state, loss = step(state, shift, sigma, lr)``:
-    ``shift`` (dy, dx) is the jitter roll, ``sigma`` the smoothing width for this step, ``lr``
-    the step size; ``step.decode(state)`` is the RGB image. (``tiling.TiledStep`` does the same
-    step on images too big for one gradient, with the same interface.)
-    Two compiled graphs: the objective's gradient of the rolled image, and the update (unroll,
-    smooth or Laplacian-normalise, normalise, step, clamp). Everything that changes between
-    calls (roll offsets, sigma, lr, 1/size) is an input, so nothing size- or step-specific is
-    baked into the generated kernels: a new image size only re-traces, it does not re-run the
-    CPU backend's C++ compiler.
-    """
-
-    def __init__(self, model: DreamModel, objective: Objective, space: Space | None = None, *,
-                 grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True) -> None:
-        if grad_norm not in GRAD_NORMS:
-            raise DreamError(f"unknown gradient normalisation '{grad_norm}'; use one of {', '.join(GRAD_NORMS)}")
-        self.model = model
-        self.objective = objective
-        self.space = space if space is not None else PixelSpace(model)
-        self.grad_norm = grad_norm
-        self.lap_norm = lap_norm
-        self.smooth = smooth
-        self._gradient = mx.compile(mx.value_and_grad(self._loss))
-        self._rolled_gradient = mx.compile(self._rolled_value_and_grad)
-        self._rolled_update = mx.compile(self._rolled_update_step)
-        self._update = mx.compile(self._update_step)
-
-    # The four functions below are traced by mx.compile: MLX operations only, no host syncs.
-    def _loss(self, state: mx.array) -> mx.array:
-        # The step differentiates only the image: BatchNorms fold into their convolutions once.
-        with constant_weights():
-            activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
-        return self.objective(activations)
-
-    def _rolled_value_and_grad(self, state: mx.array, start: mx.array) -> tuple[mx.array, mx.array]:
-        return mx.value_and_grad(self._loss)(transforms.roll(state, start))
-
-    def _rolled_update_step(self, state: mx.array, rolled_grad: mx.array, back: mx.array, sigma: mx.array,
-                            lr: mx.array, inv_count: mx.array, lap_counts: list[mx.array]) -> mx.array:
-        return self._update_step(state, transforms.roll(rolled_grad, back), sigma, lr, inv_count, lap_counts)
-
-    def _update_step(self, state: mx.array, grad: mx.array, sigma: mx.array, lr: mx.array, inv_count: mx.array,
-                     lap_counts: list[mx.array]) -> mx.array:
-        if self.lap_norm:
-            grad = transforms.lap_normalize(grad, inv_counts=lap_counts)
-        elif self.smooth:
-            grad = transforms.cascade_smooth(grad, sigma)
-        if self.grad_norm == "mean-abs":
-            grad = transforms.normalize_mean_abs(grad, inv_count)
-        else:
-            grad = transforms.normalize_std(grad, inv_count)
-        return self.space.clamp(state + (lr * self.space.step_scale) * grad)
-
-    def encode(self, rgb: np.ndarray) -> mx.array:
-        return self.space.encode(rgb)
-
-    def decode(self, state: mx.array) -> np.ndarray:
-        return self.space.decode(state)
-
-    def _update_inputs(self, shape: tuple[int, ...], sigma: float, lr: float) -> tuple:
-        """The update's per-call inputs (sigma, lr, 1/size, the Laplacian bands' 1/sizes) as arrays."""
-        _, height, width, channels = shape
-        lap_counts = transforms.lap_inverse_counts(height, width, channels) if self.lap_norm else []
-        return (mx.array(sigma, dtype=mx.float32), mx.array(lr, dtype=mx.float32),
-                mx.array(1.0 / (height * width * channels)), lap_counts)
-
-    def update(self, state: mx.array, grad: mx.array, sigma: float, lr: float) -> mx.array:
-        """The update alone, from the whole image's (unrolled) gradient, evaluated."""
-        new = self._update(state, grad, *self._update_inputs(state.shape, sigma, lr))
-        mx.eval(new)
-        return new
-
-    def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
-                 lr: float) -> tuple[mx.array, float]:
-        start, back = transforms.roll_starts(state.shape[1], state.shape[2], shift)
-        loss_arr, grad = self._rolled_gradient(state, start)
-        new = self._rolled_update(state, grad, back, *self._update_inputs(state.shape, sigma, lr))
-        mx.eval(new, loss_arr)
-        return new, loss_arr.item()
-
-
-def make_step(model: DreamModel, objective: Objective, space: Space | None = None, *,
-              grad_norm: str = "std", lap_norm: bool = False, smooth: bool = True) -> DreamStep:
-    """The compiled dream step; time ``step(state, shift, sigma, lr)`` to benchmark one step."""
-    return DreamStep(model, objective, space, grad_norm=grad_norm, lap_norm=lap_norm, smooth=smooth)
-
-
-# -- the octave loop ------------------------------------------------------------------------------
 
 class Dreamer:
     """A model + settings, ready to dream any number of images (video frames reuse the compiled step).
@@ -278,7 +118,7 @@ class Dreamer:
         self.step(self._profile_state(side), (0, 0), 1.0, 0.0)
 
     def _profile_tile(self, side: int) -> None:
-        mx.eval(*self.step._gradient(self._profile_state(side)))
+        mx.eval(*self.step.gradient(self._profile_state(side)))
 
     def _profile_update(self, side: int) -> None:
         state = self._profile_state(side)
@@ -407,4 +247,3 @@ def dream(model: DreamModel, image: np.ndarray, settings: DreamSettings | None =
           quiet: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
     """One-call API: dream ``image`` (float32 RGB (H, W, 3) in [0, 1]) with ``settings``."""
     return Dreamer(model, settings or DreamSettings(), quiet=quiet)(image, rng=rng)
-
