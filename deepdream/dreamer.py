@@ -38,7 +38,7 @@ class Dreamer:
     ``Dreamer(model, settings)(rgb)`` -> dreamed rgb, both float32 (H, W, 3) in [0, 1].
     Construction validates everything (layers, channels, guide, colour matrix, tile size), so
     errors surface before any work is done. Each octave is dreamed whole when it fits the memory
-    budget, else in tiles (``memory.plan_octave``); a dream that cannot fit fails before its first step.
+    budget, else in tiles (``memory.Planner``); a dream that cannot fit fails before its first step.
     """
 
     def __init__(self, model: DreamModel, settings: DreamSettings, *, quiet: bool = False,
@@ -66,10 +66,7 @@ class Dreamer:
         self.space = make_space(model, settings.decorrelate)
         self.step = make_step(model, self.objective, self.space, grad_norm=settings.grad_norm,
                               lap_norm=settings.lap_norm, smooth=settings.smooth)
-        self.budget = settings.max_memory or memory.default_budget()
-        self.probe = memory.make_probe()
-        self._profile: memory.Profile | None = None
-        self._plans: dict[tuple[int, int, bool], memory.Plan] = {}
+        self.memory = memory.Planner(self.step, settings.tile_size, settings.max_memory, self.notice)
         self._tiled: dict[int, TiledStep] = {}
 
     def notice(self, message: str) -> None:
@@ -91,77 +88,17 @@ class Dreamer:
                         f"{self.model.name}'s minimum of {min_size} px; using {count}")
         return transforms.octave_sizes(height, width, count, s.scale)
 
-    # -- memory ------------------------------------------------------------------------------------
+    # -- memory: the planner decides how each octave is dreamed --------------------------------------
+
+    def plan(self, height: int, width: int, last: bool = True) -> memory.OctavePlan:
+        """How the octave of this size is dreamed (``last``: the full-size one, whose base the caller holds)."""
+        return self.memory.plan(height, width, last)
 
     def profile(self) -> memory.Profile:
-        """The step's memory per pixel: from the cache, else measured now (once per model and layer set)."""
-        if self._profile is None:
-            s = self.settings
-            key = memory.profile_key(self.model.name, len(self.model.class_names or ()) or "", ",".join(self.layers),
-                                     f"channels={s.channels is not None}", f"guide={s.guide is not None}",
-                                     f"space={type(self.space).__name__}", f"lap={s.lap_norm}", f"smooth={s.smooth}",
-                                     self.probe.name)
-            self._profile = memory.load_profile(key)
-            if self._profile is None:
-                self.notice(f"measuring {self.model.name}'s memory per pixel for these layers (once; it is cached)")
-                # The Laplacian normalisation updates the whole image at once, tiled or not: measure that too.
-                update = self._profile_update if s.lap_norm else None
-                self._profile = memory.measure_profile(self._profile_run, self._profile_tile, self.probe, update)
-                memory.save_profile(key, self._profile)
-        return self._profile
+        """The step's memory per pixel (cached; measured on first use)."""
+        return self.memory.profile()
 
-    # The profile's runs: each makes its own side x side state, so its arrays are part of the peak measured.
-    def _profile_state(self, side: int) -> mx.array:
-        return self.step.encode(np.random.default_rng(0).random((side, side, 3), dtype=np.float32))
-
-    def _profile_run(self, side: int) -> None:
-        self.step(self._profile_state(side), (0, 0), 1.0, 0.0)
-
-    def _profile_tile(self, side: int) -> None:
-        mx.eval(*self.step.gradient(self._profile_state(side)))
-
-    def _profile_update(self, side: int) -> None:
-        state = self._profile_state(side)
-        gradient = np.random.default_rng(1).standard_normal(state.shape, dtype=np.float32)
-        self.step.update(state, mx.array(gradient), 1.0, 0.0)
-
-    def plan(self, height: int, width: int, last: bool = True) -> memory.Plan:
-        """How the octave of this size is dreamed (``last``: the full-size one, whose base the caller holds)."""
-        key = (height, width, last)
-        if key in self._plans:
-            return self._plans[key]
-        s = self.settings
-        if s.tile_size is not None:   # an explicit --tile-size (0: never) wins over the budget
-            tile = s.tile_size if s.tile_size and max(height, width) > s.tile_size else None
-            plan = memory.Plan(height, width, tile, float("nan"), float("nan"))
-        else:
-            self.probe.release()
-            resident = self.probe.resident()
-            if memory.fits_unprofiled(resident, height, width, self.budget):
-                plan = memory.Plan(height, width, None, float("nan"), float("nan"))
-            else:
-                # Image-sized arrays the loop holds besides the step's own (see __call__): the octave's
-                # base unless it is the caller's image; tiled, also the state and its gradient.
-                extra = 0 if last else 1
-                profile = self.profile()
-                plan = memory.plan_octave(profile, resident, height, width, self.budget,
-                                          min_tile=2 * self.model.MIN_INPUT_SIZE, whole_copies=extra,
-                                          tiled_copies=2 + extra, tiled_extra=profile.update_bytes_per_pixel,
-                                          what=self.model.name)
-        self._plans[key] = plan
-        return plan
-
-    def _tiling_notice(self, tiled: list[memory.Plan]) -> str:
-        """One line for a dream's tiling: its largest tiled octave, and how many smaller ones are tiled too."""
-        plan = tiled[-1]
-        tile_h, tile_w = plan.tile_shape
-        more = f"; {len(tiled) - 1} smaller octave(s) too" if len(tiled) > 1 else ""
-        return (f"{plan.width}x{plan.height} would need about {memory.format_bytes(plan.whole)} in one piece, over the "
-                f"{memory.format_bytes(self.budget)} memory budget: dreaming it in {plan.tile_count} tiles of "
-                f"{tile_w}x{tile_h} (about {memory.format_bytes(plan.predicted)}{more}; --max-memory or --tile-size "
-                "to change)")
-
-    def runner(self, plan: memory.Plan) -> DreamStep | TiledStep:
+    def runner(self, plan: memory.OctavePlan) -> DreamStep | TiledStep:
         if plan.tile is None:
             return self.step
         if plan.tile not in self._tiled:
@@ -190,7 +127,7 @@ class Dreamer:
         plans.reverse()
         auto_tiled = [p for p in plans if p.tile is not None and not np.isnan(p.predicted)]
         if auto_tiled:
-            self.notice(self._tiling_notice(auto_tiled))
+            self.notice(self.memory.tiling_notice(auto_tiled))
         show = (not self.quiet) if progress is None else progress
         detail: np.ndarray | None = None
         with tqdm(total=len(sizes) * s.steps, desc=description or self.model.name, unit="step",

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .contact_sheet import contact_sheet
 from .errors import DreamError, Interrupted
 from .image_io import check_writable_folder, load_image, save_image
-from .visualise import Plan, Renderer
+from .visualise import Renderer, RenderPlan
 
 SHEET_NAME = "contact_sheet.png"
 #: Items rendered together in one pass of a sweep, unless --batch says otherwise.
@@ -41,7 +41,7 @@ def check_sweep_folder(output: str | None) -> Path:
     return folder
 
 
-def run_sweep(renderer: Renderer, plan: Plan, folder: Path, batch: int, seed: int | None, *,
+def run_sweep(renderer: Renderer, plan: RenderPlan, folder: Path, batch: int, seed: int | None, *,
               quiet: bool = False) -> list[Path]:
     """Render every item of ``plan`` not yet in ``folder``, ``batch`` at a time; returns the sheet's path
     after the items'. Batch ``k`` is seeded with ``(seed, k)``, so a resumed sweep renders the items

@@ -152,7 +152,7 @@ def parse_neuron(model: DreamModel, spec: str) -> tuple[str, int]:
 
 
 @dataclass
-class Plan:
+class RenderPlan:
     """What to render: the objective (targets for one image) and, for a sweep, the items swept
     (``(label, target row)``) and which term they vary."""
 
@@ -175,8 +175,8 @@ def _channel_list(model: DreamModel, layer: str, channels: list[int] | str) -> l
 
 def plan_render(model: DreamModel, *, class_spec: str | None = None, neuron: str | None = None,
                 layers: Sequence[str] | None = None, channels: list[int] | str | None = None,
-                sweep: bool = False, diversity: float = 0.0) -> Plan:
-    """Turn the objective flags into a ``Plan``; every check happens here, before any work."""
+                sweep: bool = False, diversity: float = 0.0) -> RenderPlan:
+    """Turn the objective flags into a ``RenderPlan``; every check happens here, before any work."""
     terms: list[Term] = []
     items: list[tuple[str, int]] = []
     labels: list[str] = []
@@ -224,7 +224,7 @@ def plan_render(model: DreamModel, *, class_spec: str | None = None, neuron: str
     spatial = [t.layer for t in terms if t.kind != "class"]
     diversity_layer = spatial[0] if spatial else model.default_layers[-1]
     label = re.sub(r"[^A-Za-z0-9]+", "_", "_".join(labels)).strip("_") or "render"
-    return Plan(RenderObjective(terms, diversity, diversity_layer), items, sweep_term, label)
+    return RenderPlan(RenderObjective(terms, diversity, diversity_layer), items, sweep_term, label)
 
 
 def tile_targets(objective: RenderObjective, n: int) -> RenderObjective:

@@ -70,7 +70,7 @@ def test_plan_that_cannot_fit_names_the_budget_and_the_flags():
 
 
 def measured_peak(dreamer: Dreamer, photo: np.ndarray) -> float:
-    probe = dreamer.probe
+    probe = dreamer.memory.probe
     probe.release()
     probe.reset_peak()
     result = dreamer(photo)
@@ -91,7 +91,7 @@ def test_prediction_matches_the_measured_peak(effnet):
     measured = measured_peak(whole, photo)
     assert abs(plan.predicted / measured - 1) < 0.25, (plan.predicted, measured)
     # a budget of about half the whole image's step: tiles
-    budget = int(whole.probe.resident() + (plan.predicted - whole.probe.resident()) / 2)
+    budget = int(whole.memory.probe.resident() + (plan.predicted - whole.memory.probe.resident()) / 2)
     tiled = Dreamer(effnet, DreamSettings(**{**settings.as_dict(), "max_memory": budget}), quiet=True)
     plan = tiled.plan(800, 1200)
     assert plan.tile is not None
