@@ -323,9 +323,7 @@ class Planner:
         """What this step's memory per pixel depends on: the model, the objective, the update's shape."""
         step = self.step
         model = step.model
-        objective = step.objective
-        return profile_key(model.name, len(model.class_names or ()) or "", ",".join(objective.layers),
-                           f"channels={objective.channels is not None}", f"guide={bool(objective.guide)}",
+        return profile_key(model.name, len(model.class_names or ()) or "", step.objective.key,
                            f"space={type(step.space).__name__}", f"lap={step.lap_norm}", f"smooth={step.smooth}",
                            self.probe.name)
 

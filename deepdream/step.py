@@ -48,20 +48,22 @@ class DreamStep:
         self.grad_norm = grad_norm
         self.lap_norm = lap_norm
         self.smooth = smooth
+        self.targets = objective.targets()   # inputs of the compiled gradient, not constants in it
         self._value_and_grad = mx.compile(mx.value_and_grad(self._loss))
         self._rolled_gradient = mx.compile(self._rolled_value_and_grad)
         self._rolled_update = mx.compile(self._rolled_update_step)
         self._update = mx.compile(self._update_step)
 
     # The four functions below are traced by mx.compile: MLX operations only, no host syncs.
-    def _loss(self, state: mx.array) -> mx.array:
+    def _loss(self, state: mx.array, targets: list[mx.array]) -> mx.array:
         # The step differentiates only the image: BatchNorms fold into their convolutions once.
         with constant_weights():
             activations = self.model(self.space.to_input(state), outputs=self.objective.layers)
-        return self.objective(activations)
+        return self.objective(activations, targets)
 
-    def _rolled_value_and_grad(self, state: mx.array, start: mx.array) -> tuple[mx.array, mx.array]:
-        return mx.value_and_grad(self._loss)(transforms.roll(state, start))
+    def _rolled_value_and_grad(self, state: mx.array, start: mx.array,
+                               targets: list[mx.array]) -> tuple[mx.array, mx.array]:
+        return mx.value_and_grad(self._loss)(transforms.roll(state, start), targets)
 
     def _rolled_update_step(self, state: mx.array, rolled_grad: mx.array, back: mx.array, sigma: mx.array,
                             lr: mx.array, inv_count: mx.array, lap_counts: list[mx.array]) -> mx.array:
@@ -81,7 +83,7 @@ class DreamStep:
 
     def gradient(self, state: mx.array) -> tuple[mx.array, mx.array]:
         """(objective, its gradient) of ``state`` as it is (no roll): a tile's share of a tiled step."""
-        return self._value_and_grad(state)
+        return self._value_and_grad(state, self.targets)
 
     def encode(self, rgb: np.ndarray) -> mx.array:
         return self.space.encode(rgb)
@@ -105,7 +107,7 @@ class DreamStep:
     def __call__(self, state: mx.array, shift: tuple[int, int], sigma: float,
                  lr: float) -> tuple[mx.array, float]:
         start, back = transforms.roll_starts(state.shape[1], state.shape[2], shift)
-        loss_arr, grad = self._rolled_gradient(state, start)
+        loss_arr, grad = self._rolled_gradient(state, start, self.targets)
         new = self._rolled_update(state, grad, back, *self._update_inputs(state.shape, sigma, lr))
         mx.eval(new, loss_arr)
         return new, loss_arr.item()

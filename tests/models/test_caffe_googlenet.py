@@ -416,7 +416,7 @@ def test_channels_of_a_branch_blob(files):
     model = files["model"]
     objective = build_objective(model, ["inception_4d/3x3_reduce"], channels=[3, 143])
     x = model.preprocess(mx.zeros((1, 64, 64, 3)))
-    assert objective.select(model(x, outputs=objective.layers)["inception_4d/3x3_reduce"]).shape[-1] == 2
+    assert objective.terms[0].select(model(x, outputs=objective.layers)["inception_4d/3x3_reduce"]).shape[-1] == 2
     with pytest.raises(DreamError, match="has 144 channels; use --channels values from 0 to 143"):
         build_objective(model, ["inception_4d/3x3_reduce"], channels=[144])
 
