@@ -21,26 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 
-from deepdream.cli import (  # noqa: E402
-    ALL_MODELS,
-    OUTPUT_FOLDER,
-    available_models,
-    check_image_args,
-    handle_info_flags,
+from deepdream.cli.args import OUTPUT_FOLDER, still_parser  # noqa: E402
+from deepdream.cli.info import handle_info_flags  # noqa: E402
+from deepdream.cli.model_choice import ALL_MODELS, available_models, model_name_from_args  # noqa: E402
+from deepdream.cli.settings import (  # noqa: E402
     is_render,
-    load_dream_model,
-    make_notify,
     model_and_settings,
-    model_name_from_args,
     render_settings,
-    run_main,
     settings_for_model,
-    still_parser,
-    still_start,
     validate_args,
 )
+from deepdream.cli.start_image import check_image_args, still_start  # noqa: E402
 from deepdream.contact_sheet import contact_sheet  # noqa: E402
-from deepdream.errors import DreamError, Interrupted  # noqa: E402
+from deepdream.errors import DreamError, Interrupted, make_notify, run_main  # noqa: E402
 from deepdream.image_io import (  # noqa: E402
     check_output_path,
     check_writable_folder,
@@ -49,6 +42,7 @@ from deepdream.image_io import (  # noqa: E402
 )
 from deepdream.objectives import parse_channels  # noqa: E402
 from deepdream.dreamer import Dreamer  # noqa: E402
+from deepdream.loading import load_dream_model  # noqa: E402
 from deepdream.sweep import check_sweep_folder, run_sweep  # noqa: E402
 from deepdream.visualise import Renderer, plan_render, tile_targets  # noqa: E402
 

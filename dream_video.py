@@ -6,7 +6,7 @@
     python dream_video.py ... --frames 240       # same command with more frames: continues the video
     python dream_video.py --video clip.mp4 --output outputs/dreamed.mp4   # a clip, with its sound
 
-Every dream flag of dream.py works here (one shared definition, deepdream/cli.py). Frames are
+Every dream flag of dream.py works here (one shared definition, deepdream/cli/args.py). Frames are
 saved as they finish in <output>_frames/; re-running the same command continues after the
 last one, and Ctrl-C keeps every finished frame. The engine: deepdream/video.py (frame store,
 encoders, zoom), deepdream/video_input.py and deepdream/flow.py (clips). See README.md, "Videos".
@@ -26,24 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402  (fast BLAS before anything imports mlx)
 import numpy as np  # noqa: E402
 
-from deepdream.cli import (  # noqa: E402
-    ALL_MODELS,
+from deepdream.cli.args import (  # noqa: E402
     OUTPUT_FOLDER,
     DreamArgumentParser,
     add_dream_arguments,
     add_image_arguments,
-    check_image_args,
-    handle_info_flags,
-    input_image,
-    make_notify,
-    model_and_settings,
-    noise_start,
     number,
-    run_main,
-    validate_args,
     whole_number,
 )
-from deepdream.errors import DreamError, Notify  # noqa: E402
+from deepdream.cli.info import handle_info_flags  # noqa: E402
+from deepdream.cli.model_choice import ALL_MODELS  # noqa: E402
+from deepdream.cli.settings import model_and_settings, validate_args  # noqa: E402
+from deepdream.cli.start_image import check_image_args, input_image, noise_start  # noqa: E402
+from deepdream.errors import DreamError, Notify, make_notify, run_main  # noqa: E402
 from deepdream.flow import FLOW_METHODS, Coherence  # noqa: E402
 from deepdream.dreamer import Dreamer  # noqa: E402
 from deepdream.settings import DreamSettings  # noqa: E402

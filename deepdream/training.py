@@ -51,6 +51,7 @@ from deepdream.dataset import (
     num_batches,
     stratified_split,
 )
+from deepdream.loading import load_dream_model
 from models import DreamModel, WeightsError, load_model
 from models.base import did_you_mean
 from models.registry import default_weights_path, get_facts
@@ -192,11 +193,7 @@ def load_base(config: TrainConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
                 f"run `{facts.exporter}` first, or fine-tune the model that works offline with "
                 "`--model efficientnet_lite0`")
         try:
-            if not default_weights_path(config.model).exists():
-                from convert import make_default_weights  # imports torch: only on a first run
-
-                make_default_weights(config.model)
-            pretrained = load_model(config.model)
+            pretrained = load_dream_model(config.model)   # converts the package weights on a first run
         except WeightsError as exc:
             raise TrainingError(str(exc)) from None
         origin = f"{config.model} ({pretrained.metadata.get('source', 'ImageNet weights')})"

@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 import dream_video
-from deepdream.cli import DreamArgumentParser, add_render_arguments, settings_for_model
+from deepdream.cli.args import DreamArgumentParser, add_render_arguments
+from deepdream.cli.settings import settings_for_model
 from deepdream.errors import DreamError
 from deepdream.presets import PRESETS
 from deepdream.video import FRAME_DEFAULTS, SETTINGS_FILE, Motion, count_frames, move, next_frame
@@ -332,7 +333,7 @@ SUBPROCESS_CASES = {"zoom zero", "blend above 1", "unknown extension", "unwritab
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    from deepdream.cli import run_main
+    from deepdream.errors import run_main
 
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: dream_video.main(argv))

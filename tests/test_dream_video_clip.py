@@ -246,7 +246,7 @@ SUBPROCESS_CASES = {"not a video", "unreadable stream", "end before start", "aud
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_a_one_line_error_before_anything_is_written(case: str, lite0, tmp_path: Path, capsys) -> None:
-    from deepdream.cli import run_main
+    from deepdream.errors import run_main
 
     make_bad_files(tmp_path)
     argv, expected = BAD[case]

@@ -1,8 +1,7 @@
-"""The engine in-process, on efficientnet_lite0's real weights: step, octaves, objectives, settings resolution."""
+"""The engine in-process, on efficientnet_lite0's real weights: step, octaves, objectives, presets."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import mlx.core as mx
@@ -12,7 +11,6 @@ import pytest
 import models
 from deepdream import transforms
 from deepdream.colour import IMAGENET_SQRT_COV, DecorrelatedSpace, PixelSpace
-from deepdream.cli import DreamArgumentParser, add_dream_arguments, settings_for_model, validate_args
 from deepdream.errors import DreamError
 from deepdream.image_io import load_image
 from deepdream.objectives import build_objective, guided_dot
@@ -28,12 +26,6 @@ CHELSEA = ROOT / "assets" / "chelsea.png"
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     return load_image(CHELSEA, max_size=96)
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = DreamArgumentParser()
-    add_dream_arguments(parser)
-    return parser.parse_args(list(argv))
 
 
 def layer_score(model, rgb: np.ndarray, layer: str = "block10") -> float:
@@ -71,34 +63,6 @@ def test_the_issue_recipes_are_presets_verbatim():
     assert PRESETS["vgg19"].values()["layers"] == ("relu5_2",) and PRESETS["vgg19"].lr == 0.045
     assert PRESETS["vgg16_relu5"].layers == ("relu5_1",) and PRESETS["vgg16_relu5"].jitter == 10
     assert PRESETS["resnet50"].layers == ("layer3_2", "layer3_5") and PRESETS["resnet50"].lr == 0.13
-
-
-def test_settings_precedence(effnet):
-    # the model's own recipe when nothing is said
-    s = settings_for_model(parse(), effnet)
-    assert s.layers == PRESETS["efficientnet_lite0"].layers and s.lr == PRESETS["efficientnet_lite0"].lr
-    # explicit flags beat the preset, the rest comes from the preset
-    s = settings_for_model(parse("--preset", "efficientnet_lite0", "--steps", "3", "--layers", "block7"), effnet)
-    assert (s.steps, s.layers, s.lr, s.scale) == (3, ("block7",), 0.07, 1.5)
-    # a preset for another architecture lends its numbers, not its layers
-    notes = []
-    s = settings_for_model(parse("--preset", "vgg16"), effnet, notes.append)
-    assert (s.steps, s.lr, s.jitter, s.layers) == (24, 0.07, 36, ("block10",))
-    assert notes and "vgg16" in notes[0]
-    # a preset's decorrelation can be switched off
-    assert settings_for_model(parse("--preset", "efficientnet_lite0_natural"), effnet).decorrelate == "imagenet"
-    assert settings_for_model(parse("--preset", "efficientnet_lite0_natural", "--decorrelate", "none"),
-                              effnet).decorrelate is None
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--steps", "0"], "--steps"), (["--octaves", "0"], "--octaves"), (["--scale", "-1"], "--scale"),
-    (["--lr", "-0.1"], "--lr"), (["--jitter", "-2"], "--jitter"), (["--model", "nope"], "unknown model"),
-    (["--preset", "nope"], "unknown preset"), (["--model", "all", "--layers", "x"], "--layers"),
-])
-def test_validate_args_rejects(argv, message):
-    with pytest.raises(DreamError, match=message):
-        validate_args(parse(*argv))
 
 
 def test_step_raises_objective_and_keeps_pixels_valid(effnet, photo):

@@ -1,0 +1,50 @@
+"""The image a dream starts from: ``--input`` (within ``--max-size``), or noise of ``--width`` x ``--height``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DreamError
+from ..image_io import limit_size, load_image, noise_image
+from .args import STILL_SIZE
+
+
+def check_image_args(args: argparse.Namespace, noun: str) -> None:
+    """The size flags' checks (no model needed, so a typo fails at once)."""
+    if args.input is not None and (args.width is not None or args.height is not None):
+        raise DreamError(f"--width/--height size the noise {noun}; with --input use --max-size to resize it")
+    for flag, value in (("--width", args.width), ("--height", args.height), ("--max-size", args.max_size)):
+        if value is not None and value < 1:
+            raise DreamError(f"{flag} must be a positive number of pixels (got {value})")
+
+
+def input_image(args: argparse.Namespace, default_max_size: int | None = None) -> np.ndarray | None:
+    """--input read (and downscaled to --max-size, else ``default_max_size``), or None without --input."""
+    if args.input is None:
+        return None
+    max_size = args.max_size if args.max_size is not None else default_max_size
+    return load_image(args.input, max_size=max_size)
+
+
+def noise_size(args: argparse.Namespace, default_size: int) -> tuple[int, int]:
+    """(width, height) of the noise start: --width x --height, ``default_size`` where not given."""
+    return (args.width if args.width is not None else default_size,
+            args.height if args.height is not None else default_size)
+
+
+def noise_start(args: argparse.Namespace, rng: np.random.Generator, default_size: int) -> np.ndarray:
+    """The noise start image: ``noise_size``, drawn from ``rng``, within --max-size."""
+    width, height = noise_size(args, default_size)
+    image = noise_image(height, width, rng)
+    return limit_size(image, args.max_size) if args.max_size is not None else image
+
+
+def still_start(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """dream.py's start image and the stem of its output names: --input, else noise (drawn from ``rng``)."""
+    image = input_image(args)
+    if image is not None:
+        return image, Path(args.input).stem
+    return noise_start(args, rng, STILL_SIZE), "dream"
