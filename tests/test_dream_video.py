@@ -26,7 +26,9 @@ from deepdream.cli.args import DreamArgumentParser, add_render_arguments
 from deepdream.cli.settings import settings_for_model
 from deepdream.errors import DreamError
 from deepdream.presets import PRESETS
-from deepdream.video import FRAME_DEFAULTS, SETTINGS_FILE, Motion, count_frames, move, next_frame
+from deepdream.video.modes import FRAME_DEFAULTS
+from deepdream.video.store import SETTINGS_FILE, count_frames
+from deepdream.video.zoom import Motion, move, next_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"

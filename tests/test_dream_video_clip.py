@@ -22,7 +22,7 @@ from PIL import Image
 import dream_video
 from benchmarks.clips import FPS, PAN, SAMPLE_RATE, pan_frames, write_clip
 from deepdream.errors import DreamError, Interrupted
-from deepdream.video import SETTINGS_FILE, count_frames
+from deepdream.video.store import SETTINGS_FILE, count_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"
@@ -96,7 +96,7 @@ def test_a_dreamed_clip_keeps_its_frames_rate_and_sound_and_the_flow_stops_the_f
 
 def test_a_clip_resumes_exactly_and_refuses_changed_settings(lite0, pan_clip: Path, tmp_path: Path,
                                                             monkeypatch) -> None:
-    import deepdream.video_input as video_input
+    import deepdream.video.clip as video_input
 
     quick = ["--video", str(pan_clip), *LITE0, "--octaves", "1", "--steps", "2", "--end", "0.5", "--seed", "3"]
     whole = tmp_path / "whole.mp4"

@@ -35,11 +35,11 @@ def noise_size(args: argparse.Namespace, default_size: int) -> tuple[int, int]:
             args.height if args.height is not None else default_size)
 
 
-def noise_start(args: argparse.Namespace, rng: np.random.Generator, default_size: int) -> np.ndarray:
-    """The noise start image: ``noise_size``, drawn from ``rng``, within --max-size."""
-    width, height = noise_size(args, default_size)
+def noise_start(size: tuple[int, int], rng: np.random.Generator, max_size: int | None) -> np.ndarray:
+    """The noise start image of ``size`` (width, height), drawn from ``rng``, within ``max_size`` (--max-size)."""
+    width, height = size
     image = noise_image(height, width, rng)
-    return limit_size(image, args.max_size) if args.max_size is not None else image
+    return limit_size(image, max_size) if max_size is not None else image
 
 
 def still_start(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -47,4 +47,4 @@ def still_start(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.
     image = input_image(args)
     if image is not None:
         return image, Path(args.input).stem
-    return noise_start(args, rng, STILL_SIZE), "dream"
+    return noise_start(noise_size(args, STILL_SIZE), rng, args.max_size), "dream"

@@ -1,7 +1,7 @@
-"""Dreaming an existing clip: decode it with PyAV, make each frame from its input frame and the
-previous dream (``deepdream.flow``), and copy its sound into the result untouched.
+"""Dreaming an existing clip (``--video``): decode it with PyAV, make each frame from its input frame and
+the previous dream (``flow``), and copy its sound into the result untouched.
 
-The frames go through the zoom video's frame store (``deepdream.video``): saved atomically as
+The frames go through the frame store every video mode shares (``store``): saved atomically as
 they finish, with the settings, resumed by re-running the same command. Frame ``n`` is made
 from input frames ``n - 1`` and ``n`` (decoded again on a resumed run) and from dreamed frame
 ``n - 1`` as its PNG holds it, with jitter seeded by (seed, n), so a resumed clip is the same
@@ -13,9 +13,10 @@ variable-frame-rate clip stays in sync with its sound, which is remuxed (never r
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -24,14 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DreamError
-from .flow import Coherence, carry
-from .image_io import limited_size
-from .video import Dream, Timing, frame_rng
+from ..cli.args import number
+from ..errors import DreamError, Notify
+from ..image_io import limited_size
+from .encoding import H264_CONTAINERS, Timing
+from .flow import FLOW_METHODS, Coherence, carry
+from .modes import Video, VideoMode, frame_max_size, given
+from .store import Dream, Resume, file_sha256, frame_rng
+from .zoom import Motion   # --blend means what it means in the zoom video, and is checked there
 
-#: Extensions that mark a file as a video, so one given to --input gets pointed to --video.
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
-                              ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
 #: FFmpeg demuxers of still images: a PNG or JPEG opens as a one-frame "video".
 _IMAGE_DEMUXERS = ("image2", "_pipe")
 
@@ -271,3 +273,93 @@ def check_audio_fits(clip: Clip, output: Path, container_format: str) -> None:
                 name = stream.codec_context.name if stream.codec_context is not None else "unknown"
                 raise DreamError(f"'{output}' cannot hold the sound of '{clip.path}' ({name} audio: {_reason(exc)}); "
                                  "write .mkv instead, or add --no-audio") from None
+
+
+# -- the mode ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """How a clip's frames are made: the flow's coherence and ``--blend``."""
+
+    coherence: Coherence
+    blend: float
+
+
+class ClipMode(VideoMode):
+    """Every frame of ``--video``, dreamed along the optical flow, with its sound and timing."""
+
+    title = "clip (--video)"
+    noun = "dreaming a clip"
+    chooser = "video"
+    choose_hint = "--video CLIP"
+
+    def add_arguments(self, group: argparse._ArgumentGroup) -> None:
+        clip = Coherence()
+        group.add_argument("--video", metavar="PATH",
+                           help="a video to dream frame by frame (MP4, MOV, MKV, WebM...: whatever FFmpeg reads), at "
+                                "--max-size, with its sound and timing")
+        group.add_argument("--start", type=number, metavar="SEC", help="dream from this time on (seconds; default 0)")
+        group.add_argument("--end", type=number, metavar="SEC", help="stop before this time (seconds; default the end)")
+        group.add_argument("--no-flow", action="store_true", default=None,
+                           help="dream every frame on its own (flickers: each frame grows its own hallucinations)")
+        group.add_argument("--flow-blend", type=number, metavar="B",
+                           help=f"share of the previous dreamed frame, moved along the optical flow, blended into the "
+                                f"next input frame before it is dreamed (default {clip.flow_blend:g}; higher sticks "
+                                "more, lower follows the input more)")
+        group.add_argument("--occlusion-blend", type=number, metavar="B",
+                           help=f"the same where the flow is unreliable: occluded or uncovered pixels, the border "
+                                f"(default {clip.occlusion_blend:g}: the input alone)")
+        group.add_argument("--scene-cut", type=number, metavar="D",
+                           help=f"a frame differing from the moved previous one by more than D (mean, 0-1) is a scene "
+                                f"cut, where the dream restarts from the input (default {clip.scene_cut:g})")
+        group.add_argument("--flow-refresh", type=number, metavar="R",
+                           help=f"share of a full dream added where the previous dream was carried along (default "
+                                f"{clip.flow_refresh:g}; 1 dreams carried frames fully, which flickers more)")
+        group.add_argument("--flow-method", choices=FLOW_METHODS, default=None,
+                           help=f"OpenCV optical flow (default {clip.flow_method})")
+        group.add_argument("--no-audio", action="store_true", default=None, help="leave the clip's sound out")
+
+    def foreign_flags_hint(self, owner: VideoMode) -> str:
+        return ("a --video clip keeps its own frames, size (see --max-size) and frame rate (cut it with "
+                "--start/--end)")
+
+    def check_usage(self, args: argparse.Namespace, others: Sequence[VideoMode]) -> None:
+        if args.input is not None:
+            raise DreamError("--input is the zoom video's start image; with --video the clip's frames are the input, "
+                             "drop --input")
+        self.refuse_flags_of(others, args)
+
+    def check(self, args: argparse.Namespace) -> ClipSettings:
+        for flag, value in (("--start", args.start), ("--end", args.end)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise DreamError(f"{flag} must be a time in seconds from the clip's start, 0 or more (got {value:g})")
+        if args.start is not None and args.end is not None and args.end <= args.start:
+            raise DreamError(f"--end {args.end:g} is not after --start {args.start:g}; give the part of the clip to "
+                             "dream as --start SEC --end SEC")
+        blend = Motion(**given(args, ("blend",)))
+        blend.validate()
+        coherence = Coherence(**given(args, ("flow_blend", "occlusion_blend", "scene_cut", "flow_refresh",
+                                             "flow_method")), no_flow=bool(args.no_flow))
+        coherence.validate()
+        return ClipSettings(coherence, blend.blend)
+
+    def input_path(self, args: argparse.Namespace) -> str | None:
+        return args.video
+
+    def open(self, args: argparse.Namespace, checked: ClipSettings) -> Clip:
+        """The clip probed: a file that is no video fails before the model loads."""
+        return open_clip(args.video, start=args.start, end=args.end, max_size=frame_max_size(args))
+
+    def video(self, args: argparse.Namespace, checked: ClipSettings, clip: Clip, output: Path, resume: Resume,
+              notify: Notify) -> Video:
+        sound = bool(clip.audio) and not args.no_audio
+        if sound and output.suffix.lower() not in H264_CONTAINERS:
+            notify(f"{output.suffix} holds no sound; the clip's audio is left out (write .mp4 or .mkv to keep it)")
+            sound = False
+        if sound:
+            check_audio_fits(clip, output, H264_CONTAINERS[output.suffix.lower()])
+        coherence, blend = checked.coherence, checked.blend
+        return Video(source={"video_sha256": file_sha256(args.video)}, size=clip.size,
+                     motion=clip_record(clip, coherence, blend),
+                     frames=lambda dream: ClipFrames(clip, dream, coherence, blend, resume.seed),
+                     total=clip.frame_count, timing=clip.timing(), extra=AudioCopy(clip) if sound else None)

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import DreamError
+from ..errors import DreamError
 
 FLOW_METHODS = ("dis", "farneback")
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel's round trip may miss by this
