@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
+from deepdream.errors import run_main  # noqa: E402
 
 OUT = Path("assets/dreams")
 MODEL = ["--model", "efficientnet_lite0", "--seed", "0"]
@@ -106,4 +107,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

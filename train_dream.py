@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import models  # noqa: F401  (fast BLAS before mlx is imported)
-from deepdream.errors import exit_code
+from deepdream.errors import exit_code, run_main
 from deepdream.dataset import scan_image_folder
 from deepdream.training import (
     CHECKPOINT_NAME,
@@ -218,4 +217,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -3,8 +3,8 @@ exit, never a traceback.
 
 Errors a user can cause derive from ``DreamError`` (or are the model zoo's ``WeightsError`` /
 ``UnknownLayerError``); their message is a single line naming the problem and the way out.
-``exit_code`` turns them into ``error: ...`` on stderr and an exit status; every script's entry
-point goes through it (``run_main`` for the ones that exit directly).
+``exit_code`` turns them into ``error: ...`` on stderr and an exit status; every script enters
+through ``run_main(main)`` (``if __name__ == "__main__"``), which exits with it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Image datasets for prepare_dataset.py, calc_cm.py and train_dream.py.
+"""Image datasets for prepare_dataset.py, calc_cm.py and train_dream.py (and ``duplicates``: the
+exact and near-duplicate checks of prepare_dataset.py).
 
 An *ImageFolder* is ``root/<class name>/**/<image>`` (torchvision's convention): every
 sub-folder of ``root`` is a class, and every file Pillow can open below it is an image of
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import DreamError
-from .image_io import to_rgb
+from ..errors import DreamError
+from ..image_io import to_rgb
 
 #: The calibration view of an image (the view the network sees): short side 256, centre crop 224.
 CALIBRATION_SHORT_SIDE = 256

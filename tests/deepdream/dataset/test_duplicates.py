@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepdream.duplicates import find_exact_duplicates, find_near_duplicates, hamming_pairs
+from deepdream.dataset.duplicates import find_exact_duplicates, find_near_duplicates, hamming_pairs
 
 
 @dataclass
