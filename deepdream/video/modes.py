@@ -101,7 +101,7 @@ class VideoMode(ABC):
     def refuse_flags_of(self, others: Sequence[VideoMode], args: argparse.Namespace) -> None:
         """One line for flags that belong to another mode."""
         for other in others:
-            names = list(given(args, other.flags))
+            names = list(given(args, (other.chooser,) if other.chooser else ())) + list(given(args, other.flags))
             if names:
                 flags = ", ".join(flag_name(name) for name in names)
                 raise DreamError(f"{flags} {'is' if len(names) == 1 else 'are'} for {other.noun}; "
