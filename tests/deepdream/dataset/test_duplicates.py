@@ -1,4 +1,4 @@
-"""deepdream/duplicates.py: exact and near-duplicate search (prepare_dataset.py runs it on real files)."""
+"""deepdream/dataset/duplicates.py: exact and near-duplicate search (prepare_dataset.py runs it on real files)."""
 
 from __future__ import annotations
 
