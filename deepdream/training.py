@@ -581,7 +581,7 @@ def start(run: Run, saved: tuple[dict[str, np.ndarray], dict[str, np.ndarray], d
     set_mode(model, run.frozen, training=True)  # which BatchNorms train decides which statistics move
     params = dict(tree_flatten(model.parameters()))
     model_keys = [k for k, _ in tree_flatten(model.trainable_parameters())] + trained_buffers(model)
-    opt = tree_flatten(optimizer.state)
+    opt = sorted(tree_flatten(optimizer.state), key=lambda item: item[0])  # rank 0's may be a checkpoint's order
     values = dist.broadcast_arrays([np.array(params[k]) for k in model_keys] + [np.array(v) for _, v in opt])
     model.load_weights([(k, mx.array(v)) for k, v in zip(model_keys, values)], strict=False)
     optimizer.state = tree_unflatten([(k, mx.array(v)) for (k, _), v in zip(opt, values[len(model_keys):])])
