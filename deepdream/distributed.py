@@ -1,8 +1,8 @@
 """One process, or many started by ``mlx.launch``: the group, rank 0's output, threads per rank,
 collectives, and stopping every rank when one fails.
 
-Without a launcher the group has size 1, every collective returns its input and nothing here
-starts a thread or opens a socket: the single-process path is the plain one. Under
+Without a launcher there is one process: every collective returns its input, and nothing here
+initialises MLX's distributed layer, starts a thread or opens a socket. Under
 ``mlx.launch`` (ring, MPI, NCCL, JACCL) the same code runs on every rank, and:
 
 * ``group()``, ``rank()``, ``size()``, ``is_main()``: who this process is; rank 0 alone prints
@@ -197,12 +197,19 @@ def group_backend() -> str:
     return launch.backend if launch else "none"
 
 
+@functools.cache
+def launched() -> bool:
+    """Whether a launcher started this process (else it is the one process, and MLX's distributed
+    layer is never initialised)."""
+    return launch_env() is not None or any(v in os.environ for v in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))
+
+
 def rank() -> int:
-    return group().rank()
+    return group().rank() if launched() else 0
 
 
 def size() -> int:
-    return group().size()
+    return group().size() if launched() else 1
 
 
 def is_main() -> bool:
@@ -233,24 +240,21 @@ def part(n: int, at: int | None = None, of: int | None = None) -> slice:
 def all_sum(x: "mx.array") -> "mx.array":
     """The element-wise sum over ranks, evaluated. A failed peer ends this process through the
     watchdog (one line naming it) instead of raising MLX's error."""
-    import mlx.core as mx
-
-    if size() == 1:
-        return x
-    with _collective():
-        out = mx.distributed.all_sum(x, group=group())
-        mx.eval(out)
-    return out
+    return _collective_op("all_sum", x)
 
 
 def all_gather(x: "mx.array") -> "mx.array":
     """Every rank's ``x`` stacked along the first axis (same shape on every rank), evaluated."""
+    return _collective_op("all_gather", x)
+
+
+def _collective_op(name: str, x: "mx.array") -> "mx.array":
     import mlx.core as mx
 
     if size() == 1:
         return x
     with _collective():
-        out = mx.distributed.all_gather(x, group=group())
+        out = getattr(mx.distributed, name)(x, group=group())
         mx.eval(out)
     return out
 

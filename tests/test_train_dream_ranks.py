@@ -135,17 +135,23 @@ def test_two_ranks_from_the_command_line(shapes: Path, effnet: Path, tmp_path: P
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["last.npz"]  # no temporary files
 
 
+def launch_until_first_checkpoint(data: Path, folder: Path) -> tuple[subprocess.Popen, Path]:
+    """Two ranks training CLI_FROZEN, returned once epoch 1's checkpoint is written."""
+    checkpoint = folder / "ck" / "last.npz"
+    proc = ranks.start_launch(cli_args(data, folder, *CLI_FROZEN))
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    return proc, checkpoint
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks through /proc")
 def test_ctrl_c_stops_every_rank_and_one_rank_resumes(shapes: Path, reference: Path, tmp_path: Path,
                                                       terminal_sigint) -> None:
     """Ctrl-C on the launcher: every rank stops (130) at the same batch, rank 0 saves it; the run
     resumes on one process and ends with the weights of an uninterrupted one-process run."""
-    ck = tmp_path / "ck" / "last.npz"
-    proc = ranks.start_launch(cli_args(shapes, tmp_path, *CLI_FROZEN))
-    deadline = time.monotonic() + 120
-    while not ck.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    proc, ck = launch_until_first_checkpoint(shapes, tmp_path)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
     _, stderr = proc.communicate(timeout=60)
     assert "Node with rank 0 exited with code 130" in stderr and "Node with rank 1 exited with code 130" in stderr
@@ -167,12 +173,7 @@ def test_killed_rank_stops_training_and_the_rerun_finishes(shapes: Path, referen
     """kill -9 of rank 1 mid-run: within a minute every rank has stopped, with one line naming
     rank 1 and how to continue; the checkpoint stays whole, no weights file is written, and the
     rerun with --resume finishes with one process's weights."""
-    ck = tmp_path / "ck" / "last.npz"
-    proc = ranks.start_launch(cli_args(shapes, tmp_path, *CLI_FROZEN))
-    deadline = time.monotonic() + 120
-    while not ck.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    proc, ck = launch_until_first_checkpoint(shapes, tmp_path)
     started = time.monotonic()
     os.kill(ranks.rank_pids(proc)[1], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
