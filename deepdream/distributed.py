@@ -418,6 +418,8 @@ class Watchdog:
         self.root_done = False              # rank 0 said goodbye (clients)
         self.stop_by: float | None = None   # rank 0 ordered a stop: leave once it is gone (clients)
         self.reported: tuple[float, str] | None = None  # a rank's own error, printed after a grace (hub)
+        self.root_gone = threading.Event()  # rank 0's link closed (clients)
+        self.leaving: int | None = None     # the exit status this rank has settled on, if any
         self._lock = threading.Lock()
         if self.rank == 0:
             self._listener = socket.create_server(("", 0), backlog=self.size)
@@ -522,6 +524,7 @@ class Watchdog:
             # Rank 0 prints its line before it exits; leaving first could let the launcher
             # end rank 0 (it stops every rank once one exits non-zero) before it has.
             self.stop_by = time.monotonic() + 2 * BEAT_S
+            self.leaving = EXIT_FAULT
         elif kind == "fail" and self.rank == 0 and self.reported is None:
             # A mistake every rank makes (a bad flag, a missing folder) is rank 0's to report, as
             # one process would; a rank's error of its own is printed once rank 0 has not failed too.
@@ -530,6 +533,8 @@ class Watchdog:
     def _closed(self, link: _Link) -> None:
         link.sock.close()
         del self.links[link.peer]
+        if link.peer == 0:
+            self.root_gone.set()
         if self.stop_by is not None:
             self._exit_quietly()
         if link.said_bye:
@@ -578,6 +583,7 @@ class Watchdog:
         """A non-root rank's own error: rank 0 prints it, naming this rank, and stops every rank;
         this rank waits for that (leaving first would have the launcher end rank 0 before it prints)."""
         link = self.links.get(0)
+        self.leaving = EXIT_FAULT
         if link is not None and link.send("fail " + " ".join(message.split())):
             self.verdict.wait(timeout=REPORT_GRACE_S + 2 * BEAT_S)
 
@@ -587,21 +593,26 @@ class Watchdog:
         self._thread.join(timeout=2 * BEAT_S)
         for link in self.links.values():
             link.send("stop" if stop_others else "bye")
-            if not stop_others:
-                link.sock.close()
-        # After a stop the sockets stay open until this process ends, after its error line.
-        self._stopped_links = [] if not stop_others else list(self.links.values())
+        # The sockets stay open until the process has ended (the kernel closes them, after the
+        # interpreter's teardown): the other ranks take that as this rank gone.
+        _open_until_exit.extend(link.sock.detach() for link in self.links.values())
         self.links.clear()
+
+    def await_root(self) -> None:
+        """Wait for rank 0's process to end (it saves, then prints, then exits): leaving first would
+        have the launcher, which stops every rank once one exits non-zero, cut rank 0 short."""
+        self.root_gone.wait()
 
     def terminated(self, signum: int, frame: Any) -> None:
         """SIGTERM, which mlx.launch sends every rank once one has failed: the watchdog, which saw
         the failure too, gets a moment to print its line before this process ends."""
         global _exit_after_write
         self.verdict.wait(timeout=1.0)
+        code = self.leaving if self.leaving is not None else 128 + signum
         if _writing:  # this handler interrupted the write in this (the main) thread: let it end
-            _exit_after_write = 128 + signum
+            _exit_after_write = code
             return
-        os._exit(128 + signum)
+        os._exit(code)
 
     def failed_collective(self, exc: BaseException) -> None:
         """The main thread's collective failed: wait for the watchdog's verdict (it ends the process)."""
@@ -640,6 +651,7 @@ def _own_addresses() -> list[str]:
 
 
 _watchdog: Watchdog | None = None
+_open_until_exit: list[int] = []  # file descriptors
 
 
 @contextmanager
@@ -662,13 +674,14 @@ def session(hint: str) -> Iterator[Watchdog | None]:
     may be changed on the yielded watchdog as the job learns more. On rank 0 an exception tells
     every other rank to stop, then propagates (the script prints it). On the other ranks a user
     error is sent to rank 0, which prints it with the rank's number, and the rank exits quietly;
-    an interrupt ends it quietly (rank 0 reports it).
+    an interrupt ends it quietly (rank 0 reports it), after rank 0 has ended when it is an
+    ``errors.Interrupted``: a stop every rank agreed on, whose state rank 0 is saving.
     """
     global _watchdog
     if size() == 1:
         yield None
         return
-    from deepdream.errors import EXIT_ERROR, EXIT_INTERRUPTED, USER_ERRORS
+    from deepdream.errors import EXIT_ERROR, EXIT_INTERRUPTED, USER_ERRORS, Interrupted
 
     import tqdm  # noqa: F401  (_say's, ready before any fault)
 
@@ -676,10 +689,14 @@ def session(hint: str) -> Iterator[Watchdog | None]:
     previous = signal.signal(signal.SIGTERM, watchdog.terminated)
     try:
         yield watchdog
-    except KeyboardInterrupt:
-        watchdog.close()
+    except KeyboardInterrupt as exc:
         if rank() != 0:
+            if isinstance(exc, Interrupted):  # every rank stopped at the same point; rank 0 saves
+                watchdog.leaving = EXIT_INTERRUPTED  # also if the launcher ends this rank meanwhile
+                watchdog.await_root()
+            watchdog.close()
             raise SystemExit(EXIT_INTERRUPTED) from None
+        watchdog.close()
         raise
     except USER_ERRORS as exc:
         if rank() == 0:

@@ -427,10 +427,17 @@ def restore(run: "Run", model_arrays: dict[str, np.ndarray], opt_arrays: dict[st
 
 class StopRequest:
     """Turns the first Ctrl-C into a flag checked between batches (a consistent state to save);
-    a second Ctrl-C raises KeyboardInterrupt at once."""
+    a second Ctrl-C raises KeyboardInterrupt at once.
+
+    Under several ranks a hang-up (SIGHUP) is a stop request too: a rank that ``mlx.launch``
+    started over ssh sees the launcher's Ctrl-C as its terminal hanging up, and the ranks must
+    agree on where to stop (the flag travels in the step's all_sum) for rank 0 to save.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signals = (signal.SIGINT, signal.SIGHUP) if dist.size() > 1 and hasattr(signal, "SIGHUP") \
+            else (signal.SIGINT,)
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
@@ -438,11 +445,12 @@ class StopRequest:
 
     @contextmanager
     def installed(self) -> Iterator["StopRequest"]:
-        previous = signal.signal(signal.SIGINT, self._handler)
+        previous = {s: signal.signal(s, self._handler) for s in self.signals}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 # -- the loop ----------------------------------------------------------------------------

@@ -147,14 +147,21 @@ def launch_until_first_checkpoint(data: Path, folder: Path) -> tuple[subprocess.
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks through /proc")
+@pytest.mark.parametrize("how", ["ctrl-c", "hang-up of rank 1"])
 def test_ctrl_c_stops_every_rank_and_one_rank_resumes(shapes: Path, reference: Path, tmp_path: Path,
-                                                      terminal_sigint) -> None:
-    """Ctrl-C on the launcher: every rank stops (130) at the same batch, rank 0 saves it; the run
-    resumes on one process and ends with the weights of an uninterrupted one-process run."""
+                                                      terminal_sigint, how: str) -> None:
+    """Ctrl-C on the launcher (every local rank gets SIGINT), or a hang-up of rank 1 alone (what a
+    rank started over ssh gets): every rank stops (130) at the same batch and rank 0 saves it; the
+    run resumes on one process and ends with the weights of an uninterrupted one-process run."""
     proc, ck = launch_until_first_checkpoint(shapes, tmp_path)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    else:
+        os.kill(ranks.rank_pids(proc)[1], signal.SIGHUP)
     _, stderr = proc.communicate(timeout=60)
     assert "Node with rank 0 exited with code 130" in stderr and "Node with rank 1 exited with code 130" in stderr
+    if how != "ctrl-c":  # the launcher lives on and relays rank 0's last line
+        assert error_lines(stderr) == [f"error: interrupted; checkpoint saved to {ck}, continue with --resume"]
     meta = read_metadata(ck)  # saved between two batches, after the one the ranks agreed to stop at
     assert (meta["epoch"], meta["batch"]) > (1, 0) and not (tmp_path / "out.npz").exists()
     run_one(cli_args(shapes, tmp_path, "--resume", "--quiet"))

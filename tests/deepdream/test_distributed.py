@@ -165,4 +165,4 @@ def test_a_rank_error_is_one_line_from_rank_0(tmp_path: Path, mode: str, line: s
     proc = ranks.launch([WORKER, mode, str(tmp_path)], timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert _error_lines(proc.stderr) == [line], proc.stderr
-    assert "Node with rank 0 exited with code 0" not in proc.stderr
+    assert "Node with rank 0 exited with code 1" in proc.stderr and "Node with rank 1 exited with code 1" in proc.stderr
