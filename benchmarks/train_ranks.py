@@ -140,6 +140,27 @@ def projection(rate_one_host: float, vector_bytes: int, batch: int, hosts: int) 
     return batch / step_s, reduce_s
 
 
+def vector_sizes() -> list[tuple[str, int, int]]:
+    """(model, trainable parameters, the step's vector in bytes) of every model with its default
+    freezing, the weights not needed (random initialisation of the 1000-class model)."""
+    from mlx.utils import tree_flatten
+
+    from deepdream.training import default_freeze, freeze_up_to, set_mode, trained_buffers
+    from models.registry import MODELS, build_model
+
+    sizes = []
+    for name in MODELS:
+        model = build_model(name)
+        frozen = freeze_up_to(model, default_freeze(model, name))
+        set_mode(model, frozen, training=True)
+        params = dict(tree_flatten(model.parameters()))
+        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+        buffers = sum(params[k].size for k in trained_buffers(model))
+        sizes.append((name, int(trainable), 4 * int(trainable + buffers + 3)))
+        del model
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_lite0")
@@ -200,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
           f"per hop), each host like this one (1 rank x 2 threads, {rate:.1f} images/s):\n")
     print(markdown_table(["hosts", "global batch", "images/s", "vs one host", "all-reduce ms/step",
                           "share in all-reduce"], rows))
+    print("\nThe step's vector of every model (default freezing) and its ring all-reduce over 10 GbE:\n")
+    rows = [[name, f"{trainable / 1e6:.1f}", f"{size / 1e6:.0f}",
+             *(f"{projection(1.0, size, 1, hosts)[1] * 1000:.0f}" for hosts in (2, 4, 16))]
+            for name, trainable, size in vector_sizes()]
+    print(markdown_table(["model", "trainable M", "vector MB", "2 hosts ms", "4 hosts ms", "16 hosts ms"], rows))
     return 0
 
 
