@@ -39,7 +39,10 @@ rests on:
   ``Node with rank N exited with code C`` and sends SIGTERM to the others. On Ctrl-C every local
   rank receives SIGINT too (one process group); the launcher itself dies of its
   KeyboardInterrupt (a traceback) and stops relaying the ranks' output, so their last lines are
-  lost, and it reports each rank's exit code.
+  lost, and it reports each rank's exit code. A rank frozen by SIGSTOP keeps the launcher
+  waiting after the others have ended (its SIGTERM stays pending); the rank must be killed.
+  Hence a rank that exits after an agreed stop or a reported error waits for rank 0 to end
+  first: the launcher would otherwise cut rank 0 short (SIGTERM) before it has saved or printed.
 
 Hence the watchdog (``session``): rank 0 runs a small TCP hub (an ephemeral port, sent to the
 others with ``all_sum``); every other rank connects and the two sides exchange a heartbeat
