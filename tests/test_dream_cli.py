@@ -255,6 +255,19 @@ def test_bad_input_is_one_clear_line(effnet, tmp_path, case):
     assert not (tmp_path / "blocker" / "out.png").exists()
 
 
+def test_a_training_checkpoint_dreams_as_its_model(effnet, tmp_path):
+    """A train_dream.py checkpoint given to --weights (once a TypeError traceback): the dream runs
+    with the checkpoint's weights."""
+    from tests.test_train_dream import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path)
+    out = tmp_path / "dream.png"
+    ok(run("--weights", checkpoint, "--width", 64, "--height", 64, "--octaves", 1, "--steps", 2, "--layers", "block10",
+           "--quiet", "--output", out))
+    with Image.open(out) as img:
+        assert img.size == (64, 64)
+
+
 def read_until(proc: subprocess.Popen, pattern: bytes, timeout: float) -> bytes:
     """The child's stderr up to the first match of ``pattern``; the test fails (and the child is
     killed) if the child ends or ``timeout`` passes first, so no signal is ever sent early."""

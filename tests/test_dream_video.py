@@ -304,6 +304,18 @@ def test_ctrl_c_keeps_finished_frames_and_the_next_run_continues(uninterrupted: 
     assert len(decode_mp4(out)[0]) == done + 1
 
 
+def test_a_training_checkpoint_dreams_as_its_model(lite0, tmp_path: Path) -> None:
+    """A train_dream.py checkpoint given to --weights (once a TypeError traceback) makes the video."""
+    from tests.test_train_dream import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path)
+    out = tmp_path / "zoom.mp4"
+    result = run_cli(["--weights", str(checkpoint), *TINY[2:], *NOISE, "--frames", "2", "--output", str(out)],
+                     cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(decode_mp4(out)[0]) == 2
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 
 BAD = {
