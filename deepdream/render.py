@@ -33,6 +33,7 @@ from . import colour, memory, transforms
 from .errors import DreamError, make_notify
 from .image_io import load_image
 from .objectives import Objective, build_objective
+from .progress import count_untimed
 from .tiling import TiledStep
 
 #: The guide image is analysed at most this large (longest side): its features are matched
@@ -468,7 +469,10 @@ class Dreamer:
                         shift = shift + rng.integers(0, plan.tile, size=2)
                     sigma = transforms.smoothing_sigma(i, s.steps, s.smoothing)
                     state, _ = runner(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
-                    bar.update(1)
+                    if index == 0 and i == 0:
+                        count_untimed(bar)     # it compiled the step: no measure of the rest
+                    else:
+                        bar.update(1)
                     if snapshot is not None and save_every and (i + 1) % save_every == 0 and i + 1 < s.steps:
                         snapshot(self._full_size(runner.decode(_copy(state)), octave_base, base))
                 result = runner.decode(state)
