@@ -178,7 +178,11 @@ def test_dream_snapshots_every_n_steps_and_each_octave(effnet):
 
 
 def test_the_bars_eta_leaves_out_the_first_steps_compile(effnet, photo, monkeypatch, capsys):
-    """The first step also compiles (on a new machine for a minute): the ETA comes from the others."""
+    """The first step also compiles (on a new machine MLX builds kernels, for up to a minute): a line
+    above the bar says so when it is slow, and the ETA comes from the other steps."""
+    import time
+
+    from deepdream import progress
     from deepdream.render import DreamStep
 
     real_step = DreamStep.__call__
@@ -186,14 +190,16 @@ def test_the_bars_eta_leaves_out_the_first_steps_compile(effnet, photo, monkeypa
 
     def timed_step(self, *args):
         calls.append(None)
-        import time
         time.sleep(3.0 if len(calls) == 1 else 0.2)    # a slow first step, then steady ones
         return real_step(self, *args)
 
     monkeypatch.setattr(DreamStep, "__call__", timed_step)
+    monkeypatch.setattr(progress, "SLOW_FIRST_STEP_S", 1.0)
     settings = DreamSettings(layers=("block10",), steps=5, octaves=1, tile_size=0)
     Dreamer(effnet, settings)(photo, progress=True)
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert progress.SLOW_FIRST_STEP in lines, lines             # on a line of its own
+    assert lines.index(progress.SLOW_FIRST_STEP) < next(i for i, line in enumerate(lines) if " 1/5 [" in line)
     after_two = [line for line in lines if " 2/5 [" in line]
     assert after_two, lines
     eta = after_two[0].split("<")[1].split(",")[0]          # "00:00" from "[00:00<00:00, ...]"
