@@ -143,6 +143,8 @@ class _Unpickler(pickle.Unpickler):
 def read_pth(path: str | Path) -> Any:
     """The object ``torch.save`` wrote to ``path`` (usually a state dict), with numpy arrays for tensors."""
     path = Path(path)
+    if path.stat().st_size == 0:
+        raise PthError(f"{path} is an empty file (0 bytes), not a PyTorch checkpoint")
     try:
         if zipfile.is_zipfile(path):
             return _read_zip(path)

@@ -105,6 +105,9 @@ def load_model(name: str | None = None, weights: str | os.PathLike | None = None
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file {path} not found")
+        if path.stat().st_size == 0:
+            raise WeightsError(f"weights file {path} is an empty file (0 bytes); give a .npz written by an exporter "
+                               "or train_dream.py")
     try:
         arrays, meta = read_weights(path)
     except Exception as exc:

@@ -94,11 +94,12 @@ def test_the_legacy_header_is_read_as_carefully(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"PK\x03\x04 broken zip"])
-def test_other_files_are_one_line_errors(tmp_path, content):
+@pytest.mark.parametrize("content,expected", [(b"", "is an empty file"), (b"hello, not a checkpoint\n", "not a"),
+                                              (b"PK\x03\x04 broken zip", "not a")])
+def test_other_files_are_one_line_errors(tmp_path, content, expected):
     path = tmp_path / "model.pth"
     path.write_bytes(content)
-    with pytest.raises(PthError) as err:
+    with pytest.raises(PthError, match=expected) as err:
         read_pth(path)
     assert "\n" not in str(err.value)
 

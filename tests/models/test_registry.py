@@ -53,3 +53,9 @@ def test_load_model_names_the_exporter_and_writes_nothing(name, monkeypatch, tmp
     message = str(err.value)
     assert MODELS[name].exporter in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_weights_file_says_so(tmp_path):
+    (tmp_path / "mine.npz").write_bytes(b"")
+    with pytest.raises(models.WeightsError, match=r"is an empty file \(0 bytes\)"):
+        models.load_model(weights=tmp_path / "mine.npz")
