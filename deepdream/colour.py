@@ -67,9 +67,12 @@ def load_colour_matrix(spec: str | os.PathLike) -> np.ndarray:
     """``"imagenet"`` or the path of a 3x3 ``.npy`` written by calc_cm.py -> the raw (unnormalised) matrix."""
     if str(spec).lower() == "imagenet":
         return IMAGENET_SQRT_COV.copy()
+    if os.path.isfile(spec) and os.path.getsize(spec) == 0:
+        raise ColourMatrixError(f"colour matrix '{spec}' is an empty file (0 bytes); use 'imagenet' or a .npy made "
+                                "by calc_cm.py")
     try:
         matrix = np.load(spec, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise ColourMatrixError(
             f"cannot read colour matrix '{spec}' ({exc}); use 'imagenet' or a .npy made by calc_cm.py") from None
     return validate(matrix, str(spec))

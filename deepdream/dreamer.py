@@ -23,6 +23,7 @@ from .colour import make_space
 from .errors import DreamError, make_notify
 from .image_io import load_image
 from .objectives import build_objective
+from .progress import StepCounter
 from .settings import DreamSettings
 from .step import DreamStep, make_step
 from .tiling import TiledStep
@@ -132,6 +133,7 @@ class Dreamer:
         detail: np.ndarray | None = None
         with tqdm(total=len(sizes) * s.steps, desc=description or self.model.name, unit="step",
                   disable=not show, file=sys.stderr, dynamic_ncols=True) as bar:
+            counter = StepCounter(bar)
             for index, ((h, w), plan) in enumerate(zip(sizes, plans)):
                 # Few image-sized arrays at a time (the memory plan counts them): the start is built
                 # in place, and a tiled octave's state is that same array.
@@ -154,8 +156,8 @@ class Dreamer:
                         # Move the tile seams anywhere (TF tutorial), or small jitters would leave them in place.
                         shift = shift + rng.integers(0, plan.tile, size=2)
                     sigma = transforms.smoothing_sigma(i, s.steps, s.smoothing)
-                    state, _ = runner(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
-                    bar.update(1)
+                    with counter.step():        # the first one compiles: its time is not in the ETA
+                        state, _ = runner(state, (int(shift[0]), int(shift[1])), sigma, s.lr)
                     if snapshot is not None and save_every and (i + 1) % save_every == 0 and i + 1 < s.steps:
                         snapshot(self._full_size(runner.decode(_copy(state)), octave_base, base))
                 result = runner.decode(state)

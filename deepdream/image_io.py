@@ -81,13 +81,16 @@ def load_image(path: str | os.PathLike, max_size: int | None = None, what: str =
     if path.is_dir():
         raise ImageError(f"{what} '{path}' is a folder; give an image file")
     if path.stat().st_size == 0:
-        raise ImageError(f"{what} '{path}' is empty (0 bytes); give a valid image file")
+        raise ImageError(f"{what} '{path}' is an empty file (0 bytes); give a valid image file")
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF, not in the pixels
             img.load()
             rgb = _to_rgb_array(img)
     except UnidentifiedImageError:
+        if is_video(path):
+            raise ImageError(f"{what} '{path}' is a video, not an image; dream its frames with "
+                             f"`python dream_video.py --video {path}`") from None
         raise ImageError(f"cannot read {what} '{path}': not an image format Pillow knows; convert it to PNG or JPEG") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{what} '{path}' is too large to open safely ({exc}); downscale it first") from None
@@ -96,6 +99,24 @@ def load_image(path: str | os.PathLike, max_size: int | None = None, what: str =
     if max_size is not None:
         rgb = limit_size(rgb, max_size)
     return rgb
+
+
+#: FFmpeg's demuxers of still images: a PNG or JPEG opens as a one-frame "video".
+IMAGE_DEMUXERS = ("image2", "_pipe")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether FFmpeg reads ``path`` as a video (a stream of frames, not a still image), judged by
+    the file's content: a clip named .png is one, a text file named .mp4 is not."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            name = container.format.name
+            still = name == IMAGE_DEMUXERS[0] or name.endswith(IMAGE_DEMUXERS[1])
+            return bool(container.streams.video) and not still
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return False
 
 
 def limit_size(rgb: np.ndarray, max_size: int) -> np.ndarray:

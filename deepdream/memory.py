@@ -69,7 +69,13 @@ def parse_bytes(text: str) -> int:
 
 
 def format_bytes(count: float) -> str:
-    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+    """In the decimal units --max-memory is written in (6GB is 6e9 bytes), small sizes too: 3.8 GB, 300 MB,
+    1.0 kB, 900 bytes."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{count:.0f} bytes"
 
 
 def total_memory() -> int:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from fastlayers import native
+
 from .base import DreamModel, ModelFacts, did_you_mean
 from .weights import CHECKPOINT_KIND, read_weights
 
@@ -122,6 +124,9 @@ def load_model(name: str | None = None, weights: str | os.PathLike | None = None
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file {path} not found")
+        if path.stat().st_size == 0:
+            raise WeightsError(f"weights file {path} is an empty file (0 bytes); give a .npz written by an exporter "
+                               "or train_dream.py")
     try:
         arrays, meta = read_weights(path)
     except Exception as exc:
@@ -144,4 +149,8 @@ def load_model(name: str | None = None, weights: str | os.PathLike | None = None
     if meta.get("mean") and meta.get("std"):
         model.mean, model.std = tuple(meta["mean"]), tuple(meta["std"])
     mx.eval(model.parameters())
+    if mx.default_device().type == mx.DeviceType.cpu:
+        # The first use on a machine builds the native kernels (a minute or so): here, with a notice
+        # of its own, rather than inside the first step under a progress bar that looks stuck.
+        native.load()
     return model

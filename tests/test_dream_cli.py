@@ -323,3 +323,35 @@ def test_tiled_large_image_memory_is_bounded_by_the_tile(effnet, tmp_path):
     # Measured: ~260 MB of image-sized buffers; the same dream untiled peaks ~1 GB above the small run.
     assert growth < 450, peaks
     assert Image.open(tmp_path / "big_out.png").size == (1200, 900)
+
+
+def test_a_first_dream_builds_the_kernels_before_its_bar(effnet, tmp_path, monkeypatch, capsys):
+    """On a new machine the native build (a minute or so) comes first, on lines of its own, then the bar."""
+    import types
+
+    import dream
+    from fastlayers import native
+
+    module = native.load()
+    if module is None:
+        pytest.skip(f"native kernels: {native.status}")
+
+    def build_commands(command, **kwargs):     # cmake's configure and build, as if they ran
+        if "--build" in command:
+            (Path(command[command.index("--build") + 1]) / "_native.so").write_bytes(b"")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(native, "subprocess", types.SimpleNamespace(run=build_commands, STDOUT=subprocess.STDOUT))
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path / "cache")       # nothing built here yet
+    monkeypatch.setattr(native, "_import", lambda path: module)
+    for name in ("_tried", "_module", "status"):
+        monkeypatch.setattr(native, name, getattr(native, name))
+    monkeypatch.setattr(native, "_tried", False)
+    assert dream.main(["--model", "efficientnet_lite0", "--input", str(CHELSEA), "--max-size", "64", "--octaves",
+                       "1", "--steps", "2", "--output", str(tmp_path / "out.png")]) == 0
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    building = next(i for i, line in enumerate(lines) if line.startswith("deepdream: building the native CPU kernels"))
+    built = next(i for i, line in enumerate(lines) if line.startswith("deepdream: native CPU kernels built in"))
+    bar = next(i for i, line in enumerate(lines) if "step" in line and "|" in line)
+    assert building < built < bar, lines
+    assert "a minute or so" in lines[building]

@@ -141,3 +141,33 @@ def test_dream_snapshots_every_n_steps_and_each_octave(effnet):
     Dreamer(effnet, settings, quiet=True)(rgb, snapshot=shots.append, save_every=2)
     # octave 1: step 2 and its end (step 4); octave 2: step 2 (its end is the result)
     assert len(shots) == 3 and all(s.shape == (72, 72, 3) for s in shots)
+
+
+def test_the_bars_eta_leaves_out_the_first_steps_compile(effnet, photo, monkeypatch, capsys):
+    """The first step also compiles (on a new machine MLX builds kernels, for up to a minute): a line
+    above the bar says so when it is slow, and the ETA comes from the other steps."""
+    import time
+
+    from deepdream import progress
+    from deepdream.step import DreamStep
+
+    real_step = DreamStep.__call__
+    calls = []
+
+    def timed_step(self, *args):
+        calls.append(None)
+        time.sleep(3.0 if len(calls) == 1 else 0.2)    # a slow first step, then steady ones
+        return real_step(self, *args)
+
+    monkeypatch.setattr(DreamStep, "__call__", timed_step)
+    monkeypatch.setattr(progress, "SLOW_FIRST_STEP_S", 1.0)
+    settings = DreamSettings(layers=("block10",), steps=5, octaves=1, tile_size=0)
+    Dreamer(effnet, settings)(photo, progress=True)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert progress.SLOW_FIRST_STEP in lines, lines             # on a line of its own
+    assert lines.index(progress.SLOW_FIRST_STEP) < next(i for i, line in enumerate(lines) if " 1/5 [" in line)
+    after_two = [line for line in lines if " 2/5 [" in line]
+    assert after_two, lines
+    eta = after_two[0].split("<")[1].split(",")[0]          # "00:00" from "[00:00<00:00, ...]"
+    minutes, seconds = (int(v) for v in eta.split(":"))
+    assert minutes * 60 + seconds <= 1, after_two[0]         # 3 steps of 0.2 s left, not 3 of ~1.5 s

@@ -34,6 +34,15 @@ def test_parse_bytes(text, expected):
     assert memory.parse_bytes(text) == int(expected)
 
 
+@pytest.mark.parametrize("count,expected", [(3.5 * 2**30, "3.8 GB"), (24e9, "24 GB"), (3e8, "300 MB"),
+                                            (1.5e6, "1.5 MB"), (1000, "1.0 kB"), (999, "999 bytes"), (0, "0 bytes")])
+def test_format_bytes_one_unit_and_small_sizes_as_they_are(count, expected):
+    """The unit --max-memory is written in (GB = 1e9 bytes), and a 1 kB budget is not shown as "0 MB"."""
+    assert memory.format_bytes(count) == expected
+    if count:
+        assert memory.parse_bytes(expected.replace(" ", "").replace("bytes", "b")) == pytest.approx(count, rel=0.06)
+
+
 @pytest.mark.parametrize("text", ["six", "6XB", "", "-1GB"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(ValueError, match="not a memory size"):
