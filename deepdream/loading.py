@@ -2,7 +2,7 @@
 
 The one place a script's model load may convert weights: when the default weights file is
 missing but can be made here without a download (a pip package's checkpoint), it is converted
-first, with a notice (``convert.make_default_weights``, which imports torch, so only then);
+first, with a notice (``convert.make_default_weights``, imported only then);
 otherwise the error names the exporter command. ``models.load_model`` itself never converts.
 """
 
@@ -17,7 +17,7 @@ def load_dream_model(name: str, weights: str | None = None) -> DreamModel:
     if weights is None and not default_weights_path(name).exists():
         if not weights_available(name):
             raise missing_weights_error(name)
-        from convert import make_default_weights  # imports torch: only on a first run
+        from convert import make_default_weights  # only on a first run
 
         make_default_weights(name)
     return load_model(name, weights=weights)

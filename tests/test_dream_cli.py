@@ -202,6 +202,7 @@ def test_list_layers_and_info(effnet):
     assert "block10  (default)" in lines and "stem" in lines and "head" in lines
     # listing needs no weights: googlenet's names come from its architecture
     assert "inception4c" in ok(run("--list-layers", "--model", "googlenet")).stdout
+    assert lines[-2].startswith("logits  (class scores")      # accepted by --layers, so listed too
     info = ok(run("--info")).stdout
     assert f"mlx {mx.__version__}" in info and "blas:" in info and "native CPU kernels" in info
     assert "efficientnet_lite0" in info and "weights missing: run `python export_vgg.py --model vgg16`" in info
@@ -211,6 +212,7 @@ def test_list_layers_and_info(effnet):
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     (tmp / "empty.png").write_bytes(b"")
+    (tmp / "empty.npz").write_bytes(b"")
     (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     (tmp / "blocker").write_text("a file where a folder should be")
     return {
@@ -232,12 +234,13 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "missing weights": (["--model", "googlenet"], "python export_googlenet.py"),
         "bad channel": (["--model", "efficientnet_lite0", "--layers", "block10", "--channels", "500"], "112 channels"),
         "bad guide": (["--model", "efficientnet_lite0", "--guide", tmp / "nope.jpg"], "guide image"),
+        "empty weights": (["--weights", tmp / "empty.npz"], "is an empty file (0 bytes)"),
     }
 
 
 BAD_CASES = ["missing", "empty", "corrupt", "unknown model", "unknown layer", "zero steps", "zero octaves",
              "negative scale", "negative lr", "not a number", "size not a number", "zero max size", "negative seed",
-             "unwritable output", "output is input", "missing weights", "bad channel", "bad guide"]
+             "unwritable output", "output is input", "missing weights", "bad channel", "bad guide", "empty weights"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -220,6 +220,7 @@ def make_bad_files(folder: Path) -> None:
                 wiped.pts, wiped.dts, wiped.time_base, wiped.stream = packet.pts, packet.dts, packet.time_base, stream
                 dst.mux(wiped)
     (folder / "fine.mp4").unlink()
+    (folder / "empty.mp4").write_bytes(b"")
     # 8-bit PCM sound, which Matroska holds and MP4 cannot.
     write_clip(folder / "pcm.mkv", pan_frames(3, 64, 48), audio="pcm_u8")
 
@@ -235,7 +236,10 @@ BAD = {
                                                                       "(pcm_u8 audio"),
     "unknown extension": (["--video", "{tmp}/short.mp4", "--output", "{tmp}/out.avi"], "unknown video extension '.avi'"),
     "missing video": (["--video", "{tmp}/nope.mp4"], "video '{tmp}/nope.mp4' not found"),
-    "a video given to --input": (["--input", "{tmp}/short.mp4"], "use --video {tmp}/short.mp4"),
+    "a video given to --input": (["--input", "{tmp}/short.mp4"], "is a video, not an image; dream its frames with "
+                                                                "`python dream_video.py --video {tmp}/short.mp4`"),
+    "text named like a video given to --input": (["--input", "{tmp}/notes.mp4"], "not an image format"),
+    "empty video": (["--video", "{tmp}/empty.mp4"], "video '{tmp}/empty.mp4' is an empty file (0 bytes)"),
     "zoom flag with a clip": (["--video", "{tmp}/short.mp4", "--zoom", "1.1"], "--zoom is for the zoom video"),
     "clip flag without a clip": (["--no-flow"], "--no-flow is for dreaming a clip; add --video"),
     "flow blend above 1": (["--video", "{tmp}/short.mp4", "--flow-blend", "1.5"], "--flow-blend must be between 0 and 1"),

@@ -53,6 +53,9 @@ def layer_listing(model: DreamModel) -> str:
     for name in model.layer_names:
         notes = (["default"] if name in defaults else []) + [f"alias {a}" for a in aliases.get(name, [])]
         lines.append(f"{name}  ({', '.join(notes)})" if notes else name)
+    # Not a stage name but accepted by --layers: the class scores (--channels picks classes).
+    if "logits" not in model.layer_names:
+        lines.append("logits  (class scores; --channels N dreams class N)")
     return "\n".join(lines)
 
 

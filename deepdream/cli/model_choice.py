@@ -35,6 +35,9 @@ def weights_architecture(path: str) -> str:
 
     if not Path(path).is_file():
         raise DreamError(f"weights file '{path}' not found; check the path")
+    if Path(path).stat().st_size == 0:
+        raise DreamError(f"weights file '{path}' is an empty file (0 bytes); give a .npz written by an exporter "
+                         "or train_dream.py")
     try:
         arch = read_metadata(path).get("architecture")
     except Exception as exc:  # numpy raises several types for a file that is not an .npz

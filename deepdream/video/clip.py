@@ -27,15 +27,13 @@ import numpy as np
 
 from ..cli.args import number
 from ..errors import DreamError, Notify
-from ..image_io import limited_size
+from ..image_io import IMAGE_DEMUXERS, limited_size
 from .encoding import H264_CONTAINERS, Timing
 from .flow import FLOW_METHODS, Coherence, carry
 from .modes import Video, VideoMode, frame_max_size, given
 from .store import Dream, Resume, file_sha256, frame_rng
 from .zoom import Motion   # --blend means what it means in the zoom video, and is checked there
 
-#: FFmpeg demuxers of still images: a PNG or JPEG opens as a one-frame "video".
-_IMAGE_DEMUXERS = ("image2", "_pipe")
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,8 @@ class Clip:
 def _open(path: Path) -> Any:
     import av
 
+    if path.is_file() and path.stat().st_size == 0:
+        raise DreamError(f"video '{path}' is an empty file (0 bytes); give an MP4, MOV, MKV or WebM file")
     try:
         return av.open(str(path))
     except av.error.FFmpegError as exc:
@@ -78,7 +78,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _video_stream(container: Any, path: Path) -> Any:
-    if container.format.name == "image2" or container.format.name.endswith(_IMAGE_DEMUXERS[1]):
+    if container.format.name == IMAGE_DEMUXERS[0] or container.format.name.endswith(IMAGE_DEMUXERS[1]):
         raise DreamError(f"'{path}' is a still image, not a video; dream it with dream.py, or use it as the zoom "
                          "video's --input")
     if not container.streams.video:

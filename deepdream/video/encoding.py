@@ -24,6 +24,13 @@ VIDEO_FORMATS = {".mp4": "H.264 MP4", ".mkv": "H.264 Matroska, holds any sound",
 H264_CONTAINERS = {".mp4": "mp4", ".mkv": "matroska"}
 #: H.264 quality (constant rate factor; 18 is visually lossless for most content).
 H264_CRF = 18
+#: x264's frame threads, fixed: by default it counts the CPUs this process may use (a launcher's or
+#: a container's affinity changes that), and its output depends on the count.
+H264_THREADS = 4
+#: x264's instruction sets up to AVX2: its AVX-512 kernels (the macroblock tree's, measured) give
+#: another file now and then for the same frames; without them every x86-64 machine, with AVX-512
+#: or not, makes the same bytes.
+X264_UP_TO_AVX2 = "MMX2,SSE2Fast,SSSE3,SSE4.2,AVX,FMA3,BMI2,AVX2"
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -66,6 +73,21 @@ def _read_frame(path: Path) -> np.ndarray:
         raise ImageError(f"cannot read frame '{path}' ({exc}); delete it (it is made again) or add --restart") from None
 
 
+def has_avx512() -> bool:
+    """Whether this CPU has AVX-512 (numpy's runtime detection; False where it cannot tell)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return False
+    return bool(__cpu_features__.get("AVX512F"))
+
+
+def x264_params() -> str:
+    """x264 settings that make its output depend on the frames alone (see H264_THREADS, X264_UP_TO_AVX2)."""
+    params = f"threads={H264_THREADS}"
+    return f"{params}:asm={X264_UP_TO_AVX2}" if has_avx512() else params
+
+
 def encode_h264(frames: Sequence[Path], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
     """H.264 (libx264, yuv420p, BT.709) in MP4 (+faststart) or Matroska through PyAV, so it plays in browsers;
     ``extra`` streams (a clip's sound) are interleaved with the frames by time."""
@@ -83,7 +105,8 @@ def encode_h264(frames: Sequence[Path], output: Path, timing: Timing, extra: Ext
             stream.pix_fmt = "yuv420p"
             stream.time_base = timing.time_base
             stream.codec_context.time_base = timing.time_base
-            stream.options = {"crf": str(H264_CRF)}
+            # The same frames make the same file: a resumed video is the uninterrupted one, byte for byte.
+            stream.options = {"crf": str(H264_CRF), "x264-params": x264_params()}
             # sRGB frames converted with the BT.709 matrix and tagged so, or players guess (often 601).
             stream.codec_context.colorspace = av.video.reformatter.Colorspace.ITU709
             stream.codec_context.color_primaries = av.video.reformatter.ColorPrimaries.BT709

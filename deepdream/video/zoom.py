@@ -31,9 +31,6 @@ from .store import Dream, FrameMaker, Resume, file_sha256, frame_rng, quantise
 
 DEFAULT_FRAMES = 48
 DEFAULT_FPS = 12.0
-#: Extensions that mark a file as a video, so one given to --input gets pointed to --video.
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
-                              ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
 
 #: Interpolation order of the move: bilinear, as the 2015 notebook's nd.affine_transform; its
 #: slight softening each frame is part of the zoom look (the dream re-sharpens it).
@@ -132,10 +129,8 @@ class ZoomMode(VideoMode):
         return f"add {owner.choose_hint} (or drop them for a zoom video)"
 
     def check_usage(self, args: argparse.Namespace, others: Sequence[VideoMode]) -> None:
+        # A clip given to --input is recognised by its content when it is read (image_io.load_image).
         self.refuse_flags_of(others, args)
-        if args.input is not None and Path(args.input).suffix.lower() in VIDEO_EXTENSIONS:
-            raise DreamError(f"'{args.input}' is a video; --input is the zoom's start image, use --video {args.input} "
-                             "to dream every frame of the clip")
 
     def check(self, args: argparse.Namespace) -> Motion:
         if args.frames is not None and args.frames < 1:
