@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from deepdream.colour import ColourMatrixError, colour_matrix, normalise
 from deepdream.dataset import DatasetError, calibration_view, scan_images
-from deepdream.errors import exit_code
+from deepdream.errors import exit_code, run_main
 from models.registry import weights_dir
 from models.weights import atomic_write
 
@@ -121,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

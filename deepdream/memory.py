@@ -35,6 +35,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import transforms
+from .cache import cache_dir
 from .errors import DreamError
 from .step import DreamStep
 
@@ -201,8 +202,7 @@ def measure_profile(run_step: Callable[[int], None], run_tile: Callable[[int], N
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepdream-mlx" / "memory-profiles.json"
+    return cache_dir() / "memory-profiles.json"
 
 
 def profile_key(*parts: object) -> str:

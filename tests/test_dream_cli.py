@@ -358,3 +358,28 @@ def test_a_first_dream_builds_the_kernels_before_its_bar(effnet, tmp_path, monke
     bar = next(i for i, line in enumerate(lines) if "step" in line and "|" in line)
     assert building < built < bar, lines
     assert "a minute or so" in lines[building]
+
+
+def test_the_default_model_notice_comes_once_after_a_dream_and_never_before_an_error(effnet, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Without googlenet's weights the default model is efficientnet_lite0: said after the first dream
+    that works (once per weights folder), never before an error line."""
+    import dream
+    from deepdream import cache
+    from deepdream.errors import exit_code
+
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path / "cache")
+    assert not models.weights_available("googlenet")
+    notice = "googlenet weights not found, so this used efficientnet_lite0"
+
+    def run_dream(*args: str) -> tuple[int, list[str]]:
+        code = exit_code(lambda: dream.main(["--input", str(CHELSEA), "--max-size", "64", "--octaves", "1",
+                                            "--steps", "1", *args]))
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    code, lines = run_dream("--steps", "0")
+    assert code == 1 and lines == ["error: --steps must be at least 1 (got 0)"], lines
+    code, lines = run_dream("--output", str(tmp_path / "first.png"))
+    assert code == 0 and notice in lines[-1], lines
+    code, lines = run_dream("--output", str(tmp_path / "second.png"))
+    assert code == 0 and not any(notice in line for line in lines), lines

@@ -8,8 +8,9 @@ import argparse
 from pathlib import Path
 
 from models import MODELS, get_facts, list_models, weights_available
+from models.registry import weights_dir
 
-from ..errors import DreamError, Notify, make_notify
+from ..errors import DreamError, Notify, make_notify, notify_after_success
 from ..presets import get_preset
 
 DEFAULT_MODEL = "googlenet"
@@ -48,12 +49,14 @@ def weights_architecture(path: str) -> str:
     return str(arch)
 
 
-def default_model_name(notify: Notify) -> str:
-    """googlenet when its weights are present, else the model that works offline (with a notice)."""
+def default_model_name(quiet: bool = False) -> str:
+    """googlenet when its weights are present, else the model that works offline. Which one was used
+    is said after a run that worked, once per weights folder (the output's name says it too)."""
     if weights_available(DEFAULT_MODEL):
         return DEFAULT_MODEL
-    notify(f"googlenet weights not found, using {OFFLINE_MODEL} (works offline); "
-           f"for googlenet run `{MODELS[DEFAULT_MODEL].exporter}`")
+    notify_after_success(f"googlenet weights not found, so this used {OFFLINE_MODEL} (works offline); for "
+                         f"googlenet run `{MODELS[DEFAULT_MODEL].exporter}`",
+                         once=f"default model {OFFLINE_MODEL}: no googlenet in {weights_dir().resolve()}", quiet=quiet)
     return OFFLINE_MODEL
 
 
@@ -73,7 +76,7 @@ def model_name_from_args(args: argparse.Namespace, notify: Notify | None = None)
         return weights_architecture(args.weights)
     if args.preset is not None:
         return get_preset(args.preset).model
-    return default_model_name(notify)
+    return default_model_name(getattr(args, "quiet", False))
 
 
 def available_models(notify: Notify) -> list[str]:
