@@ -31,7 +31,8 @@ from ..image_io import limited_size
 from .encoding import H264_CONTAINERS, Timing
 from .flow import FLOW_METHODS, Coherence, carry
 from .modes import Video, VideoMode, frame_max_size, given
-from .store import Dream, Resume, file_sha256, frame_rng
+from ..outputs import file_sha256
+from .store import Dream, Resume, frame_rng
 from .zoom import Motion   # --blend means what it means in the zoom video, and is checked there
 
 #: FFmpeg demuxers of still images: a PNG or JPEG opens as a one-frame "video".

@@ -11,11 +11,9 @@ zoom's, a clip's).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from models.weights import atomic_write
 
 from ..errors import DreamError, Interrupted, Notify
 from ..image_io import check_writable_folder, load_image, save_image, to_uint8
+from ..outputs import FIELD_NAMES, new_seed, record_differences, shown_differences
 from .encoding import VIDEO_FORMATS, ExtraStreams, Timing, encode_video
 
 SETTINGS_FILE = "video.json"
@@ -42,11 +41,6 @@ FrameMaker = Callable[[int, np.ndarray | None], np.ndarray]
 def frame_rng(seed: int, index: int) -> np.random.Generator:
     """Frame ``index``'s jitter generator: depends on (seed, index) only, so a resumed run repeats it."""
     return np.random.default_rng([seed, index])
-
-
-def new_seed() -> int:
-    """A seed for a run without --seed; it is stored with the frames so a resume keeps using it."""
-    return secrets.randbelow(2**31)
 
 
 @dataclass(frozen=True)
@@ -107,14 +101,6 @@ def clear_frames(folder: Path) -> int:
     return removed
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_record(*, model: str, weights: str | None, source: dict[str, object], size: tuple[int, int],
                dream: dict[str, object], motion: dict[str, object]) -> dict[str, object]:
     """Everything that decides the frames' pixels (not their count, the fps or the container).
@@ -149,36 +135,8 @@ def write_record(folder: Path, record: dict[str, object]) -> None:
 
 
 #: How a record field is named to the user when it differs.
-_FIELD_NAMES = {"model": "--model", "weights": "--weights", "source": "the input (--input/--video/--width/--height)",
+_FIELD_NAMES = {**FIELD_NAMES, "source": "the input (--input/--video/--width/--height)",
                 "size": "frame size (--max-size)", "version": "settings file version"}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def record_differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
-    """Readable differences between the stored and the requested settings, e.g. ``--steps 5 -> 3``."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if key in ("dream", "motion") and isinstance(a, dict) and isinstance(b, dict):
-            for sub in sorted(set(a) | set(b)):
-                if a.get(sub) != b.get(sub):
-                    diffs.append(f"{_flag(sub)} {_show(a.get(sub))} -> {_show(b.get(sub))}")
-        else:
-            diffs.append(f"{_FIELD_NAMES.get(key, key)} {_show(a)} -> {_show(b)}")
-    return diffs
-
-
-def _show(value: object) -> str:
-    if isinstance(value, list):
-        return " ".join(_show(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(f"{k}={_show(v)}" for k, v in value.items() if k != "sha256") or "{}"
-    return "default" if value is None else str(value)
 
 
 def check_resumable(folder: Path, stored: dict[str, object] | None, record: dict[str, object], done: int) -> None:
@@ -188,9 +146,9 @@ def check_resumable(folder: Path, stored: dict[str, object] | None, record: dict
     if stored is None:
         raise DreamError(f"'{folder}' holds {done} frames but no {SETTINGS_FILE}, so they cannot be continued; "
                          "add --restart to replace them, or choose another --output")
-    diffs = record_differences(stored, record)
+    diffs = record_differences(stored, record, _FIELD_NAMES)
     if diffs:
-        shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
+        shown = shown_differences(diffs)
         raise DreamError(f"'{folder}' holds {done} frames made with other settings ({shown}); repeat the first "
                          "run's settings to continue it, or add --restart to start over")
 
