@@ -5,8 +5,8 @@ Each finished frame is written at once (atomically) as ``<output stem>_frames/NN
 next to the video, with the run's settings in ``video.json``; the next frame is made from the
 8-bit frame *as saved*, and frame n's jitter comes from a generator seeded with (seed, n), so
 a run that was stopped and resumed writes the same bytes as one that never stopped.
-``resume_point`` / ``make_video`` are that policy for any ``FrameMaker`` (each mode's: the
-zoom's, a clip's).
+``resume_point`` / ``make_video`` are that policy for a ``FrameMaker`` made in order (the zoom's);
+a clip's chunks (``chunks.py``) keep the same folder, record and checks through the job runner.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def frame_rng(seed: int, index: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Resume:
-    """Where a run starts: the earlier run's record, the frames it kept, and the seed to use."""
+    """Where a run starts: the earlier run's record, how many frames it kept, and the seed to use."""
 
     stored: dict[str, object] | None
     done: int
@@ -56,7 +56,7 @@ def resume_point(folder: Path, seed: int | None, restart: bool = False) -> Resum
     """--restart ignores the frames in ``folder`` (they are deleted only once everything has been
     checked). Without --seed a new video gets a random seed and a continued one keeps its own."""
     stored = None if restart else read_record(folder)
-    done = 0 if restart else count_frames(folder)
+    done = 0 if restart else len(present_frames(folder))
     if seed is None:
         stored_seed = stored.get("dream", {}).get("seed") if stored and done else None
         seed = stored_seed if isinstance(stored_seed, int) else new_seed()
@@ -79,11 +79,16 @@ def frame_path(folder: Path, index: int) -> Path:
     return folder / f"{index:05d}.png"
 
 
+def present_frames(folder: Path) -> set[int]:
+    """The indices of the finished frames in ``folder`` (a clip made in chunks may have gaps)."""
+    if not folder.is_dir():
+        return set()
+    return {int(m.group(1)) for name in os.listdir(folder) if (m := FRAME_PATTERN.match(name))}
+
+
 def count_frames(folder: Path) -> int:
     """How many finished frames the folder holds: 00000.png, 00001.png, ... without a gap."""
-    if not folder.is_dir():
-        return 0
-    present = {int(m.group(1)) for name in os.listdir(folder) if (m := FRAME_PATTERN.match(name))}
+    present = present_frames(folder)
     count = 0
     while count in present:
         count += 1
