@@ -146,6 +146,7 @@ class JobReport:
     ranks: int = 1
     seconds: float = 0.0
     comm_seconds: list[float] = field(default_factory=list)  # each rank's time in the exchanges
+    rank_costs: list[float] = field(default_factory=list)    # each rank's share of the work (its items' costs)
 
     @property
     def ok(self) -> bool:
@@ -290,16 +291,19 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
                 results = exchange.gather(result)
                 if dist.is_main():
                     kept += _collect(job, items, current, results, dead, units_done, report, bar, quiet, present)
+        report.rank_costs = [sum(items[i].cost for i in q) for q in queues]
         report.comm_seconds = [float(s) for s in dist.gather_json(exchange.seconds)]
         if dist.is_main():
             with dist.write_guard():
                 report.extra = job.finish(report)
-            if job.announce and not quiet:
+            if not quiet:
                 for path in report.extra:
                     print(path, flush=True)
     except KeyboardInterrupt as exc:
-        if dist.is_main() and kept:
-            raise Interrupted(job.interrupted(kept, total)) from None
+        if dist.is_main():
+            kept = plan["kept"] - len(present) + len(present | _finished_now(items))
+            if kept:
+                raise Interrupted(job.interrupted(kept, total)) from None
         raise exc
     report.seconds = time.perf_counter() - started
     if not dist.is_main():
@@ -308,12 +312,25 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
     if finished is not None:
         finished(report)
     if report.failed:
-        count = len(report.made) + len(report.skipped) + len(report.failed)
-        if count == 1:
+        if len(report.failed) == 1 and not report.made and not report.skipped:
             raise DreamError(report.failed[0][1])
-        raise DreamError(f"{len(report.failed)} of {count} {plural(job.noun, count)} failed (listed above); fix or "
-                         "remove them and run the same command to make them")
+        count = _outputs(report.made) + _outputs(report.skipped) + _outputs(i for i, _ in report.failed)
+        failed = _outputs(i for i, _ in report.failed)
+        raise DreamError(f"{failed} of {count} {plural(job.noun, count)} failed (listed above); fix or remove the "
+                         "inputs named and run the same command to make them")
     return report
+
+
+def _finished_now(items: Sequence[Item]) -> set[str]:
+    """Rank 0, after Ctrl-C: the outputs of ``items`` finished on disk (a write may have just ended)."""
+    from .image_io import read_image_record
+
+    return {path for item in items for path in item.outputs
+            if Path(path).is_file() and (item.record is None or read_image_record(path) == item.record)}
+
+
+def _outputs(items: Any) -> int:
+    return sum(len(item.outputs) for item in items)
 
 
 def _plan(job: Job) -> tuple[dict[str, Any], set[str]]:
@@ -416,14 +433,20 @@ def _collect(job: Job, items: list[Item], current: list[tuple[int, int] | None],
 
 
 def _summarise(job: Job, report: JobReport, single: bool, say: Callable[[str], None]) -> None:
-    """Rank 0: made / skipped / failed, and each failure on a line of its own (even when quiet)."""
-    count = len(report.made) + len(report.skipped) + len(report.failed)
-    if single or count <= 1 and not report.skipped:
+    """Rank 0: how many outputs were made, skipped (already made) and failed, and each failure on a line
+    of its own (even when quiet)."""
+    made, skipped, failed = _outputs(report.made), _outputs(report.skipped), _outputs(i for i, _ in report.failed)
+    count = made + skipped + failed
+    if single or (count <= 1 and not skipped) or (len(report.failed) == 1 and not made and not skipped):
         return
-    if report.skipped and not report.made and not report.failed:
+    if skipped and not made and not failed:
         what = report.skipped[0].outputs[0] if count == 1 else f"all {count} {plural(job.noun, count)} in {job.where()}"
         say(f"{what}: already made with these settings (--overwrite makes {'it' if count == 1 else 'them'} again)")
         return
-    say(f"{len(report.made)} made, {len(report.skipped)} skipped (already made), {len(report.failed)} failed")
+    say(f"{job.noun}s: {made} made, {skipped} skipped (already made), {failed} failed")
+    if report.ranks > 1 and sum(report.rank_costs) > 0:
+        shares = " ".join(f"{c / sum(report.rank_costs):.0%}" for c in report.rank_costs)
+        say(f"the ranks' shares of the work: {shares}; time in the exchanges: "
+            f"{max(report.comm_seconds) / max(report.seconds, 1e-9):.0%} at most")
     for item, reason in report.failed:
         print(f"failed: {reason}" if item.key in reason else f"failed: {item.key}: {reason}", file=sys.stderr, flush=True)

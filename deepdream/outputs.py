@@ -2,9 +2,10 @@
 
 Names. A dream is ``<folder>/<input stem>_<model>[_<preset>].<ext>``: ``<model>`` is the model's
 name (the ``--weights`` file's stem for other weights), ``_<preset>`` is added when ``--preset``
-names a recipe other than the model's own (``--preset efficientnet_lite0_natural`` never writes
-over the default dream; ``--preset efficientnet_lite0`` on efficientnet_lite0 *is* the default
-dream), ``<stem>`` is ``dream`` for a dream from noise, and ``<ext>`` the input's own where its
+names a recipe other than the model's own (``--preset efficientnet_lite0`` on efficientnet_lite0
+*is* the default dream), shortened to its variant when it is named after the model
+(``--preset efficientnet_lite0_natural``: ``chelsea_efficientnet_lite0_natural.png``, never the
+default dream's ``chelsea_efficientnet_lite0.png``), ``<stem>`` is ``dream`` for a dream from noise, and ``<ext>`` the input's own where its
 format can carry a record (PNG, JPEG, WebP, TIFF), else ``.png``. A render is
 ``<objective>_<model>.png``; a sweep's items are ``NNNN_<label>.png`` in its folder.
 
@@ -43,9 +44,12 @@ PARTIAL = "partial"
 
 
 def dream_name(stem: str, model_label: str, preset: str | None, architecture: str) -> str:
-    """``<stem>_<model>[_<preset>]`` (see the module): the preset only when it is not the model's own recipe."""
-    suffix = f"_{preset}" if preset is not None and preset != architecture else ""
-    return f"{stem}_{model_label}{suffix}"
+    """``<stem>_<model>[_<preset>]`` (see the module): the preset only when it is not the model's own
+    recipe, and a preset named ``<model>_<variant>`` adds only ``_<variant>``."""
+    if preset is None or preset == architecture:
+        return f"{stem}_{model_label}"
+    variant = preset[len(architecture) + 1:] if preset.startswith(architecture + "_") else preset
+    return f"{stem}_{model_label}_{variant}"
 
 
 def dream_output(folder: str | os.PathLike, input_path: str | os.PathLike | None, model_label: str,

@@ -51,15 +51,16 @@ def start_launch(argv: Sequence[str], ranks: int = 2, **kwargs) -> subprocess.Po
                             start_new_session=True, cwd=kwargs.pop("cwd", ROOT), **kwargs)
 
 
-def start_by_hand(argv: Sequence[str], folder: Path, ranks: int = 2, env: dict[str, str] | None = None
-                  ) -> list[subprocess.Popen]:
-    """Every rank as its own process, with the environment mlx.launch would give it."""
+def start_by_hand(argv: Sequence[str], folder: Path, ranks: int = 2, env: dict[str, str] | None = None,
+                  cwds: Sequence[Path] | None = None) -> list[subprocess.Popen]:
+    """Every rank as its own process, with the environment mlx.launch would give it; ``cwds``: each
+    rank's working folder (a host of its own, where the launching one's files are not)."""
     base = free_ports(ranks)
     hostfile = folder / "hostfile.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{base + r}"] for r in range(ranks)]))
     return [subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=ROOT, env={**os.environ, **(env or {}), "MLX_RANK": str(r),
-                                            "MLX_HOSTFILE": str(hostfile)})
+                             cwd=cwds[r] if cwds else ROOT, env={**os.environ, **(env or {}), "MLX_RANK": str(r),
+                                                                 "MLX_HOSTFILE": str(hostfile)})
             for r in range(ranks)]
 
 

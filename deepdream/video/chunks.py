@@ -11,9 +11,13 @@ cut into equal shares, one per rank, each a chunk (or several, around frames alr
 * a cut between shares moves to a scene cut within ``--chunk-warmup`` frames of it when there is
   one (``flow.is_scene_cut``: the dream restarts there from the input anyway), so that chunk, too,
   is what one process makes;
-* any other chunk starts ``--chunk-warmup`` frames early, from the input alone, and throws those
-  frames away: by its first kept frame the carried dream has settled, and the change across the
-  border is like the change between any two frames (``benchmarks/scale_out.py`` measures it).
+* any other chunk starts ``--chunk-warmup`` frames early, from the input alone. Its dream never
+  becomes the earlier chunk's: the carried dream keeps its own history, and two histories of one
+  scene stay as far apart as unrelated dreams (measured: their first shared frame differs by about
+  three times the change between two frames, whatever the warm-up's length). So its warm-up frames
+  are kept (``NNNNN-to-MMMMM.png``) and the video dissolves from the earlier chunk's frames into
+  them, the weight rising linearly to the border (``store.frame_sources``): the change between two
+  frames across the border is then that inside a chunk (``benchmarks/scale_out.py`` measures it).
 
 Rank 0 alone reads the clip: every round it decodes each rank's next input frame (a chunk's
 decoder starts at the key frame before it) and sends it; the dreamed frames come back as PNG
@@ -44,7 +48,16 @@ from .clip import Clip, ClipMode, ClipSettings, as_float, clip_frame, decoded_fr
 from .encoding import encode_video
 from .flow import Coherence, is_scene_cut
 from .modes import VideoPlan, plan_video
-from .store import clear_frames, frame_path, present_frames, quantise, write_record
+from .store import (
+    clear_frames,
+    frame_path,
+    frame_sources,
+    overlap_path,
+    present_frames,
+    prune_overlaps,
+    quantise,
+    write_record,
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,7 @@ class ClipJob(Job):
         if self.args.restart:
             clear_frames(folder)  # every check has passed: the old frames go now
         present = {i for i in present_frames(folder) if i < total}
+        prune_overlaps(folder, present)
         self.done_before = len(present)
         if plan.resume.done > total:
             self.notify(f"{folder} holds {plan.resume.done} frames; the video uses the first {total}")
@@ -155,11 +169,18 @@ class ClipJob(Job):
         chunks = plan_chunks(total, present, dist.size(), self.checked.warmup,
                              None if coherence.no_flow else self.cut_finder())
         h, w = plan.video.size[1], plan.video.size[0]
-        return [Item(key=f"frames {c.first}-{c.end - 1}", label=f"frames {c.first}-{c.end - 1}",
-                     outputs=tuple(str(frame_path(folder, i)) for i in range(c.first, c.end)),
-                     units=c.end - c.begin, cost=float((c.end - c.begin) * w * h),
-                     spec={"first": c.first, "end": c.end, "begin": c.begin, "after_saved": c.after_saved,
-                           "share": c.share}) for c in chunks]
+        items = []
+        for c in chunks:
+            # A warmed-up chunk's warm-up frames are kept for the dissolve; an exact one's would repeat frames.
+            kept = c.begin if c.warmed_up else c.first
+            outputs = [overlap_path(folder, i, c.first) for i in range(kept, c.first)]
+            outputs += [frame_path(folder, i) for i in range(c.first, c.end)]
+            items.append(Item(key=f"frames {c.first}-{c.end - 1}", label=f"frames {c.first}-{c.end - 1}",
+                              outputs=tuple(map(str, outputs)), units=c.end - c.begin,
+                              cost=float((c.end - c.begin) * w * h),
+                              spec={"first": c.first, "end": c.end, "begin": c.begin, "kept": kept,
+                                    "after_saved": c.after_saved, "share": c.share}))
+        return items
 
     def cut_finder(self) -> Callable[[int], bool]:
         """Whether frame i starts a scene (decoding frames i-1 and i; asked near the shares' borders only)."""
@@ -233,9 +254,9 @@ class ClipJob(Job):
         self.state[item.key] = (current, frame)
         if index + 1 == spec["end"]:
             del self.state[item.key]
-        if index < spec["first"]:
-            return []  # a warm-up frame
-        return [(index - spec["first"], encode_image(frame, item.outputs[index - spec["first"]]))]
+        if index < spec["kept"]:
+            return []  # a warm-up frame of an exact chunk: the earlier chunk makes the same
+        return [(index - spec["kept"], encode_image(frame, item.outputs[index - spec["kept"]]))]
 
     # rank 0, at the end ------------------------------------------------------------------------
 
@@ -245,9 +266,7 @@ class ClipJob(Job):
         assert plan is not None
         if report.failed:
             return []
-        total = plan.video.total
-        encode_video([frame_path(plan.folder, i) for i in range(total)], plan.output, plan.video.timing,
-                     plan.video.extra)
+        encode_video(frame_sources(plan.folder, plan.video.total), plan.output, plan.video.timing, plan.video.extra)
         return [plan.output]
 
     def interrupted(self, kept: int, total: int) -> str:

@@ -295,8 +295,8 @@ def check_audio_fits(clip: Clip, output: Path, container_format: str) -> None:
 
 # -- the mode ------------------------------------------------------------------------------------------
 
-#: Frames a chunk that starts mid-scene dreams first and throws away (--chunk-warmup's default), so
-#: the carried dream has settled by its first kept frame (measured: benchmarks/scale_out.py --warmup).
+#: Frames a chunk that starts mid-scene dreams before its first frame, which the video dissolves into
+#: from the earlier chunk (--chunk-warmup's default; benchmarks/scale_out.py measures the border).
 CHUNK_WARMUP = 8
 
 
@@ -345,8 +345,8 @@ class ClipMode(VideoMode):
         group.add_argument("--no-audio", action="store_true", default=None, help="leave the clip's sound out")
         group.add_argument("--chunk-warmup", type=whole_number, metavar="N",
                            help=f"under mlx.launch the clip is dreamed in chunks, one or more per rank, cut at scene "
-                                f"cuts where it can; a chunk starting mid-scene first dreams N frames before it and "
-                                f"throws them away, so the carried dream has settled (default {CHUNK_WARMUP})")
+                                f"cuts where it can; a chunk starting mid-scene first dreams the N frames before it, "
+                                f"and the video dissolves into it over them (default {CHUNK_WARMUP}; 0: a hard cut)")
 
     def foreign_flags_hint(self, owner: VideoMode) -> str:
         return ("a --video clip keeps its own frames, size (see --max-size) and frame rate (cut it with "

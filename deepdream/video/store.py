@@ -27,11 +27,14 @@ from models.weights import atomic_write
 from ..errors import DreamError, Interrupted, Notify
 from ..image_io import check_writable_folder, load_image, save_image, to_uint8
 from ..outputs import FIELD_NAMES, new_seed, record_differences, shown_differences
-from .encoding import VIDEO_FORMATS, ExtraStreams, Timing, encode_video
+from .encoding import VIDEO_FORMATS, Dissolve, ExtraStreams, FrameSource, Timing, encode_video
 
 SETTINGS_FILE = "video.json"
 RECORD_VERSION = 1
 FRAME_PATTERN = re.compile(r"^(\d{5})\.png$")
+#: A clip chunk's warm-up frame: its own version of frame N, dissolved into in the video up to frame M,
+#: the chunk's first frame (``chunks.py``).
+OVERLAP_PATTERN = re.compile(r"^(\d{5})-to-(\d{5})\.png$")
 
 Dream = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: Frame ``index`` from the previous frame as saved (None for the first frame of a run); float RGB.
@@ -95,12 +98,47 @@ def count_frames(folder: Path) -> int:
     return count
 
 
+def overlap_path(folder: Path, index: int, into: int) -> Path:
+    return folder / f"{index:05d}-to-{into:05d}.png"
+
+
+def overlaps(folder: Path) -> dict[int, list[int]]:
+    """{the first frame of a chunk: the warm-up frames it left for the dissolve into it}."""
+    found: dict[int, list[int]] = {}
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            if m := OVERLAP_PATTERN.match(name):
+                found.setdefault(int(m.group(2)), []).append(int(m.group(1)))
+    return {into: sorted(indices) for into, indices in found.items()}
+
+
+def prune_overlaps(folder: Path, present: set[int]) -> None:
+    """Remove the warm-up frames of chunks that never reached their first frame (it is made otherwise now)."""
+    for into, indices in overlaps(folder).items():
+        if into not in present:
+            for index in indices:
+                overlap_path(folder, index, into).unlink(missing_ok=True)
+
+
+def frame_sources(folder: Path, total: int) -> list[FrameSource]:
+    """What each of the video's ``total`` frames is read from: its file, or across a chunk border a
+    dissolve from the earlier chunk's frame into the next chunk's warm-up frame, its weight rising
+    linearly to the border (so the change between two dreams spreads over the warm-up frames)."""
+    sources: list[FrameSource] = [frame_path(folder, i) for i in range(total)]
+    for into, indices in overlaps(folder).items():
+        for k, index in enumerate(indices):
+            if index < total:
+                sources[index] = Dissolve(frame_path(folder, index), overlap_path(folder, index, into),
+                                          (k + 1) / (len(indices) + 1))
+    return sources
+
+
 def clear_frames(folder: Path) -> int:
     """--restart: remove this tool's frames and settings file (nothing else) from ``folder``."""
     removed = 0
     if folder.is_dir():
         for name in os.listdir(folder):
-            if FRAME_PATTERN.match(name) or name == SETTINGS_FILE:
+            if FRAME_PATTERN.match(name) or OVERLAP_PATTERN.match(name) or name == SETTINGS_FILE:
                 (folder / name).unlink()
                 removed += 1
     return removed
