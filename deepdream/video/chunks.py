@@ -3,7 +3,8 @@
 Frame n of a clip is made from input frames n-1 and n and from dreamed frame n-1 as saved
 (``clip.clip_frame``), so a run of frames can be continued exactly from the frame before it. The
 frames still missing form runs (the whole clip the first time). To give every rank work they are
-cut into equal shares, one per rank, each a chunk (or several, around frames already saved):
+cut into shares of equal work (a share that warms up gets fewer frames), one per rank, each a
+chunk (or several, around frames already saved):
 
 * a chunk that starts at frame 0, or right after a saved frame, continues exactly as one process
   would (the saved frame is its previous dream): a resumed run, on any number of ranks, makes the
@@ -95,7 +96,19 @@ def plan_chunks(total: int, present: set[int], ranks: int, warmup: int,
     missing = [i for i in range(total) if i not in present]
     if not missing:
         return []
-    bounds = [len(missing) * r // ranks for r in range(ranks + 1)]
+    # Equal work per rank, counting the warm-up of each share that starts mid-run (after a missing frame).
+    lead = warmup if is_cut is not None else 0
+
+    def mid_run(at: int) -> bool:
+        return at < len(missing) and missing[at] > 0 and missing[at] - 1 not in present
+
+    warmed = sum(mid_run(len(missing) * r // ranks) for r in range(1, ranks)) if lead else 0
+    share = (len(missing) + warmed * lead) / ranks
+    bounds, started_mid = [0], 0
+    for r in range(1, ranks):
+        bounds.append(min(len(missing), max(bounds[-1], int(r * share - started_mid * lead))))
+        started_mid += bool(lead) and mid_run(bounds[-1])
+    bounds.append(len(missing))
     for r in range(1, ranks):
         at = bounds[r]
         if at >= len(missing) or is_cut is None:
