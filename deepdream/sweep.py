@@ -25,7 +25,7 @@ from .errors import DreamError, Interrupted
 from .image_io import check_output_path, check_writable_folder, encode_image, load_image, save_image
 from .jobs import Item, Job, JobReport, Outputs, plural, run_job
 from .outputs import PARTIAL, SEED, record_json
-from .visualise import Renderer, RenderPlan, RenderSettings, tile_targets
+from .visualise import Renderer, RenderPlan, tile_targets
 
 SHEET_NAME = "contact_sheet.png"
 #: Items rendered together in one pass of a sweep, unless --batch says otherwise.

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,3 +81,21 @@ def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
         if rank is not None and cmdline.startswith(sys.executable.encode()) and pid != launcher.pid:
             found[rank] = pid
     return found
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``error:`` lines of a job's stderr (progress bars end their lines with carriage returns)."""
+    return [line.strip() for line in re.split(r"[\r\n]", stderr) if line.strip().startswith("error:")]
+
+
+def kill_rank(launcher: subprocess.Popen, rank: int = 1, within: float = 60.0) -> str:
+    """kill -9 one rank of a launched job; once every rank has stopped (within ``within`` seconds, no
+    traceback), the one error line, which names that rank."""
+    started = time.monotonic()
+    os.kill(rank_pids(launcher)[rank], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=within)
+    assert time.monotonic() - started < within and "Traceback" not in stderr, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: rank {rank} (host 127.0.0.1) ended without finishing"), \
+        stderr
+    return lines[0]
