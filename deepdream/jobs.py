@@ -46,7 +46,7 @@ import numpy as np
 
 from . import distributed as dist
 from .errors import USER_ERRORS, DreamError, Interrupted
-from .image_io import write_bytes
+from .image_io import read_image_record, write_bytes
 from .outputs import State, output_state, shown_differences
 
 
@@ -62,13 +62,19 @@ class Item:
     units: int = 1                            # steps, one per round (a chunk's frames); 1 for most items
     label: str = ""                           # how sheets and pages caption it
     error: str | None = None                  # known to fail before any work (an unreadable input)
+    captions: tuple[str, ...] = ()            # each output's caption, where they differ (a sweep's batch)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Item:
-        return cls(**{**data, "outputs": tuple(data["outputs"])})
+        return cls(**{**data, "outputs": tuple(data["outputs"]), "captions": tuple(data.get("captions", ()))})
+
+    def captioned(self) -> list[dict[str, str]]:
+        """Each output with its caption."""
+        return [{"path": path, "caption": self.captions[k] if self.captions else self.label}
+                for k, path in enumerate(self.outputs)]
 
 
 #: What a unit returns: (index into its item's outputs, the file's bytes) for each file it finished.
@@ -153,9 +159,10 @@ class JobReport:
         return not self.failed
 
     def description(self) -> dict[str, Any]:
-        """The job as plain data: each item's label, outputs and status, and the extra files."""
+        """The job as plain data (what a page writer needs): each item's label, outputs (path and
+        caption) and status, the failures' reasons, and the extra files (contact sheets, a video)."""
         failed = {item.key: reason for item, reason in self.failed}
-        items = [{"key": i.key, "label": i.label, "outputs": list(i.outputs), "status": status}
+        items = [{"key": i.key, "label": i.label, "outputs": i.captioned(), "status": status}
                  for status, group in (("skipped", self.skipped), ("made", self.made)) for i in group]
         items += [{"key": i.key, "label": i.label, "outputs": [], "status": "failed", "reason": failed[i.key]}
                   for i, _ in self.failed]
@@ -261,8 +268,7 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
     report = JobReport(job, skipped=skipped, ranks=dist.size())
     failed_early = [(Item.from_json(d), d["error"]) for d in plan["failed"]]
     report.failed.extend(failed_early)
-    total = plan["total"]
-    kept = plan["kept"]
+    total, kept = plan["total"], plan["kept"]
     job.start(plan["context"])
     queues = job.assign(items, dist.size())
     work = [units_of(items, q) for q in queues]
@@ -290,7 +296,7 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
                                progress=single and not quiet and dist.is_main())
                 results = exchange.gather(result)
                 if dist.is_main():
-                    kept += _collect(job, items, current, results, dead, units_done, report, bar, quiet, present)
+                    _collect(job, items, current, results, dead, units_done, report, bar, quiet, present)
         report.rank_costs = [sum(items[i].cost for i in q) for q in queues]
         report.comm_seconds = [float(s) for s in dist.gather_json(exchange.seconds)]
         if dist.is_main():
@@ -323,8 +329,6 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
 
 def _finished_now(items: Sequence[Item]) -> set[str]:
     """Rank 0, after Ctrl-C: the outputs of ``items`` finished on disk (a write may have just ended)."""
-    from .image_io import read_image_record
-
     return {path for item in items for path in item.outputs
             if Path(path).is_file() and (item.record is None or read_image_record(path) == item.record)}
 
@@ -400,10 +404,8 @@ def _make(job: Job, items: list[Item], unit: tuple[int, int] | None, message: by
 
 def _collect(job: Job, items: list[Item], current: list[tuple[int, int] | None], results: list[bytes],
              dead: set[str], units_done: dict[str, int], report: JobReport, bar: Any, quiet: bool,
-             present: set[str]) -> int:
-    """Rank 0: write this round's outputs (atomically), note failures and finished items; returns how
-    many outputs were finished that were not before."""
-    written = 0
+             present: set[str]) -> None:
+    """Rank 0: write this round's outputs (atomically), note failures and finished items."""
     for unit, data in zip(current, results):
         if unit is None:
             continue
@@ -422,14 +424,12 @@ def _collect(job: Job, items: list[Item], current: list[tuple[int, int] | None],
             report.written.append(path)
             if item.outputs[index] not in present:
                 present.add(item.outputs[index])
-                written += 1
                 bar.update(1)
             if job.announce and not quiet:
                 bar.write(str(path), file=sys.stdout)
         units_done[item.key] = units_done.get(item.key, 0) + 1
         if units_done[item.key] == item.units:
             report.made.append(item)
-    return written
 
 
 def _summarise(job: Job, report: JobReport, single: bool, say: Callable[[str], None]) -> None:

@@ -101,7 +101,7 @@ class SweepJob(_RenderJob):
         for k, first in enumerate(range(0, len(plan.items), self.batch)):
             members = list(range(first, min(first + self.batch, len(plan.items))))
             labels = [plan.items[i][0] for i in members]
-            items.append(Item(key=f"batch {k}", label=" ".join(labels),
+            items.append(Item(key=f"batch {k}", label=" ".join(labels), captions=tuple(labels),
                               outputs=tuple(str(self.folder / item_filename(i, plan.items[i][0])) for i in members),
                               cost=float(len(members) * s.height * s.width * s.steps),
                               spec={"batch": k, "members": members},

@@ -69,7 +69,9 @@ def test_resume_skips_finished_items_and_refuses_other_settings(tmp_path: Path, 
     report = run_job(job, finished=seen.append)
     assert job.made == ["a", "b", "c"] and seen == [report]
     assert read_image_record(tmp_path / "a.png") == {"shade": 0.5, "seed": 0}
-    assert [i["status"] for i in report.description()["items"]] == ["made"] * 3
+    description = report.description()  # what a page writer receives
+    assert [i["status"] for i in description["items"]] == ["made"] * 3
+    assert description["items"][0]["outputs"] == [{"path": str(tmp_path / "a.png"), "caption": "a"}]
     (tmp_path / "b.png").unlink()
     again = Squares(tmp_path, ["a", "b", "c"])
     report = run_job(again)
