@@ -284,6 +284,7 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
 
     bar = tqdm(total=total, initial=kept, unit=job.noun, desc=plural(job.noun, 2),
                disable=quiet or single or not dist.is_main() or not items, file=sys.stderr, dynamic_ncols=True)
+    outside = kept - len(present)           # finished outputs no item lists (a clip's saved frames)
     dead: set[str] = set()                  # items that failed: rank 0 skips their remaining units
     units_done: dict[str, int] = {}
     try:
@@ -307,7 +308,7 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
                     print(path, flush=True)
     except KeyboardInterrupt as exc:
         if dist.is_main():
-            kept = plan["kept"] - len(present) + len(present | _finished_now(items))
+            kept = outside + len(present | _finished_now(items))
             if kept:
                 raise Interrupted(job.interrupted(kept, total)) from None
         raise exc
