@@ -5,6 +5,7 @@
     python dream_video.py --frames 120 --zoom 1.03 --rotate 0.5 --output outputs/noise.gif
     python dream_video.py ... --frames 240       # same command with more frames: continues the video
     python dream_video.py --video clip.mp4 --output outputs/dreamed.mp4   # a clip, with its sound
+    mlx.launch -n 4 --hostfile hosts.json -- python dream_video.py --video clip.mp4 ...   # in chunks over 4 ranks
 
 Every dream flag of dream.py works here (one shared definition, deepdream/cli/args.py). Frames are
 saved as they finish in <output>_frames/; re-running the same command continues after the
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 
+from deepdream import distributed as dist  # noqa: E402
 from deepdream.cli.args import OUTPUT_FOLDER, DreamArgumentParser, add_dream_arguments, add_image_arguments  # noqa: E402
 from deepdream.cli.info import handle_info_flags  # noqa: E402
 from deepdream.errors import make_notify, run_main  # noqa: E402
@@ -67,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    notify = make_notify(args.quiet)
-    if handle_info_flags(args):
-        return 0
-    return run(choose(MODES, args), MODES, args, notify)
+    notify = dist.main_only(make_notify(args.quiet))
+    with dist.session("run the same command to continue and write the video"):
+        if handle_info_flags(args):
+            return 0
+        return run(choose(MODES, args), MODES, args, notify)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def child(request: dict) -> dict:
         dreamer.profile()
         return {}
     start = time.perf_counter()
-    image = load_image(args.input)
+    image = load_image(request["photo"])
     dreamer = _dreamer(args)
     if request["kind"] == "speed":
         height, width = image.shape[:2]

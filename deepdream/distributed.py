@@ -170,8 +170,11 @@ def describe() -> str:
     """One phrase for --info and notices: ranks, and threads per rank."""
     n = size()
     threads = rank_threads or next((int(os.environ[v]) for v in THREAD_VARS if os.environ.get(v, "").isdigit()), None)
+    if n == 1:
+        return f"1 process, {threads} thread{'s' * (threads != 1)}" if threads else \
+            f"1 process, the libraries' default threads ({host_cores()} cores)"
     each = f"{threads} thread{'s' * (threads != 1)} each" if threads else "the libraries' default threads"
-    return "1 process" if n == 1 else f"{n} ranks ({group_backend()}), {each}"
+    return f"{n} ranks ({group_backend()}), {each}"
 
 
 # -- the group --------------------------------------------------------------------------

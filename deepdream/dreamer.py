@@ -43,7 +43,8 @@ class Dreamer:
     """
 
     def __init__(self, model: DreamModel, settings: DreamSettings, *, quiet: bool = False,
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None, guide: np.ndarray | None = None) -> None:
+        """``guide``: ``settings.guide`` already read (on a rank whose host does not hold the file)."""
         settings.validate()
         self.model = model
         self.settings = settings
@@ -56,9 +57,10 @@ class Dreamer:
             raise DreamError(f"--tile-size {settings.tile_size} is too small for {model.name}; "
                              f"use at least {2 * min_size} (512 is a good choice)")
         layers = list(settings.layers) if settings.layers else model.default_layers
-        guide_rgb = None
-        if settings.guide is not None:
+        guide_rgb = guide
+        if settings.guide is not None and guide_rgb is None:
             guide_rgb = load_image(settings.guide, max_size=GUIDE_MAX_SIZE, what="guide image")
+        if guide_rgb is not None:
             if min(guide_rgb.shape[:2]) < min_size:
                 raise DreamError(f"guide image '{settings.guide}' is {guide_rgb.shape[1]}x{guide_rgb.shape[0]}; "
                                  f"{model.name} needs at least {min_size} px on each side")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,15 +54,16 @@ def start_launch(argv: Sequence[str], ranks: int = 2, **kwargs) -> subprocess.Po
                             start_new_session=True, cwd=kwargs.pop("cwd", ROOT), **kwargs)
 
 
-def start_by_hand(argv: Sequence[str], folder: Path, ranks: int = 2, env: dict[str, str] | None = None
-                  ) -> list[subprocess.Popen]:
-    """Every rank as its own process, with the environment mlx.launch would give it."""
+def start_by_hand(argv: Sequence[str], folder: Path, ranks: int = 2, env: dict[str, str] | None = None,
+                  cwds: Sequence[Path] | None = None) -> list[subprocess.Popen]:
+    """Every rank as its own process, with the environment mlx.launch would give it; ``cwds``: each
+    rank's working folder (a host of its own, where the launching one's files are not)."""
     base = free_ports(ranks)
     hostfile = folder / "hostfile.json"
     hostfile.write_text(json.dumps([[f"127.0.0.1:{base + r}"] for r in range(ranks)]))
     return [subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=ROOT, env={**os.environ, **(env or {}), "MLX_RANK": str(r),
-                                            "MLX_HOSTFILE": str(hostfile)})
+                             cwd=cwds[r] if cwds else ROOT, env={**os.environ, **(env or {}), "MLX_RANK": str(r),
+                                                                 "MLX_HOSTFILE": str(hostfile)})
             for r in range(ranks)]
 
 
@@ -77,3 +81,21 @@ def rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
         if rank is not None and cmdline.startswith(sys.executable.encode()) and pid != launcher.pid:
             found[rank] = pid
     return found
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``error:`` lines of a job's stderr (progress bars end their lines with carriage returns)."""
+    return [line.strip() for line in re.split(r"[\r\n]", stderr) if line.strip().startswith("error:")]
+
+
+def kill_rank(launcher: subprocess.Popen, rank: int = 1, within: float = 60.0) -> str:
+    """kill -9 one rank of a launched job; once every rank has stopped (within ``within`` seconds, no
+    traceback), the one error line, which names that rank."""
+    started = time.monotonic()
+    os.kill(rank_pids(launcher)[rank], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=within)
+    assert time.monotonic() - started < within and "Traceback" not in stderr, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"error: rank {rank} (host 127.0.0.1) ended without finishing"), \
+        stderr
+    return lines[0]

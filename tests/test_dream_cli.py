@@ -206,6 +206,7 @@ def test_list_layers_and_info(effnet):
     info = ok(run("--info")).stdout
     assert f"mlx {mx.__version__}" in info and "blas:" in info and "native CPU kernels" in info
     assert "efficientnet_lite0" in info and "weights missing: run `python export_vgg.py --model vgg16`" in info
+    assert "processes: 1 process, " in info
 
 
 # -- bad input: one line, non-zero exit, no traceback, no file ----------------------------------------

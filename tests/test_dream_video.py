@@ -159,7 +159,8 @@ def test_every_dream_flag_comes_from_the_shared_definition() -> None:
     # Renders from noise (--class, --sweep, ...) are stills only: dream.py's own group.
     render_only = DreamArgumentParser()
     add_render_arguments(render_only)
-    still = options(dream.build_parser()) - (options(render_only) - {"-h", "--help"})
+    # --overwrite is the rule for existing images; a video's frames folder has its own, --restart.
+    still = options(dream.build_parser()) - (options(render_only) - {"-h", "--help"}) - {"--overwrite"}
     video = options(dream_video.build_parser())
     assert still <= video, f"dream.py flags missing from dream_video.py: {sorted(still - video)}"
     for flag in ("--frames", "--zoom", "--rotate", "--translate", "--blend", "--fps", "--restart"):

@@ -41,7 +41,16 @@ class DreamArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (``error: ... (see --help)``) instead of usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        from .. import distributed as dist
+
+        if dist.is_main():
+            self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        # Every rank parses the same command: rank 0 says it once. The others leave after it has (the
+        # launcher ends every rank once one exits with an error).
+        import time
+
+        time.sleep(1.0)
+        self.exit(2)
 
 
 def whole_number(text: str) -> int:
@@ -137,8 +146,9 @@ def add_image_arguments(parser: argparse.ArgumentParser, *, noun: str, output_he
     defaults go into the help."""
     g = parser.add_argument_group("input and output")
     if noun == "image":
-        g.add_argument("--input", metavar="PATH",
-                       help="image to dream on (any format Pillow reads); omit to dream from noise")
+        g.add_argument("--input", metavar="PATH", nargs="+",
+                       help="image(s) to dream on (any format Pillow reads): files, folders or quoted globs "
+                            "('photos/*.jpg'); several make --output a folder. Omit to dream from noise")
     else:
         g.add_argument("--input", metavar="PATH",
                        help="start image (any format Pillow reads); omit to start from noise")
@@ -149,6 +159,10 @@ def add_image_arguments(parser: argparse.ArgumentParser, *, noun: str, output_he
     extra = f" (default {default_max_size}: every {noun} is a dream)" if default_max_size else ""
     g.add_argument("--max-size", type=whole_number, metavar="PX",
                    help=f"downscale the input so its longest side is at most PX{extra}")
+    if noun == "image":
+        g.add_argument("--overwrite", action="store_true",
+                       help="make outputs again that exist with other settings (without it they are refused; outputs "
+                            "made with the same settings are skipped, so a rerun makes only what is missing)")
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,8 +213,8 @@ def still_parser() -> argparse.ArgumentParser:
         epilog="Example: python dream.py --input assets/chelsea.png --preset efficientnet_lite0 --steps 30",
     )
     add_image_arguments(parser, noun="image", default_size=STILL_SIZE,
-                        output_help=f"output image (default {OUTPUT_FOLDER}/<input-stem>_<model>.<ext>); "
-                                    "a folder with --model all")
+                        output_help=f"output image (default {OUTPUT_FOLDER}/<input-stem>_<model>[_<preset>].<ext>); "
+                                    f"a folder (default {OUTPUT_FOLDER}/) with several inputs or --model all")
     add_dream_arguments(parser)
     add_render_arguments(parser)
     return parser

@@ -7,6 +7,7 @@ import platform
 
 from models import MODELS, DreamModel, build_model, default_weights_path, list_models, weights_available
 
+from .. import distributed as dist
 from ..errors import make_notify
 from ..loading import load_dream_model
 from .model_choice import is_all, model_name_from_args
@@ -33,6 +34,8 @@ def info_text() -> str:
                   f"native CPU kernels (depthwise convolution, pooling): {native.status}"]
         if wheel := _blas.gpu_wheel():
             lines.append(f"note: {wheel} is installed but MLX sees no GPU (driver or CUDA libraries missing?)")
+    lines.append(f"processes: {dist.describe()}" + ("" if dist.size() > 1 else
+                                                     " (mlx.launch -n N -- python ... spreads a job over N ranks)"))
     lines.append("models:")
     for name, facts in MODELS.items():
         if weights_available(name):
@@ -62,17 +65,17 @@ def layer_listing(model: DreamModel) -> str:
 def handle_info_flags(args: argparse.Namespace) -> bool:
     """Print --info / --list-layers output; True when the script should stop there."""
     if args.info:
-        print(info_text())
+        dist.print0(info_text())
         return True
     if args.list_layers:
         if is_all(args):
             for name in list_models():
-                print(f"{name}: {' '.join(build_model(name).layer_names)}")
+                dist.print0(f"{name}: {' '.join(build_model(name).layer_names)}")
             return True
         validate_args(args)
         name = model_name_from_args(args, make_notify(True))
         # The layer names come from the architecture: no weights needed, unless a file was given.
         model = load_dream_model(name, args.weights) if args.weights else build_model(name)
-        print(layer_listing(model))
+        dist.print0(layer_listing(model))
         return True
     return False

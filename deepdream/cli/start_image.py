@@ -21,14 +21,6 @@ def check_image_args(args: argparse.Namespace, noun: str) -> None:
             raise DreamError(f"{flag} must be a positive number of pixels (got {value})")
 
 
-def input_image(args: argparse.Namespace, default_max_size: int | None = None) -> np.ndarray | None:
-    """--input read (and downscaled to --max-size, else ``default_max_size``), or None without --input."""
-    if args.input is None:
-        return None
-    max_size = args.max_size if args.max_size is not None else default_max_size
-    return load_image(args.input, max_size=max_size)
-
-
 def noise_size(args: argparse.Namespace, default_size: int) -> tuple[int, int]:
     """(width, height) of the noise start: --width x --height, ``default_size`` where not given."""
     return (args.width if args.width is not None else default_size,
@@ -43,8 +35,9 @@ def noise_start(size: tuple[int, int], rng: np.random.Generator, max_size: int |
 
 
 def still_start(args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """dream.py's start image and the stem of its output names: --input, else noise (drawn from ``rng``)."""
-    image = input_image(args)
-    if image is not None:
-        return image, Path(args.input).stem
+    """The start image of dream.py's flags for one input (as ``batch.DreamJob`` makes it) and the stem of
+    its output names: the one --input (within --max-size), else noise drawn from ``rng``."""
+    if args.input:
+        (path,) = args.input
+        return load_image(path, max_size=args.max_size), Path(path).stem
     return noise_start(noise_size(args, STILL_SIZE), rng, args.max_size), "dream"

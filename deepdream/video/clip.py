@@ -25,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ..cli.args import number
+from ..cli.args import number, whole_number
 from ..errors import DreamError, Notify
 from ..image_io import IMAGE_DEMUXERS, limited_size
+from ..jobs import Job
 from .encoding import H264_CONTAINERS, Timing
 from .flow import FLOW_METHODS, Coherence, carry
 from .modes import Video, VideoMode, frame_max_size, given
-from .store import Dream, Resume, file_sha256, frame_rng
+from ..outputs import file_sha256
+from .store import Dream, Resume, frame_rng
 from .zoom import Motion   # --blend means what it means in the zoom video, and is checked there
 
 
@@ -144,77 +146,93 @@ def open_clip(path: str | Path, *, start: float | None = None, end: float | None
                 audio=audio, start=float((chosen[0] - zero) * time_base), end=end)
 
 
-def read_frames(clip: Clip) -> Iterator[np.ndarray]:
-    """The clip's chosen frames in order, float32 RGB (H, W, 3), upright, at ``clip.size``.
+def decoded_frames(clip: Clip, first: int = 0) -> Iterator[np.ndarray]:
+    """The clip's chosen frames from ``first`` on, in order: uint8 RGB (H, W, 3), upright, at ``clip.size``.
 
-    FFmpeg's scaler resizes before the pixels reach numpy, so an HD frame costs only the
-    memory of its dream-sized copy.
+    FFmpeg's scaler resizes before the pixels reach numpy, so an HD frame costs only the memory
+    of its dream-sized copy. From a later frame the decoder starts at the key frame before it (a
+    chunk of a long clip), which decodes the same pixels as a decoder that ran from the start.
     """
+    wanted = clip.pts[first:]
+    seek = first > 0
+    while True:
+        frames = _decode(clip, wanted, seek)
+        head = next(frames, None)
+        if head is None and seek:  # the demuxer landed past the frame: decode from the start instead
+            seek = False
+            continue
+        if head is not None:
+            yield head
+            yield from frames
+        return
+
+
+def _decode(clip: Clip, wanted: Sequence[int], seek: bool) -> Iterator[np.ndarray]:
     import av
 
-    wanted = set(clip.pts)
+    chosen = set(wanted)
+    skipped = clip.frame_count - len(wanted)
     width, height = clip.size if clip.rotation % 180 == 0 else (clip.size[1], clip.size[0])
     with _open(clip.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if seek:
+            container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
         count = 0
         try:
             for frame in container.decode(stream):
-                if frame.pts not in wanted:
+                if frame.pts is None or frame.pts < wanted[0]:
+                    continue
+                if seek and count == 0 and frame.pts != wanted[0]:
+                    return  # landed past the first frame wanted: the caller decodes from the start
+                if frame.pts not in chosen:
                     continue
                 rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
-                yield upright(rgb, clip.rotation).astype(np.float32) / 255.0
+                yield upright(rgb, clip.rotation)
                 count += 1
-                if count == clip.frame_count:
+                if count == len(wanted):
                     return
         except av.error.FFmpegError as exc:
-            raise DreamError(f"cannot decode frame {count} of '{clip.path}' ({_reason(exc)}); the file is damaged, "
-                             "or use --end to stop before it") from None
-    raise DreamError(f"'{clip.path}' decoded to {count} frames, not the {clip.frame_count} its packets promise; "
-                     "remux it (ffmpeg -i IN -c copy OUT.mkv) and try again")
+            raise DreamError(f"cannot decode frame {skipped + count} of '{clip.path}' ({_reason(exc)}); the file is "
+                             "damaged, or use --end to stop before it") from None
+    raise DreamError(f"'{clip.path}' decoded to {skipped + count} frames, not the {clip.frame_count} its packets "
+                     "promise; remux it (ffmpeg -i IN -c copy OUT.mkv) and try again")
 
 
-class ClipFrames:
-    """Frame ``index`` of the dreamed clip, made from the input and the previous dreamed frame.
+def as_float(frame: np.ndarray) -> np.ndarray:
+    """A decoded uint8 frame as the dream takes it: float32 RGB in [0, 1]."""
+    return frame.astype(np.float32) / 255.0
 
-    ``start = carry(...)`` (or the input frame alone: frame 0, ``--no-flow``, a scene cut), then
-    ``frame = blend * start + (1 - blend) * dream(start)``: ``--blend`` means what it means in
-    the zoom video (the share of the undreamed start kept). Called with consecutive indices from
-    wherever the frames folder ends; the decoder runs from the clip's first frame to get there.
+
+def read_frames(clip: Clip, first: int = 0) -> Iterator[np.ndarray]:
+    """``decoded_frames`` as float32 RGB in [0, 1]."""
+    return (as_float(frame) for frame in decoded_frames(clip, first))
+
+
+def clip_frame(index: int, current: np.ndarray, previous_input: np.ndarray | None,
+               previous_dream: np.ndarray | None, coherence: Coherence, blend: float, dream: Dream,
+               seed: int) -> np.ndarray:
+    """Frame ``index`` of the dreamed clip from its input frame and, when there is one, the input and
+    the dream (as saved) of the frame before it.
+
+    ``start = carry(...)`` (or the input frame alone: the first frame of a run, ``--no-flow``, a
+    scene cut), then ``frame = blend * start + (1 - blend) * dream(start)``: ``--blend`` means what
+    it means in the zoom video (the share of the undreamed start kept). The jitter is seeded by
+    (seed, index), so a frame depends on nothing but these.
     """
-
-    def __init__(self, clip: Clip, dream: Dream, coherence: Coherence, blend: float, seed: int) -> None:
-        self.coherence = coherence
-        self.blend = blend
-        self.seed = seed
-        self._dream = dream
-        self._frames = read_frames(clip)
-        self._index = -1
-        self._current: np.ndarray | None = None
-        self._previous: np.ndarray | None = None
-
-    def _advance(self, index: int) -> None:
-        while self._index < index:
-            self._previous, self._current = self._current, next(self._frames)
-            self._index += 1
-
-    def __call__(self, index: int, previous: np.ndarray | None) -> np.ndarray:
-        self._advance(index)
-        current = self._current
-        assert current is not None
-        carried = None
-        if index > 0 and previous is not None and self._previous is not None and not self.coherence.no_flow:
-            carried = carry(self._previous, previous, current, self.coherence)
-        start = current if carried is None else carried.start
-        if self.blend == 1.0:  # nothing of the dream would be kept
-            return start
-        dreamed = self._dream(start, frame_rng(self.seed, index))
-        return start + (1.0 - self.blend) * self.coherence.strength(carried) * (dreamed - start)
+    carried = None
+    if previous_input is not None and previous_dream is not None and not coherence.no_flow:
+        carried = carry(previous_input, previous_dream, current, coherence)
+    start = current if carried is None else carried.start
+    if blend == 1.0:  # nothing of the dream would be kept
+        return start
+    dreamed = dream(start, frame_rng(seed, index))
+    return start + (1.0 - blend) * coherence.strength(carried) * (dreamed - start)
 
 
-def clip_record(clip: Clip, coherence: Coherence, blend: float) -> dict[str, object]:
+def clip_record(clip: Clip, coherence: Coherence, blend: float, warmup: int) -> dict[str, object]:
     """The frame-making settings a resumed run must repeat (named like their flags)."""
-    return {"start": clip.start, "end": clip.end, "blend": blend, **asdict(coherence)}
+    return {"start": clip.start, "end": clip.end, "blend": blend, **asdict(coherence), "chunk_warmup": warmup}
 
 
 # -- sound ---------------------------------------------------------------------------------------------
@@ -277,12 +295,18 @@ def check_audio_fits(clip: Clip, output: Path, container_format: str) -> None:
 
 # -- the mode ------------------------------------------------------------------------------------------
 
+#: Frames a chunk that starts mid-scene dreams before its first frame, which the video dissolves into
+#: from the earlier chunk (--chunk-warmup's default; benchmarks/scale_out.py measures the border).
+CHUNK_WARMUP = 8
+
+
 @dataclass(frozen=True)
 class ClipSettings:
-    """How a clip's frames are made: the flow's coherence and ``--blend``."""
+    """How a clip's frames are made: the flow's coherence, ``--blend``, and ``--chunk-warmup`` for chunks."""
 
     coherence: Coherence
     blend: float
+    warmup: int = CHUNK_WARMUP
 
 
 class ClipMode(VideoMode):
@@ -292,6 +316,7 @@ class ClipMode(VideoMode):
     noun = "dreaming a clip"
     chooser = "video"
     choose_hint = "--video CLIP"
+    splits = True
 
     def add_arguments(self, group: argparse._ArgumentGroup) -> None:
         clip = Coherence()
@@ -318,6 +343,10 @@ class ClipMode(VideoMode):
         group.add_argument("--flow-method", choices=FLOW_METHODS, default=None,
                            help=f"OpenCV optical flow (default {clip.flow_method})")
         group.add_argument("--no-audio", action="store_true", default=None, help="leave the clip's sound out")
+        group.add_argument("--chunk-warmup", type=whole_number, metavar="N",
+                           help=f"under mlx.launch the clip is dreamed in chunks, one or more per rank, cut at scene "
+                                f"cuts where it can; a chunk starting mid-scene first dreams the N frames before it, "
+                                f"and the video dissolves into it over them (default {CHUNK_WARMUP}; 0: a hard cut)")
 
     def foreign_flags_hint(self, owner: VideoMode) -> str:
         return ("a --video clip keeps its own frames, size (see --max-size) and frame rate (cut it with "
@@ -341,7 +370,10 @@ class ClipMode(VideoMode):
         coherence = Coherence(**given(args, ("flow_blend", "occlusion_blend", "scene_cut", "flow_refresh",
                                              "flow_method")), no_flow=bool(args.no_flow))
         coherence.validate()
-        return ClipSettings(coherence, blend.blend)
+        if args.chunk_warmup is not None and args.chunk_warmup < 0:
+            raise DreamError(f"--chunk-warmup must be 0 or more frames (got {args.chunk_warmup})")
+        warmup = CHUNK_WARMUP if args.chunk_warmup is None else args.chunk_warmup
+        return ClipSettings(coherence, blend.blend, warmup)
 
     def input_path(self, args: argparse.Namespace) -> str | None:
         return args.video
@@ -358,8 +390,11 @@ class ClipMode(VideoMode):
             sound = False
         if sound:
             check_audio_fits(clip, output, H264_CONTAINERS[output.suffix.lower()])
-        coherence, blend = checked.coherence, checked.blend
         return Video(source={"video_sha256": file_sha256(args.video)}, size=clip.size,
-                     motion=clip_record(clip, coherence, blend),
-                     frames=lambda dream: ClipFrames(clip, dream, coherence, blend, resume.seed),
+                     motion=clip_record(clip, checked.coherence, checked.blend, checked.warmup), frames=None,
                      total=clip.frame_count, timing=clip.timing(), extra=AudioCopy(clip) if sound else None)
+
+    def job(self, args: argparse.Namespace, checked: ClipSettings, notify: Notify) -> Job:
+        from .chunks import ClipJob
+
+        return ClipJob(self, args, checked, notify)

@@ -65,7 +65,20 @@ class Timing:
 ExtraStreams = Callable[[object], AbstractContextManager[Iterator[tuple[float, object]]]]
 
 
-def _read_frame(path: Path) -> np.ndarray:
+@dataclass(frozen=True)
+class Dissolve:
+    """A frame shown as a mix of two: ``(1 - weight) * own + weight * next`` (a clip's chunk border)."""
+
+    own: Path
+    next: Path
+    weight: float
+
+
+#: What a video frame is read from: a frame file, or a dissolve of two.
+FrameSource = Path | Dissolve
+
+
+def _read_file(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
@@ -88,7 +101,14 @@ def x264_params() -> str:
     return f"{params}:asm={X264_UP_TO_AVX2}" if has_avx512() else params
 
 
-def encode_h264(frames: Sequence[Path], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
+def _read_frame(source: FrameSource) -> np.ndarray:
+    if isinstance(source, Path):
+        return _read_file(source)
+    own, other = _read_file(source.own).astype(np.float32), _read_file(source.next).astype(np.float32)
+    return np.clip((1.0 - source.weight) * own + source.weight * other + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_h264(frames: Sequence[FrameSource], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
     """H.264 (libx264, yuv420p, BT.709) in MP4 (+faststart) or Matroska through PyAV, so it plays in browsers;
     ``extra`` streams (a clip's sound) are interleaved with the frames by time."""
     import av
@@ -127,7 +147,7 @@ def encode_h264(frames: Sequence[Path], output: Path, timing: Timing, extra: Ext
                 for path, pts in zip(frames, timing.pts):
                     rgb = _read_frame(path)
                     if rgb.shape[:2] != first.shape[:2]:
-                        raise DreamError(f"frame '{path}' is {rgb.shape[1]}x{rgb.shape[0]}, not "
+                        raise DreamError(f"frame '{getattr(path, 'own', path)}' is {rgb.shape[1]}x{rgb.shape[0]}, not "
                                          f"{first.shape[1]}x{first.shape[0]} like the others; add --restart")
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), format="rgb24")
                     frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
@@ -141,7 +161,7 @@ def encode_h264(frames: Sequence[Path], output: Path, timing: Timing, extra: Ext
     atomic_write(output, write)
 
 
-def encode_gif(frames: Sequence[Path], output: Path, timing: Timing) -> None:
+def encode_gif(frames: Sequence[FrameSource], output: Path, timing: Timing) -> None:
     """Animated GIF (Pillow; an adaptive 256-colour palette per frame), looping forever, no sound."""
     images = [Image.fromarray(_read_frame(path)) for path in frames]
     durations = timing.durations_ms()
@@ -152,7 +172,7 @@ def encode_gif(frames: Sequence[Path], output: Path, timing: Timing) -> None:
     atomic_write(output, write)
 
 
-def encode_video(frames: Sequence[Path], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
+def encode_video(frames: Sequence[FrameSource], output: Path, timing: Timing, extra: ExtraStreams | None = None) -> None:
     if not frames:
         raise DreamError("no frames to encode")
     try:

@@ -5,8 +5,10 @@ needed, so a typo fails at once), how its input is read before the model loads, 
 ``Video`` it makes of it: the record of its input, the frame size, how each frame is made (a
 ``store.FrameMaker``), how many, when each is shown and what else goes into the file. ``run``
 does the rest, the same for every mode: the common checks, the output path, the model and its
-per-frame settings, resume, the frames and the video. dream_video.py lists the modes and runs
-the one its flags choose.
+per-frame settings, resume (``plan_video``), the frames and the video. A mode whose frames can be
+made apart (``splits``: a clip, in chunks) gives a ``jobs.Job`` instead, which the job runner
+spreads over the ranks of ``mlx.launch``; the others run on one process and refuse several.
+dream_video.py lists the modes and runs the one its flags choose.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import numpy as np
 
 from models import DreamModel
 
+from .. import distributed as dist
 from ..cli.args import OUTPUT_FOLDER, flag_dests, flag_name, number
 from ..cli.model_choice import ALL_MODELS
 from ..cli.settings import model_and_settings, validate_args
 from ..cli.start_image import check_image_args
 from ..dreamer import Dreamer
 from ..errors import DreamError, Notify
+from ..jobs import Job, run_job
 from ..settings import DreamSettings
 from .encoding import ExtraStreams, Timing
 from .store import (
@@ -67,7 +71,8 @@ class Video:
     source: dict[str, object]                 # the input as the run's record names it
     size: tuple[int, int]                     # (width, height) of every frame
     motion: dict[str, object]                 # how a frame is made, keyed like the flags that set it
-    frames: Callable[[Dream], FrameMaker]     # given the dream of one image, frame ``index``'s maker
+    frames: Callable[[Dream], FrameMaker] | None   # given the dream of one image, frame ``index``'s maker
+                                                   # (None: a mode that splits makes its frames as a job)
     total: int                                # frames in the video
     timing: Timing                            # when each is shown
     extra: ExtraStreams | None = None         # streams copied beside the frames (a clip's sound)
@@ -85,6 +90,8 @@ class VideoMode(ABC):
     choose_hint: str = ""
     #: Flags of the shared groups that only this mode takes.
     borrowed: tuple[str, ...] = ()
+    #: Whether its frames can be made in parts, apart (a clip's chunks over ranks); if so, ``job``.
+    splits: bool = False
 
     @abstractmethod
     def add_arguments(self, group: argparse._ArgumentGroup) -> None:
@@ -132,6 +139,10 @@ class VideoMode(ABC):
               notify: Notify) -> Video:
         """The ``Video`` of the opened input, written to ``output``, continuing ``resume``."""
 
+    def job(self, args: argparse.Namespace, checked: object, notify: Notify) -> Job:
+        """A mode that ``splits``: its video as a job for ``jobs.run_job`` (whose items call ``plan_video``)."""
+        raise NotImplementedError
+
 
 def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every mode takes."""
@@ -155,12 +166,24 @@ def check_common_args(args: argparse.Namespace) -> None:
     check_image_args(args, "frames")
 
 
-def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, notify: Notify) -> int:
-    """Make ``mode``'s video from the parsed flags: every check first, then the frames still missing, then the file."""
-    mode.check_usage(args, [m for m in modes if m is not mode])
-    check_common_args(args)
-    checked = mode.check(args)
-    validate_args(args)
+@dataclass(frozen=True)
+class VideoPlan:
+    """A mode's video, every check done (no model work yet): what making its frames needs."""
+
+    model: DreamModel
+    settings: DreamSettings       # with the run's seed
+    dreamer: Dreamer
+    resume: Resume
+    output: Path
+    folder: Path                  # the frames folder
+    source: object                # what the mode's ``open`` read
+    video: Video
+    record: dict[str, object]
+
+
+def plan_video(mode: VideoMode, args: argparse.Namespace, checked: object, notify: Notify) -> VideoPlan:
+    """The output, the input read, the model and its per-frame settings, resume and its checks: every
+    check before the first frame (rank 0's part of a split clip)."""
     input_path = mode.input_path(args)
     output = Path(args.output) if args.output else None
     if output is not None:
@@ -171,15 +194,9 @@ def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, n
     if output is None:
         stem = Path(input_path).stem if input_path else "dream"
         output = check_video_output(Path(OUTPUT_FOLDER) / f"{stem}_{name}.mp4", input_path)
-    resume = resume_point(frames_folder_for(output), args.seed, restart=args.restart)
-    video = mode.video(args, checked, source, output, resume, notify)
-    return dream_frames(args, model, settings, resume, output, video, notify)
-
-
-def dream_frames(args: argparse.Namespace, model: DreamModel, settings: DreamSettings, resume: Resume,
-                 output: Path, video: Video, notify: Notify) -> int:
-    """What every mode shares once its input is read: the dreamer, the frames, the video."""
     folder = frames_folder_for(output)
+    resume = resume_point(folder, args.seed, restart=args.restart)
+    video = mode.video(args, checked, source, output, resume, notify)
     settings = replace(settings, seed=resume.seed)
     weights = str(Path(args.weights).resolve()) if args.weights else None
     record = run_record(model=model.name, weights=weights, source=video.source, size=video.size,
@@ -187,13 +204,35 @@ def dream_frames(args: argparse.Namespace, model: DreamModel, settings: DreamSet
     check_resumable(folder, resume.stored, record, resume.done)
     dreamer = Dreamer(model, settings, quiet=args.quiet, notify=notify)
     dreamer.octave_sizes(video.size[1], video.size[0])  # too small for the model: fail before writing
+    return VideoPlan(model, settings, dreamer, resume, output, folder, source, video, record)
+
+
+def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, notify: Notify) -> int:
+    """Make ``mode``'s video from the parsed flags: every check first, then the frames still missing, then the file.
+
+    A mode that splits (a clip) runs as a job (``jobs.run_job``: one process, or every rank of
+    ``mlx.launch``); the others make their frames in order, on one process.
+    """
+    mode.check_usage(args, [m for m in modes if m is not mode])
+    check_common_args(args)
+    checked = mode.check(args)
+    validate_args(args)
+    if dist.size() > 1 and not mode.splits:
+        raise DreamError(f"{mode.noun} is made one frame after another (each from the one before), so it runs on "
+                         f"one process: start it without mlx.launch ({dist.size()} ranks here); a --video clip is "
+                         "the video that spreads over ranks")
+    if mode.splits:
+        run_job(mode.job(args, checked, notify), quiet=args.quiet, notify=notify)
+        return 0
+    plan = plan_video(mode, args, checked, notify)
 
     def dream(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return dreamer(image, rng=rng, progress=False)
+        return plan.dreamer(image, rng=rng, progress=False)
 
-    make_video(folder, output, video.frames(dream), record=record, resume=resume, total=video.total,
-               size=video.size, timing=video.timing, extra=video.extra, restart=args.restart, quiet=args.quiet,
-               notify=notify)
+    assert plan.video.frames is not None
+    make_video(plan.folder, plan.output, plan.video.frames(dream), record=plan.record, resume=plan.resume,
+               total=plan.video.total, size=plan.video.size, timing=plan.video.timing, extra=plan.video.extra,
+               restart=args.restart, quiet=args.quiet, notify=notify)
     if not args.quiet:
-        print(output)
+        print(plan.output)
     return 0

@@ -5,17 +5,15 @@ Each finished frame is written at once (atomically) as ``<output stem>_frames/NN
 next to the video, with the run's settings in ``video.json``; the next frame is made from the
 8-bit frame *as saved*, and frame n's jitter comes from a generator seeded with (seed, n), so
 a run that was stopped and resumed writes the same bytes as one that never stopped.
-``resume_point`` / ``make_video`` are that policy for any ``FrameMaker`` (each mode's: the
-zoom's, a clip's).
+``resume_point`` / ``make_video`` are that policy for a ``FrameMaker`` made in order (the zoom's);
+a clip's chunks (``chunks.py``) keep the same folder, record and checks through the job runner.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +26,15 @@ from models.weights import atomic_write
 
 from ..errors import DreamError, Interrupted, Notify
 from ..image_io import check_writable_folder, load_image, save_image, to_uint8
-from .encoding import VIDEO_FORMATS, ExtraStreams, Timing, encode_video
+from ..outputs import FIELD_NAMES, new_seed, record_differences, shown_differences
+from .encoding import VIDEO_FORMATS, Dissolve, ExtraStreams, FrameSource, Timing, encode_video
 
 SETTINGS_FILE = "video.json"
 RECORD_VERSION = 1
 FRAME_PATTERN = re.compile(r"^(\d{5})\.png$")
+#: A clip chunk's warm-up frame: its own version of frame N, dissolved into in the video up to frame M,
+#: the chunk's first frame (``chunks.py``).
+OVERLAP_PATTERN = re.compile(r"^(\d{5})-to-(\d{5})\.png$")
 
 Dream = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: Frame ``index`` from the previous frame as saved (None for the first frame of a run); float RGB.
@@ -44,14 +46,9 @@ def frame_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def new_seed() -> int:
-    """A seed for a run without --seed; it is stored with the frames so a resume keeps using it."""
-    return secrets.randbelow(2**31)
-
-
 @dataclass(frozen=True)
 class Resume:
-    """Where a run starts: the earlier run's record, the frames it kept, and the seed to use."""
+    """Where a run starts: the earlier run's record, how many frames it kept, and the seed to use."""
 
     stored: dict[str, object] | None
     done: int
@@ -62,7 +59,7 @@ def resume_point(folder: Path, seed: int | None, restart: bool = False) -> Resum
     """--restart ignores the frames in ``folder`` (they are deleted only once everything has been
     checked). Without --seed a new video gets a random seed and a continued one keeps its own."""
     stored = None if restart else read_record(folder)
-    done = 0 if restart else count_frames(folder)
+    done = 0 if restart else len(present_frames(folder))
     if seed is None:
         stored_seed = stored.get("dream", {}).get("seed") if stored and done else None
         seed = stored_seed if isinstance(stored_seed, int) else new_seed()
@@ -85,15 +82,55 @@ def frame_path(folder: Path, index: int) -> Path:
     return folder / f"{index:05d}.png"
 
 
+def present_frames(folder: Path) -> set[int]:
+    """The indices of the finished frames in ``folder`` (a clip made in chunks may have gaps)."""
+    if not folder.is_dir():
+        return set()
+    return {int(m.group(1)) for name in os.listdir(folder) if (m := FRAME_PATTERN.match(name))}
+
+
 def count_frames(folder: Path) -> int:
     """How many finished frames the folder holds: 00000.png, 00001.png, ... without a gap."""
-    if not folder.is_dir():
-        return 0
-    present = {int(m.group(1)) for name in os.listdir(folder) if (m := FRAME_PATTERN.match(name))}
+    present = present_frames(folder)
     count = 0
     while count in present:
         count += 1
     return count
+
+
+def overlap_path(folder: Path, index: int, into: int) -> Path:
+    return folder / f"{index:05d}-to-{into:05d}.png"
+
+
+def overlaps(folder: Path) -> dict[int, list[int]]:
+    """{the first frame of a chunk: the warm-up frames it left for the dissolve into it}."""
+    found: dict[int, list[int]] = {}
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            if m := OVERLAP_PATTERN.match(name):
+                found.setdefault(int(m.group(2)), []).append(int(m.group(1)))
+    return {into: sorted(indices) for into, indices in found.items()}
+
+
+def prune_overlaps(folder: Path, present: set[int]) -> None:
+    """Remove the warm-up frames of chunks that never reached their first frame (it is made otherwise now)."""
+    for into, indices in overlaps(folder).items():
+        if into not in present:
+            for index in indices:
+                overlap_path(folder, index, into).unlink(missing_ok=True)
+
+
+def frame_sources(folder: Path, total: int) -> list[FrameSource]:
+    """What each of the video's ``total`` frames is read from: its file, or across a chunk border a
+    dissolve from the earlier chunk's frame into the next chunk's warm-up frame, its weight rising
+    linearly to the border (so the change between two dreams spreads over the warm-up frames)."""
+    sources: list[FrameSource] = [frame_path(folder, i) for i in range(total)]
+    for into, indices in overlaps(folder).items():
+        for k, index in enumerate(indices):
+            if index < total:
+                sources[index] = Dissolve(frame_path(folder, index), overlap_path(folder, index, into),
+                                          (k + 1) / (len(indices) + 1))
+    return sources
 
 
 def clear_frames(folder: Path) -> int:
@@ -101,18 +138,10 @@ def clear_frames(folder: Path) -> int:
     removed = 0
     if folder.is_dir():
         for name in os.listdir(folder):
-            if FRAME_PATTERN.match(name) or name == SETTINGS_FILE:
+            if FRAME_PATTERN.match(name) or OVERLAP_PATTERN.match(name) or name == SETTINGS_FILE:
                 (folder / name).unlink()
                 removed += 1
     return removed
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_record(*, model: str, weights: str | None, source: dict[str, object], size: tuple[int, int],
@@ -149,36 +178,8 @@ def write_record(folder: Path, record: dict[str, object]) -> None:
 
 
 #: How a record field is named to the user when it differs.
-_FIELD_NAMES = {"model": "--model", "weights": "--weights", "source": "the input (--input/--video/--width/--height)",
+_FIELD_NAMES = {**FIELD_NAMES, "source": "the input (--input/--video/--width/--height)",
                 "size": "frame size (--max-size)", "version": "settings file version"}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def record_differences(old: dict[str, object], new: dict[str, object]) -> list[str]:
-    """Readable differences between the stored and the requested settings, e.g. ``--steps 5 -> 3``."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if key in ("dream", "motion") and isinstance(a, dict) and isinstance(b, dict):
-            for sub in sorted(set(a) | set(b)):
-                if a.get(sub) != b.get(sub):
-                    diffs.append(f"{_flag(sub)} {_show(a.get(sub))} -> {_show(b.get(sub))}")
-        else:
-            diffs.append(f"{_FIELD_NAMES.get(key, key)} {_show(a)} -> {_show(b)}")
-    return diffs
-
-
-def _show(value: object) -> str:
-    if isinstance(value, list):
-        return " ".join(_show(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(f"{k}={_show(v)}" for k, v in value.items() if k != "sha256") or "{}"
-    return "default" if value is None else str(value)
 
 
 def check_resumable(folder: Path, stored: dict[str, object] | None, record: dict[str, object], done: int) -> None:
@@ -188,9 +189,9 @@ def check_resumable(folder: Path, stored: dict[str, object] | None, record: dict
     if stored is None:
         raise DreamError(f"'{folder}' holds {done} frames but no {SETTINGS_FILE}, so they cannot be continued; "
                          "add --restart to replace them, or choose another --output")
-    diffs = record_differences(stored, record)
+    diffs = record_differences(stored, record, _FIELD_NAMES)
     if diffs:
-        shown = "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else "")
+        shown = shown_differences(diffs)
         raise DreamError(f"'{folder}' holds {done} frames made with other settings ({shown}); repeat the first "
                          "run's settings to continue it, or add --restart to start over")
 

@@ -27,7 +27,8 @@ from ..errors import DreamError, Notify
 from ..image_io import load_image
 from .encoding import Timing
 from .modes import DEFAULT_SIZE, Video, VideoMode, frame_max_size, given
-from .store import Dream, FrameMaker, Resume, file_sha256, frame_rng, quantise
+from ..outputs import file_sha256
+from .store import Dream, FrameMaker, Resume, frame_rng, quantise
 
 DEFAULT_FRAMES = 48
 DEFAULT_FPS = 12.0

@@ -129,10 +129,10 @@ def test_save_is_atomic_and_round_trips(tmp_path):
 
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
-    def broken_save(self, *args, **kwargs):
+    def broken_write(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(Path, "write_bytes", broken_write)
     with pytest.raises(ImageError, match="No space left"):
         save_image(tmp_path / "dream.png", np.zeros((4, 4, 3), np.float32))
     assert os.listdir(tmp_path) == []

@@ -14,7 +14,7 @@ from deepdream.video.zoom import ZoomMode
 def test_a_modes_flags_are_its_group_and_what_it_borrows():
     assert ZoomMode().flags == ("frames", "zoom", "rotate", "translate", "fps", "width", "height")
     assert ClipMode().flags == ("start", "end", "no_flow", "flow_blend", "occlusion_blend", "scene_cut",
-                                "flow_refresh", "flow_method", "no_audio")
+                                "flow_refresh", "flow_method", "no_audio", "chunk_warmup")
 
 
 def test_the_flag_that_chooses_a_mode_runs_it():
