@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed benchmark: our MLX dream step next to a PyTorch implementation of the same step.
 
-For each model, one dream step (the engine's own compiled step from ``deepdream.render``:
+For each model, one dream step (the engine's own compiled step from ``deepdream.step``:
 jitter roll, forward to the model's default layers, gradient w.r.t. the input, smoothing,
 normalisation, update) is timed at each size, side by side with the same step in PyTorch on
 the torchvision network with identical weights. Then one end-to-end recipe (googlenet preset,
@@ -181,7 +181,7 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
     from benchmarks.report import StepResult
     from benchmarks.torch_dream import TorchDreamStep
     from deepdream.objectives import build_objective
-    from deepdream.render import make_step
+    from deepdream.step import make_step
 
     model = pair.ours
     step = make_step(model, build_objective(model, pair.layers))
@@ -229,7 +229,7 @@ def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], d
     from benchmarks.isolated import Side, SideWorker
     from benchmarks.report import EndToEndResult
     from deepdream.presets import PRESETS
-    from deepdream.render import DreamSettings
+    from deepdream.settings import DreamSettings
 
     preset = PRESETS[E2E_RECIPE]
     values = dict(preset.values())
@@ -295,9 +295,9 @@ def _check_environment(args: argparse.Namespace) -> None:
         import torchvision  # noqa: F401
     except ImportError as exc:
         raise BenchError(f"the benchmark needs torch and torchvision for the reference side ({exc}); "
-                         "pip install -r requirements.txt") from None
+                         "pip install -r requirements-torch.txt") from None
     try:
-        import deepdream.render  # noqa: F401
+        import deepdream.dreamer  # noqa: F401
     except ImportError as exc:
         raise BenchError(f"the dream engine is not importable ({exc})") from None
     if args.device == "gpu":

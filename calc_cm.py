@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Compute a colour decorrelation matrix from your own images (for --decorrelate).
 
-    python calc_cm.py --data dataset/ --out weights/my_colours.npy
-    python dream.py --input photo.jpg --decorrelate weights/my_colours.npy
+    python calc_cm.py --data dataset/               # writes weights/dataset_colours.npy
+    python dream.py --input photo.jpg --decorrelate weights/dataset_colours.npy
 
 Per image: short side 256, centre crop 224, covariance of the centred RGB pixels (in [0, 1]);
 the covariances are averaged over the images and the matrix is the SVD square root
@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from deepdream.colour import ColourMatrixError, colour_matrix, normalise
 from deepdream.dataset import DatasetError, calibration_view, scan_images
-from deepdream.errors import exit_code
+from deepdream.errors import exit_code, run_main
+from models.registry import weights_dir
 from models.weights import atomic_write
 
 
@@ -42,7 +43,7 @@ def views(paths: list[Path], skipped: list[str], quiet: bool) -> Iterator[np.nda
         try:
             yield calibration_view(path)
         except (OSError, ValueError, SyntaxError) as exc:
-            skipped.append(f"{path}: {exc}")
+            skipped.append(f"{path}: {'empty file (0 bytes)' if path.stat().st_size == 0 else exc}")
 
 
 def format_matrix(matrix: np.ndarray) -> str:
@@ -68,12 +69,17 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def default_out(data: str) -> Path:
+    """Where the matrix goes without --out: the weights folder, named after the dataset."""
+    return weights_dir() / f"{Path(data).expanduser().resolve().name}_colours.npy"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Compute a 3x3 colour decorrelation matrix (.npy) from images.")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="an ImageFolder (DIR/<class>/*.jpg) or a flat folder of images (searched recursively)")
-    parser.add_argument("--out", default="colour_matrix.npy", metavar="PATH",
-                        help="output .npy file (default colour_matrix.npy)")
+    parser.add_argument("--out", metavar="PATH",
+                        help="output .npy file (default weights/<data folder>_colours.npy, beside the weights)")
     parser.add_argument("--max-images", type=int, metavar="N", help="use a random subset of N images (default all)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the --max-images subset (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise DatasetError(f"--max-images must be at least 1 (got {args.max_images})")
-    out = Path(args.out).expanduser()
+    out = Path(args.out).expanduser() if args.out else default_out(args.data)
     check_out(out)
     paths = choose(scan_images(args.data), args.max_images, args.seed)
     skipped: list[str] = []
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"normalised (largest column norm {np.linalg.norm(matrix, axis=0).max():.4f} -> 1), as the dream uses it:")
     print(format_matrix(normalise(matrix)))
     print(f"wrote {out}")
+    print(f"dream with: python dream.py --input PHOTO --decorrelate {out}")
     return 0
 
 
@@ -114,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
+from deepdream.errors import run_main  # noqa: E402
 
 OUT = Path("assets/dreams")
 MODEL = ["--model", "efficientnet_lite0", "--seed", "0"]
@@ -55,10 +56,14 @@ def main() -> int:
 
     import numpy as np
 
-    from deepdream.cli import make_notify, settings_for_model, still_parser, still_start
+    from deepdream.cli.args import still_parser
+    from deepdream.cli.settings import settings_for_model
+    from deepdream.cli.start_image import still_start
     from deepdream.contact_sheet import contact_sheet
     from deepdream.image_io import save_image
-    from deepdream.render import Dreamer
+    from deepdream.dreamer import Dreamer
+    from deepdream.errors import make_notify
+    from deepdream.loading import load_dream_model
 
     sheet_commands = {f"layer {layer}": command([*SHEET_ARGS, "--layers", layer], OUT / f"layer_{layer}.jpg")
                       for layer in SHEET_LAYERS}
@@ -69,10 +74,7 @@ def main() -> int:
             print(cmd)
         return 0
 
-    from convert import make_default_weights  # first run: converts the package weights, with a notice
-
-    make_default_weights("efficientnet_lite0")
-    model = models.load_model("efficientnet_lite0")
+    model = load_dream_model("efficientnet_lite0")   # first run: converts the package weights, with a notice
     notify = make_notify(False)
 
     def render(args: list[str]) -> np.ndarray:
@@ -105,4 +107,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -43,9 +43,9 @@ from deepdream.dataset import (
     scan_image_folder,
     to_array,
 )
-from deepdream.duplicates import find_exact_duplicates, find_near_duplicates
+from deepdream.dataset.duplicates import find_exact_duplicates, find_near_duplicates
 from deepdream.image_io import to_rgb
-from deepdream.errors import exit_code
+from deepdream.errors import exit_code, run_main
 from models.weights import atomic_write
 
 HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
@@ -308,4 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -6,20 +6,24 @@
     python dream.py --weights weights/mine.npz --input photo.jpg --decorrelate model
 
 ``dataset/<class name>/*.jpg``: at least two classes. A checkpoint is written after every epoch
-(``checkpoints/<dataset>_<model>/last.npz``); ``--resume`` continues it; Ctrl-C saves the
-current state first and exits with status 130.
+(``checkpoints/<dataset>_<model>/last.npz``); ``--resume`` continues it, ``--restart`` starts
+over; Ctrl-C saves the current state first and exits with status 130.
+
+Under ``mlx.launch -n N -- python train_dream.py ...`` the ranks share every batch (data
+parallel, ``--batch-size`` stays the global batch); rank 0 prints and writes (docs/training.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import models  # noqa: F401  (fast BLAS before mlx is imported)
-from deepdream.errors import exit_code
-from deepdream.dataset import scan_image_folder
+from deepdream import distributed as dist
+from deepdream.errors import exit_code, run_main
+from deepdream.dataset import ImageFolder, scan_image_folder
 from deepdream.training import (
     CHECKPOINT_NAME,
     StopRequest,
@@ -30,7 +34,7 @@ from deepdream.training import (
     fit,
     prepare_run,
     read_checkpoint,
-    restore,
+    start,
 )
 from models import list_models
 from models.registry import default_weights_path, get_facts, weights_dir
@@ -75,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default checkpoints/<dataset>_<model>)")
     g.add_argument("--resume", nargs="?", const="", metavar="PATH",
                    help="continue the last checkpoint (of --checkpoint-dir, or the given file/folder)")
+    g.add_argument("--restart", action="store_true", default=False,
+                   help="start a new run although the checkpoint folder holds one (it is replaced "
+                        "by the new run's first checkpoint)")
     g.add_argument("--stop-after-epochs", type=int, metavar="N",
                    help="stop (checkpointed) after N epochs of this invocation; continue later with --resume")
     g.add_argument("--no-compile", dest="compile", action="store_false", default=True,
@@ -152,8 +159,11 @@ def resumed_config(meta: dict, explicit: dict) -> TrainConfig:
     return saved
 
 
-def train(args: argparse.Namespace) -> int:
-    data = scan_image_folder(args.data, min_classes=2)
+def plan(args: argparse.Namespace, data: ImageFolder) -> tuple[TrainConfig, Path, Path, tuple | None]:
+    """(configuration, checkpoint file, output file, the checkpoint to resume or None), every
+    setting checked before anything slow. Run by rank 0 alone: only it reads checkpoints and writes."""
+    if args.restart and args.resume is not None:
+        raise TrainingError("--restart starts a new run and --resume continues one; choose one")
     name = model_name(args)
     explicit = explicit_config(args)
     if args.resume is None or args.model or args.weights:
@@ -169,9 +179,9 @@ def train(args: argparse.Namespace) -> int:
                                 "changed); restore it, or start a new run with another --checkpoint-dir")
         config = resumed_config(meta, explicit)
     else:
-        if ckpt.exists():
-            raise TrainingError(f"{ckpt} already holds a checkpoint; continue it with --resume, or pass another "
-                                "--checkpoint-dir to start a new run")
+        if ckpt.exists() and not args.restart:
+            raise TrainingError(f"{ckpt} already holds a checkpoint; continue it with --resume, start over with "
+                                "--restart, or pass another --checkpoint-dir")
         config = TrainConfig(**explicit)
     config.resolved().validate()  # bad numbers fail before any model is loaded
     out = Path(args.out).expanduser() if args.out else weights_dir() / f"{data.root.name}_{config.model}.npz"
@@ -186,27 +196,44 @@ def train(args: argparse.Namespace) -> int:
     check_writable(ckpt, "the checkpoint")
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise TrainingError(f"--stop-after-epochs must be at least 1 (got {args.stop_after_epochs})")
+    return config, ckpt, out, (model_arrays, opt_arrays, meta) if args.resume is not None else None
 
-    run = prepare_run(config, data)
-    if args.resume is not None:
-        restore(run, model_arrays, opt_arrays, meta)
-        print(f"resuming {ckpt} at epoch {run.epoch + 1}, batch {run.batch}")
-    c = run.config
-    frozen = f"frozen up to {c.freeze_to}" if c.freeze_to != "none" else "nothing frozen"
-    aux = f", aux heads x{c.aux_weight}" if run.use_aux else ""
-    print(f"{c.model}: {len(data.classes)} classes ({', '.join(data.classes)}), {len(run.train_idx)} train / "
-          f"{len(run.val_idx)} val images, {frozen}{aux}; {c.optimizer} lr {c.lr} {c.schedule}, "
-          f"{c.epochs} epochs x {run.steps_per_epoch} batches of {c.batch_size} at {c.image_size} px")
 
-    stop = StopRequest()
-    with stop.installed():
-        finished = fit(run, ckpt, stop, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs,
-                       compile=args.compile)
-    if not finished:
-        print(f"stopped after epoch {run.epoch}/{c.epochs}; checkpoint {ckpt}. "
-              f"Continue with: python train_dream.py --data {args.data} --resume {ckpt}")
-        return 0
-    meta = export_dream_weights(run, out)
+def train(args: argparse.Namespace) -> int:
+    with dist.session("rerun the command with --resume to continue from the last checkpoint") as watch:
+        data = scan_image_folder(args.data, min_classes=2)
+        saved, shared = None, None
+        if dist.is_main():
+            config, ckpt, out, saved = plan(args, data)
+            shared = {"config": dataclasses.asdict(config), "checkpoint": str(ckpt), "out": str(out)}
+        shared = dist.broadcast_json(shared)
+        config, ckpt, out = TrainConfig(**shared["config"]), Path(shared["checkpoint"]), Path(shared["out"])
+        if watch is not None:
+            watch.hint = f"continue with: python train_dream.py --data {args.data} --resume {ckpt}"
+
+        run = prepare_run(config, data)
+        start(run, saved)
+        if saved is not None:
+            dist.print0(f"resuming {ckpt} at epoch {run.epoch + 1}, batch {run.batch}")
+        c = run.config
+        frozen = f"frozen up to {c.freeze_to}" if c.freeze_to != "none" else "nothing frozen"
+        aux = f", aux heads x{c.aux_weight}" if run.use_aux else ""
+        ranks = f" over {dist.describe()}" if dist.size() > 1 else ""
+        dist.print0(f"{c.model}: {len(data.classes)} classes ({', '.join(data.classes)}), {len(run.train_idx)} train / "
+                    f"{len(run.val_idx)} val images, {frozen}{aux}; {c.optimizer} lr {c.lr} {c.schedule}, "
+                    f"{c.epochs} epochs x {run.steps_per_epoch} batches of {c.batch_size} at {c.image_size} px{ranks}")
+
+        stop = StopRequest()
+        with stop.installed():
+            finished = fit(run, ckpt, stop, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs,
+                           compile=args.compile)
+        if not finished:
+            dist.print0(f"stopped after epoch {run.epoch}/{c.epochs}; checkpoint {ckpt}. "
+                        f"Continue with: python train_dream.py --data {args.data} --resume {ckpt}")
+            return 0
+        if not dist.is_main():
+            return 0
+        meta = export_dream_weights(run, out)
     acc = meta["training"]["val_acc"]
     print(f"wrote {out} ({c.model}, {len(data.classes)} classes" + (f", val acc {acc:.3f})" if acc is not None else ")"))
     print(f"dream with: python dream.py --weights {out} --decorrelate model")
@@ -218,4 +245,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -3,7 +3,7 @@
 # backend, check the GPU against the CPU, dream / zoom video / fine-tune on the GPU, and time our
 # step against PyTorch CUDA on the same card.
 #
-#   bash benchmarks/gpu_check.sh [OUT_DIR]          # installs requirements-cuda.txt from PyPI
+#   bash benchmarks/gpu_check.sh [OUT_DIR]          # installs requirements-cuda.txt and -torch.txt from PyPI
 #   WHEELS=dir bash benchmarks/gpu_check.sh OUT     # offline: mlx and mlx-cuda-13 wheels from dir
 #   BENCH_ARGS="--models googlenet --repeats 3" bash benchmarks/gpu_check.sh OUT
 #
@@ -33,7 +33,7 @@ if [ -n "${WHEELS:-}" ]; then
     # Offline: the CUDA libraries (cuBLAS, cuDNN, NVRTC...) must already be installed, as PyTorch's are.
     part install "$py" -m pip install --no-deps --no-index "$WHEELS"/*.whl
 else
-    part install "$py" -m pip install -r requirements-cuda.txt
+    part install "$py" -m pip install -r requirements-cuda.txt -r requirements-torch.txt   # torch: the tests, the bench
 fi
 part nvidia-smi nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 part info "$py" dream.py --info

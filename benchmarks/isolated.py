@@ -64,7 +64,7 @@ class _OursSide:
         import models  # first: puts the fast BLAS under MLX  # isort: skip
         from deepdream import device
         from deepdream.objectives import build_objective
-        from deepdream.render import make_step
+        from deepdream.step import make_step
 
         device.use(spec.get("device", "cpu"))
         self.model = models.load_model(spec["model"], weights=spec["weights"])
@@ -75,7 +75,8 @@ class _OursSide:
         return lambda: self.step(state, *STEP_ARGS)
 
     def dream(self, height: int, width: int, settings: dict[str, Any], sizes: list | None) -> dict[str, Any]:
-        from deepdream.render import Dreamer, DreamSettings
+        from deepdream.dreamer import Dreamer
+        from deepdream.settings import DreamSettings
 
         rgb = test_image(height, width)
         start = time.perf_counter()

@@ -76,7 +76,7 @@ def photo_of_size(folder: Path, width: int, height: int) -> Path:
 
 def _dream_args(name: str, photo: Path, output: Path, steps: int, max_memory: int | None,
                 no_tile: bool = False) -> argparse.Namespace:
-    from deepdream.cli import still_parser
+    from deepdream.cli.args import still_parser
 
     argv = ["--input", str(photo), "--model", name, "--steps", str(steps), "--output", str(output), "--quiet"]
     argv += ["--max-memory", f"{max_memory}B"] if max_memory else []
@@ -86,8 +86,8 @@ def _dream_args(name: str, photo: Path, output: Path, steps: int, max_memory: in
 
 def _dreamer(args: argparse.Namespace):
     import models
-    from deepdream.cli import settings_for_model
-    from deepdream.render import Dreamer
+    from deepdream.cli.settings import settings_for_model
+    from deepdream.dreamer import Dreamer
 
     model = models.build_model(args.model)
     model.eval()
@@ -110,7 +110,7 @@ def child(request: dict) -> dict:
         dreamer.profile()
         return {}
     start = time.perf_counter()
-    image = load_image(args.input)
+    image = load_image(request["photo"])
     dreamer = _dreamer(args)
     if request["kind"] == "speed":
         height, width = image.shape[:2]

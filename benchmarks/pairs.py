@@ -49,7 +49,7 @@ class ModelPair:
     @property
     def step_scale(self) -> float:
         """Input units per ImageNet-normalised unit: how far ``lr`` steps, on both sides."""
-        from deepdream.render import PixelSpace
+        from deepdream.colour import PixelSpace
 
         return PixelSpace(self.ours).step_scale
 

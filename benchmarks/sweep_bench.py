@@ -23,7 +23,7 @@ import models  # noqa: E402,F401  (fast BLAS before mlx)
 
 import numpy as np  # noqa: E402
 
-from deepdream.cli import load_dream_model  # noqa: E402
+from deepdream.loading import load_dream_model  # noqa: E402
 from deepdream.sweep import run_sweep  # noqa: E402
 from deepdream.visualise import Renderer, RenderSettings, plan_render, tile_targets  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The PyTorch side: the engine's dream step and octave loop, written compactly in torch (NCHW).
 
-Same maths as ``deepdream.render`` with its defaults (pytorch-deepdream's step): roll by the
+Same maths as ``deepdream.step`` with its defaults (pytorch-deepdream's step): roll by the
 jitter, forward to the layers (stopping there), loss = mean over layers of mean(a^2), gradient
 w.r.t. the input, roll back, cascade of three Gaussian blurs (kernel 9, sigmas [0.5, 1, 2] *
 sigma, reflect padding), zero mean / unit std, ``x += lr * g``, clamp to valid pixels. The

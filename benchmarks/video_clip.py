@@ -27,13 +27,14 @@ import models  # noqa: E402  (fast BLAS before anything imports mlx)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import deepdream.video_input as video_input  # noqa: E402
+import deepdream.video.clip as video_input  # noqa: E402
 from benchmarks.clips import PAN, pan_frames, write_clip  # noqa: E402
 from benchmarks.report import markdown_table  # noqa: E402
-from deepdream.cli import load_dream_model  # noqa: E402
-from deepdream.flow import FLOW_METHODS, Coherence, carry, dense_flow, gray  # noqa: E402
+from deepdream.loading import load_dream_model  # noqa: E402
+from deepdream.video.flow import FLOW_METHODS, Coherence, carry, dense_flow, gray  # noqa: E402
 from deepdream.presets import recipe_for_model  # noqa: E402
-from deepdream.render import Dreamer, DreamSettings  # noqa: E402
+from deepdream.dreamer import Dreamer  # noqa: E402
+from deepdream.settings import DreamSettings  # noqa: E402
 
 # Not benchmarks.measure: it imports torch, which slows MLX's BLAS in the same process (benchmarks/isolated.py).
 from statistics import median  # noqa: E402

@@ -1,6 +1,7 @@
 """The 2015 models' weights: Caffe's ``.caffemodel`` files and neural-dream's ``.pth`` files -> our ``.npz``.
 
-Conversion side only (protobuf, torch, downloads); dreaming never imports it.
+Conversion side only (protobuf, downloads; a neural-dream ``.pth`` is read by ``convert.pth``, without torch);
+dreaming never imports it.
 
 A ``.caffemodel`` is a binary protobuf ``NetParameter``. It is read with the ``protobuf``
 package, the maintained parser, from message classes built at run time out of the few fields
@@ -292,14 +293,13 @@ def export_caffe(model: str, out: Path, caffemodel: str | Path | None = None, pt
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="deepdream-caffe-", dir=out.parent) as tmp:
         if pth is not None:
-            import torch
+            from .pth import PthError, read_pth
+            from .torch_weights import clean_checkpoint
 
             try:
-                state = torch.load(pth, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CaffeFileError(f"{pth} is not a readable torch checkpoint ({type(exc).__name__}); "
-                                     "for a .caffemodel use --from-caffemodel") from None
-            from .torch_weights import clean_checkpoint
+                state = read_pth(pth)
+            except (PthError, OSError) as exc:
+                raise CaffeFileError(f"{exc}; for a .caffemodel use --from-caffemodel") from None
 
             layers = layers_from_neural_dream(clean_checkpoint(state), str(pth))
             source = f"converted from neural-dream's {Path(pth).name}"

@@ -9,7 +9,12 @@ from pathlib import Path
 from models.registry import MODELS, WeightsError, default_weights_path, get_facts, missing_weights_error
 
 from .caffe import CaffeFileError
+from .pth import PthError
 from .torch_weights import export_model
+
+#: The extra install of what needs torch: the downloads and random inits here, the tests, the benchmark.
+TORCH_REQUIREMENTS = "requirements-torch.txt"
+TORCH_MODULES = ("torch", "torchvision")
 
 
 def make_default_weights(name: str) -> Path:
@@ -75,9 +80,13 @@ def export_main(name: str | None = None, argv: list[str] | None = None, choices:
                                 seed=args.seed)
     except KeyboardInterrupt:
         parser.exit(130, "interrupted; nothing written\n")
-    except CaffeFileError as exc:
+    except (CaffeFileError, PthError) as exc:
         parser.exit(1, f"error: {exc}\n")
     except Exception as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name in TORCH_MODULES:
+            needs = "--random-init" if args.random_init else "downloading the pretrained weights"
+            parser.exit(1, f"error: {needs} needs torch and torchvision, which the main install leaves out: "
+                           f"pip install -r {TORCH_REQUIREMENTS}\n")
         facts = get_facts(name)
         hint = "" if args.from_pth or args.random_init or is_caffe else (
             f" Without internet access, download the torchvision checkpoint elsewhere and run "

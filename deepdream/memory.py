@@ -10,7 +10,8 @@ model's first big dream pays for it.
 ``plan_octave`` then predicts an octave's peak (what is resident now + the step's overhead +
 its per-pixel cost over the pixels one gradient sees + the image-sized arrays the loop keeps),
 and picks the whole image when that fits the budget, else the largest tile that does, else a
-one-line error naming the flags that change the outcome.
+one-line error naming the flags that change the outcome. A ``Planner`` does both for one dream
+step: its budget, its profile, and a cached plan per octave size.
 
 The peak is read where it can be reset: Linux's ``VmHWM`` (``/proc/self/clear_refs``), which
 counts every allocation (MLX's, numpy's, the native kernels' scratch); elsewhere MLX's own
@@ -31,9 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from . import transforms
+from .cache import cache_dir
 from .errors import DreamError
+from .step import DreamStep
 
 #: Default budget: this share of the machine's memory, and never more than the cap (bigger tiles
 #: buy no speed, so a larger budget is only taken when asked for with --max-memory).
@@ -66,7 +70,13 @@ def parse_bytes(text: str) -> int:
 
 
 def format_bytes(count: float) -> str:
-    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+    """In the decimal units --max-memory is written in (6GB is 6e9 bytes), small sizes too: 3.8 GB, 300 MB,
+    1.0 kB, 900 bytes."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{count:.0f} bytes"
 
 
 def total_memory() -> int:
@@ -192,8 +202,7 @@ def measure_profile(run_step: Callable[[int], None], run_tile: Callable[[int], N
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepdream-mlx" / "memory-profiles.json"
+    return cache_dir() / "memory-profiles.json"
 
 
 def profile_key(*parts: object) -> str:
@@ -227,7 +236,7 @@ def save_profile(key: str, profile: Profile) -> None:
 # -- the plan ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Plan:
+class OctavePlan:
     """How one octave is dreamed: whole (``tile is None``) or in tiles, with the predicted peak in bytes."""
 
     height: int
@@ -274,12 +283,12 @@ def predict(profile: Profile, resident: int, height: int, width: int, tile: int 
 
 def plan_octave(profile: Profile, resident: int, height: int, width: int, budget: int, *, min_tile: int,
                 whole_copies: float, tiled_copies: float, tiled_extra: float = 0.0,
-                what: str = "the dream") -> Plan:
+                what: str = "the dream") -> OctavePlan:
     """The whole image if it fits ``budget``, else the largest tile (a multiple of ``TILE_STEP``) that
     does; a DreamError naming the flags when not even the smallest tile fits."""
     whole = predict(profile, resident, height, width, None, image_copies=whole_copies)
     if whole <= budget:
-        return Plan(height, width, None, whole, whole)
+        return OctavePlan(height, width, None, whole, whole)
     smallest = max(MIN_TILE, min_tile)
     largest = max(height, width)
     tile = (largest // TILE_STEP) * TILE_STEP
@@ -287,7 +296,7 @@ def plan_octave(profile: Profile, resident: int, height: int, width: int, budget
         need = predict(profile, resident, height, width, tile, image_copies=tiled_copies,
                        extra_bytes_per_pixel=tiled_extra)
         if need <= budget and tile < largest:
-            return Plan(height, width, tile, need, whole)
+            return OctavePlan(height, width, tile, need, whole)
         tile -= TILE_STEP
     need = predict(profile, resident, height, width, smallest, image_copies=tiled_copies,
                    extra_bytes_per_pixel=tiled_extra)
@@ -295,3 +304,94 @@ def plan_octave(profile: Profile, resident: int, height: int, width: int, budget
                      f"{smallest}-px tiles, over the {format_bytes(budget)} memory budget; raise it with "
                      f"--max-memory (e.g. --max-memory {math.ceil(need / 1e9)}GB) or shrink the image with --max-size")
 
+
+# -- the planner: one dream's budget, profile and plans ---------------------------------------------
+
+class Planner:
+    """How a dream step's octaves are dreamed: whole, or in tiles that keep the peak within the budget.
+
+    ``tile_size`` is the user's choice (None: the budget decides; 0: never tile; a size: always
+    that tile), ``max_memory`` the budget in bytes (None: ``default_budget()``). Plans are cached
+    per octave size; the profile is measured on first need and cached on disk (``profile_key``).
+    """
+
+    def __init__(self, step: DreamStep, tile_size: int | None, max_memory: int | None,
+                 notice: Callable[[str], None]) -> None:
+        self.step = step
+        self.tile_size = tile_size
+        self.budget = max_memory or default_budget()
+        self.probe = make_probe()
+        self._notice = notice
+        self._profile: Profile | None = None
+        self._plans: dict[tuple[int, int, bool], OctavePlan] = {}
+
+    def profile_key(self) -> str:
+        """What this step's memory per pixel depends on: the model, the objective, the update's shape."""
+        step = self.step
+        model = step.model
+        return profile_key(model.name, len(model.class_names or ()) or "", step.objective.key,
+                           f"space={type(step.space).__name__}", f"lap={step.lap_norm}", f"smooth={step.smooth}",
+                           self.probe.name)
+
+    def profile(self) -> Profile:
+        """The step's memory per pixel: from the cache, else measured now (once per model and objective)."""
+        if self._profile is None:
+            key = self.profile_key()
+            self._profile = load_profile(key)
+            if self._profile is None:
+                self._notice(f"measuring {self.step.model.name}'s memory per pixel for these layers (once; it is cached)")
+                # The Laplacian normalisation updates the whole image at once, tiled or not: measure that too.
+                update = self._profile_update if self.step.lap_norm else None
+                self._profile = measure_profile(self._profile_run, self._profile_tile, self.probe, update)
+                save_profile(key, self._profile)
+        return self._profile
+
+    # The profile's runs: each makes its own side x side state, so its arrays are part of the peak measured.
+    def _profile_state(self, side: int) -> mx.array:
+        return self.step.encode(np.random.default_rng(0).random((side, side, 3), dtype=np.float32))
+
+    def _profile_run(self, side: int) -> None:
+        self.step(self._profile_state(side), (0, 0), 1.0, 0.0)
+
+    def _profile_tile(self, side: int) -> None:
+        mx.eval(*self.step.gradient(self._profile_state(side)))
+
+    def _profile_update(self, side: int) -> None:
+        state = self._profile_state(side)
+        gradient = np.random.default_rng(1).standard_normal(state.shape, dtype=np.float32)
+        self.step.update(state, mx.array(gradient), 1.0, 0.0)
+
+    def plan(self, height: int, width: int, last: bool = True) -> OctavePlan:
+        """How the octave of this size is dreamed (``last``: the full-size one, whose base the caller holds)."""
+        key = (height, width, last)
+        if key in self._plans:
+            return self._plans[key]
+        if self.tile_size is not None:   # an explicit --tile-size (0: never) wins over the budget
+            tile = self.tile_size if self.tile_size and max(height, width) > self.tile_size else None
+            plan = OctavePlan(height, width, tile, float("nan"), float("nan"))
+        else:
+            self.probe.release()
+            resident = self.probe.resident()
+            if fits_unprofiled(resident, height, width, self.budget):
+                plan = OctavePlan(height, width, None, float("nan"), float("nan"))
+            else:
+                # Image-sized arrays the dream loop holds besides the step's own (``Dreamer.__call__``): the
+                # octave's base unless it is the caller's image; tiled, also the state and its gradient.
+                extra = 0 if last else 1
+                profile = self.profile()
+                plan = plan_octave(profile, resident, height, width, self.budget,
+                                   min_tile=2 * self.step.model.MIN_INPUT_SIZE, whole_copies=extra,
+                                   tiled_copies=2 + extra, tiled_extra=profile.update_bytes_per_pixel,
+                                   what=self.step.model.name)
+        self._plans[key] = plan
+        return plan
+
+    def tiling_notice(self, tiled: list[OctavePlan]) -> str:
+        """One line for a dream's tiling: its largest tiled octave, and how many smaller ones are tiled too."""
+        plan = tiled[-1]
+        tile_h, tile_w = plan.tile_shape
+        more = f"; {len(tiled) - 1} smaller octave(s) too" if len(tiled) > 1 else ""
+        return (f"{plan.width}x{plan.height} would need about {format_bytes(plan.whole)} in one piece, over the "
+                f"{format_bytes(self.budget)} memory budget: dreaming it in {plan.tile_count} tiles of "
+                f"{tile_w}x{tile_h} (about {format_bytes(plan.predicted)}{more}; --max-memory or --tile-size "
+                "to change)")

@@ -12,6 +12,9 @@ from models import MODELS, Recipe
 from models.base import did_you_mean
 
 from .errors import DreamError
+from .settings import DreamSettings
+
+SETTINGS = {f.name for f in fields(DreamSettings)}
 
 
 @dataclass(frozen=True)
@@ -21,14 +24,9 @@ class Preset(Recipe):
     model: str = ""
 
     def values(self) -> dict[str, object]:
-        """The settings this preset fixes (``DreamSettings`` field names)."""
-        values: dict[str, object] = {"layers": self.layers, "steps": self.steps, "lr": self.lr,
-                                     "octaves": self.octaves, "scale": self.scale, "jitter": self.jitter,
-                                     "smoothing": self.smoothing}
-        for key in ("decorrelate", "grad_norm", "smooth"):
-            if getattr(self, key) is not None:
-                values[key] = getattr(self, key)
-        return values
+        """The settings this preset fixes: its fields named like ``DreamSettings``' (None: not fixed)."""
+        return {f.name: getattr(self, f.name) for f in fields(Recipe)
+                if f.name in SETTINGS and getattr(self, f.name) is not None}
 
 
 PRESETS: dict[str, Preset] = {

@@ -19,17 +19,11 @@ whole gradient (the memory plan counts it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import mlx.core as mx
 import numpy as np
 
 from . import transforms
-
-if TYPE_CHECKING:
-    from .render import DreamStep
-
-EPS = 1e-8
+from .step import DreamStep
 
 
 class TiledStep:
@@ -90,7 +84,7 @@ class TiledStep:
         loss = 0.0
         for y0, y1, x0, x1 in self.blocks(height, width):
             index = np.ix_((np.arange(y0, y1) + row0) % height, (np.arange(x0, x1) + col0) % width)
-            tile_loss, tile_grad = self.step._gradient(mx.array(state[index][None]))
+            tile_loss, tile_grad = self.step.gradient(mx.array(state[index][None]))
             weight = (y1 - y0) * (x1 - x0) / (height * width)
             grad[index] = np.array(tile_grad[0] * weight)
             loss += weight * tile_loss.item()
@@ -117,10 +111,10 @@ class TiledStep:
             sums += [float(s.item()) for s in self._stats(self._padded(grad, y0, y1, x0, x1), sigma_)]
         count = height * width * channels
         if self.step.grad_norm == "mean-abs":
-            centre, scale = 0.0, 1.0 / (sums[2] / count + EPS)
+            centre, scale = 0.0, 1.0 / (sums[2] / count + transforms.NORMALIZE_EPS)
         else:
             centre = sums[0] / count
-            scale = 1.0 / (np.sqrt(max(sums[1] / count - centre * centre, 0.0)) + EPS)
+            scale = 1.0 / (np.sqrt(max(sums[1] / count - centre * centre, 0.0)) + transforms.NORMALIZE_EPS)
         gain = mx.array(lr * self.space.step_scale * scale, dtype=mx.float32)
         centre_ = mx.array(centre, dtype=mx.float32)
         for y0, y1, x0, x1 in blocks:

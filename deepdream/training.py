@@ -16,6 +16,18 @@ The pieces, in the order ``fit`` uses them:
 Determinism: the split, each epoch's order, each sample's augmentation and each batch's dropout
 key derive from (seed, epoch, batch), so a run resumed at (epoch, batch) replays exactly what an
 uninterrupted run would have done, from nothing but the checkpoint.
+
+Data parallel (``mlx.launch``, ``deepdream.distributed``): every rank builds the same run, then
+takes rank 0's state (``start``). Each global batch (``batch_size``) is cut into one contiguous
+share per rank, augmented exactly as one process would (each sample's key is its position in
+the epoch). ``AveragedStep`` computes the gradients of this rank's share, weighted by the
+share's part of the batch, and one ``all_sum`` of one flat vector (the trainable gradients,
+the updated BatchNorm running statistics, the loss, the hits and the Ctrl-C flag) gives every
+rank the global batch's mean gradient: the same update, so the same weights, everywhere.
+BatchNorms that train normalise with their rank's own share (PyTorch DDP without SyncBatchNorm);
+their running statistics are averaged over ranks in the same vector, so they stay identical.
+Dropout draws its masks per rank. Validation is split over the ranks and summed. Rank 0 alone
+prints and writes checkpoints, which hold no trace of the number of ranks: a run resumes on any.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
+from deepdream import distributed as dist
 from deepdream import errors
 from deepdream.colour import colour_matrix
 from deepdream.dataset import (
@@ -51,12 +64,12 @@ from deepdream.dataset import (
     num_batches,
     stratified_split,
 )
+from deepdream.loading import load_dream_model
 from models import DreamModel, WeightsError, load_model
 from models.base import did_you_mean
 from models.registry import default_weights_path, get_facts
-from models.weights import read_weights, save_weights
+from models.weights import CHECKPOINT_KIND, read_weights, save_weights
 
-CHECKPOINT_KIND = "deepdream-mlx training checkpoint"
 CHECKPOINT_NAME = "last.npz"
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 3e-4}
@@ -192,11 +205,7 @@ def load_base(config: TrainConfig) -> tuple[dict[str, np.ndarray], dict[str, Any
                 f"run `{facts.exporter}` first, or fine-tune the model that works offline with "
                 "`--model efficientnet_lite0`")
         try:
-            if not default_weights_path(config.model).exists():
-                from convert import make_default_weights  # imports torch: only on a first run
-
-                make_default_weights(config.model)
-            pretrained = load_model(config.model)
+            pretrained = load_dream_model(config.model)   # converts the package weights on a first run
         except WeightsError as exc:
             raise TrainingError(str(exc)) from None
         origin = f"{config.model} ({pretrained.metadata.get('source', 'ImageNet weights')})"
@@ -296,9 +305,77 @@ def make_train_step(model: DreamModel, optimizer: optim.Optimizer, aux_weight: f
     return mx.compile(step, inputs=state, outputs=state) if compile else step
 
 
-def batch_key(seed: int, epoch: int, batch: int) -> int:
-    """The random key (dropout) of one batch, from its position alone."""
-    return int(np.random.SeedSequence([seed, epoch, batch, 0xD50]).generate_state(1)[0])
+def batch_key(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
+    """The random key (dropout) of one batch's share on ``rank``, from its position alone."""
+    key = [seed, epoch, batch, 0xD50] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def trained_buffers(model: DreamModel) -> list[str]:
+    """Keys of the arrays a training step changes besides the trainable parameters: the running
+    statistics of the BatchNorms in training mode (outside the frozen stages)."""
+    return [f"{name}.{stat}" for name, module in model.named_modules()
+            if isinstance(module, nn.BatchNorm) and module.training and "running_mean" in module
+            for stat in ("running_mean", "running_var")]
+
+
+class AveragedStep:
+    """The data-parallel training step: this rank's share of the batch, one ``all_sum``, one update.
+
+    ``share`` is this rank's part of the global batch (its images / batch size): the share's mean
+    loss times ``share``, summed over ranks, is the global batch's mean loss, so the summed
+    gradients are exactly one process's, whatever the shares' sizes. Called as
+    ``step(x, y, stop)``; returns (global mean loss, global hits, any rank asked to stop).
+    """
+
+    def __init__(self, model: DreamModel, optimizer: optim.Optimizer, aux_weight: float, use_aux: bool,
+                 share: float, compile: bool = True) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.comm_seconds = 0.0        # time spent in the all_sum (the benchmark reads it)
+        self.vector_bytes = 0
+        trainable = tree_flatten(model.trainable_parameters())
+        self.grad_keys = [k for k, _ in trainable]
+        self.buffer_keys = trained_buffers(model)
+        current = dict(tree_flatten(model.parameters()))
+        shapes = [v.shape for _, v in trainable] + [current[k].shape for k in self.buffer_keys]
+        self.sizes = [int(np.prod(s)) for s in shapes]
+        self.shapes = shapes
+        loss_and_grad = nn.value_and_grad(model, partial(classification_loss, aux_weight=aux_weight, use_aux=use_aux))
+        weight = mx.array(share, dtype=mx.float32)
+
+        def gradients(x: mx.array, y: mx.array, stop: mx.array) -> mx.array:
+            (loss, logits), grads = loss_and_grad(model, x, y)
+            params = dict(tree_flatten(model.parameters()))  # the running statistics just updated
+            weighted = [g.reshape(-1) for _, g in tree_flatten(grads)] + [params[k].reshape(-1) for k in self.buffer_keys]
+            hits = (mx.argmax(logits, axis=1) == y).sum().astype(mx.float32)
+            return mx.concatenate([weight * mx.concatenate([*weighted, loss.reshape(1)]), hits.reshape(1), stop])
+
+        def apply(total: mx.array) -> None:
+            pieces = mx.split(total[: sum(self.sizes)], np.cumsum(self.sizes)[:-1].tolist())
+            values = [p.reshape(s) for p, s in zip(pieces, self.shapes)]
+            n = len(self.grad_keys)
+            model.update(tree_unflatten(list(zip(self.buffer_keys, values[n:]))), strict=False)
+            optimizer.update(model, tree_unflatten(list(zip(self.grad_keys, values[:n]))))
+
+        self._gradients = gradients
+        self._apply = apply
+        if compile:
+            self._gradients = mx.compile(gradients, inputs=[model.state, mx.random.state],
+                                         outputs=[model.state, mx.random.state])
+            self._apply = mx.compile(apply, inputs=[model.state, optimizer.state],
+                                     outputs=[model.state, optimizer.state])
+
+    def __call__(self, x: mx.array, y: mx.array, stop: bool) -> tuple[float, int, bool]:
+        local = self._gradients(x, y, mx.array([1.0 if stop else 0.0]))
+        mx.eval(local)
+        self.vector_bytes = local.nbytes
+        started = time.perf_counter()
+        total = dist.all_sum(local)
+        self.comm_seconds += time.perf_counter() - started
+        self._apply(total)
+        mx.eval(self.model.state, self.optimizer.state)
+        tail = np.array(total[-3:])
+        return float(tail[0]), int(round(tail[1])), bool(tail[2] > 0)
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -347,10 +424,17 @@ def restore(run: "Run", model_arrays: dict[str, np.ndarray], opt_arrays: dict[st
 
 class StopRequest:
     """Turns the first Ctrl-C into a flag checked between batches (a consistent state to save);
-    a second Ctrl-C raises KeyboardInterrupt at once."""
+    a second Ctrl-C raises KeyboardInterrupt at once.
+
+    Under several ranks a hang-up (SIGHUP) is a stop request too: a rank that ``mlx.launch``
+    started over ssh sees the launcher's Ctrl-C as its terminal hanging up, and the ranks must
+    agree on where to stop (the flag travels in the step's all_sum) for rank 0 to save.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signals = (signal.SIGINT, signal.SIGHUP) if dist.size() > 1 and hasattr(signal, "SIGHUP") \
+            else (signal.SIGINT,)
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
@@ -358,11 +442,12 @@ class StopRequest:
 
     @contextmanager
     def installed(self) -> Iterator["StopRequest"]:
-        previous = signal.signal(signal.SIGINT, self._handler)
+        previous = {s: signal.signal(s, self._handler) for s in self.signals}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 # -- the loop ----------------------------------------------------------------------------
@@ -385,12 +470,17 @@ class EpochResult:
 
 
 def evaluate(model: DreamModel, loader: BatchLoader, indices: np.ndarray, config: TrainConfig,
-             frozen: list[nn.Module], stop: StopRequest) -> tuple[float, float]:
-    """(mean loss, accuracy) on the validation images (centre view, eval mode)."""
+             frozen: list[nn.Module], stop: StopRequest) -> tuple[float, float, bool]:
+    """(mean loss, accuracy, stopped by Ctrl-C) on the validation images (centre view, eval mode).
+
+    Each rank measures its share of the images and one ``all_sum`` adds them up; one process
+    stops at a Ctrl-C at once, ranks finish their shares (they must meet in the sum).
+    """
     set_mode(model, frozen, training=False)
     total_loss, correct = 0.0, 0
     aug = Augment(config.image_size)
-    for images, labels in loader.batches(indices, config.batch_size, aug, train=False):
+    ranks = dist.size()
+    for images, labels in loader.batches(indices[dist.part(len(indices))], config.batch_size, aug, train=False):
         logits = model(model.preprocess(mx.array(images)), outputs=["logits"])["logits"]
         y = mx.array(labels)
         loss = nn.losses.cross_entropy(logits, y, reduction="sum")
@@ -398,10 +488,14 @@ def evaluate(model: DreamModel, loader: BatchLoader, indices: np.ndarray, config
         mx.eval(loss, hits)
         total_loss += loss.item()
         correct += hits.item()
-        if stop.requested:
+        if stop.requested and ranks == 1:
             break
+    stopped = stop.requested
+    if ranks > 1:
+        sums = np.array(dist.all_sum(mx.array([total_loss, correct, float(stopped)])))
+        total_loss, correct, stopped = float(sums[0]), int(round(sums[1])), bool(sums[2] > 0)
     set_mode(model, frozen, training=True)
-    return total_loss / max(len(indices), 1), correct / max(len(indices), 1)
+    return total_loss / max(len(indices), 1), correct / max(len(indices), 1), stopped
 
 
 @dataclass
@@ -425,6 +519,8 @@ class Run:
     #: Running sums of the epoch in progress (loss x samples, correct, samples), so an epoch
     #: interrupted and resumed still reports its true training loss and accuracy.
     epoch_sums: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0, 0])
+    #: The step of the last ``fit`` (an ``AveragedStep`` under several ranks: its all_sum time).
+    step: Any = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -457,6 +553,9 @@ def prepare_run(config: TrainConfig, data: ImageFolder) -> Run:
     if config.batch_size > len(train_idx):
         raise TrainingError(f"--batch-size {config.batch_size} is larger than the {len(train_idx)} training images; "
                             "use a smaller batch or add images")
+    if config.batch_size < dist.size():
+        raise TrainingError(f"--batch-size {config.batch_size} is smaller than the {dist.size()} ranks (it is the "
+                            "global batch, shared among them); use a batch of at least one image per rank")
     base, base_meta, origin = load_base(config)
     model, frozen, freeze_to, dream_config, use_aux = prepare_model(config, len(data.classes), base, base_meta)
     config = dataclasses.replace(config, freeze_to=freeze_to)
@@ -466,20 +565,83 @@ def prepare_run(config: TrainConfig, data: ImageFolder) -> Run:
     return Run(config, data, train_idx, val_idx, model, frozen, dream_config, use_aux, optimizer, base_meta, origin)
 
 
+def start(run: Run, saved: tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]] | None) -> None:
+    """Put every rank where rank 0 starts: the checkpoint ``saved`` (read by rank 0 alone; the
+    other ranks pass None), or the fresh run. With one process this is ``restore`` when resuming.
+
+    The ranks first check they built the same run (the dataset's file list, the starting weights
+    at the same path on every host), then take rank 0's trained arrays, optimizer state and position.
+    """
+    if dist.size() > 1:
+        digest = hashlib.sha256()
+        for key, value in tree_flatten(run.model.parameters()):
+            digest.update(key.encode() + np.array(value).tobytes())
+        dist.check_same({"dataset (file list)": fingerprint(run.data), "starting weights": digest.hexdigest()},
+                        "every host needs the same dataset folder and weights files at the same paths")
+    if saved is not None and dist.is_main():
+        restore(run, *saved)
+    if dist.size() == 1:
+        return
+    model, optimizer = run.model, run.optimizer
+    set_mode(model, run.frozen, training=True)  # which BatchNorms train decides which statistics move
+    params = dict(tree_flatten(model.parameters()))
+    model_keys = [k for k, _ in tree_flatten(model.trainable_parameters())] + trained_buffers(model)
+    opt = sorted(tree_flatten(optimizer.state), key=lambda item: item[0])  # rank 0's may be a checkpoint's order
+    values = dist.broadcast_arrays([np.array(params[k]) for k in model_keys] + [np.array(v) for _, v in opt])
+    model.load_weights([(k, mx.array(v)) for k, v in zip(model_keys, values)], strict=False)
+    optimizer.state = tree_unflatten([(k, mx.array(v)) for (k, _), v in zip(opt, values[len(model_keys):])])
+    mx.eval(model.parameters(), optimizer.state)
+    position = dist.broadcast_json({"epoch": run.epoch, "batch": run.batch, "history": run.history,
+                                    "epoch_sums": run.epoch_sums})
+    run.epoch, run.batch = position["epoch"], position["batch"]
+    run.history, run.epoch_sums = position["history"], position["epoch_sums"]
+
+
+Step = Callable[[mx.array, mx.array, bool], tuple[float, int, bool]]
+
+
+def make_step(run: Run, compile: bool = True) -> Step:
+    """``step(images, labels, stop) -> (mean loss, hits, stop)`` over the global batch: with one
+    process ``make_train_step``; with several, this rank's share through an ``AveragedStep``."""
+    config, model = run.config, run.model
+    if dist.size() > 1:
+        share = len(range(config.batch_size)[dist.part(config.batch_size)]) / config.batch_size
+        return AveragedStep(model, run.optimizer, config.aux_weight, run.use_aux, share, compile=compile)
+    step = make_train_step(model, run.optimizer, config.aux_weight, run.use_aux, compile=compile)
+
+    def single(x: mx.array, y: mx.array, stop: bool) -> tuple[float, int, bool]:
+        loss, hits = step(x, y)
+        mx.eval(loss, hits, model.state, run.optimizer.state)
+        return loss.item(), hits.item(), stop
+
+    return single
+
+
 def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
         stop_after_epochs: int | None = None, log: Callable[[str], None] | None = None,
-        compile: bool = True) -> bool:
+        compile: bool = True, on_step: Callable[[int, int, float], None] | None = None) -> bool:
     """Train from ``(run.epoch, run.batch)`` to ``config.epochs``; True when all epochs are done.
 
     A checkpoint is written after every epoch; on a stop request (Ctrl-C) the current state is
     written and ``Interrupted`` raised; ``stop_after_epochs`` ends early (checkpointed) after
-    that many epochs of this call.
+    that many epochs of this call. ``on_step(epoch, batch, loss)`` sees each step's global mean
+    loss. Under ``mlx.launch`` every rank calls this; rank 0 alone logs and writes.
     """
     config, model = run.config, run.model
-    log = log or (lambda line: print(line, flush=True))  # flushed: progress must show when piped
+    log = dist.main_only(log or (lambda line: print(line, flush=True)))  # flushed: progress must show when piped
+    quiet = quiet or not dist.is_main()
     set_mode(model, run.frozen, training=True)
-    step = make_train_step(model, run.optimizer, config.aux_weight, run.use_aux, compile=compile)
+    step = make_step(run, compile=compile)
+    run.step = step
     aug = Augment(config.image_size, min_scale=config.min_crop_scale)
+    mine = dist.part(config.batch_size)
+
+    def save(epoch: int, batch: int) -> Path:
+        if dist.is_main():
+            with dist.write_guard():
+                save_checkpoint(checkpoint, model, run.optimizer, epoch, batch, config, run.info())
+        return checkpoint
+
     done_here = 0
     with BatchLoader(run.data) as loader:
         while run.epoch < config.epochs:
@@ -491,37 +653,37 @@ def fit(run: Run, checkpoint: Path, stop: StopRequest, quiet: bool = False,
             bar = tqdm(total=run.steps_per_epoch, initial=run.batch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        unit="batch", disable=quiet, leave=False)
             batches = loader.batches(order, config.batch_size, aug, train=True,
-                                     seed=config.seed, epoch=epoch, start=run.batch)
+                                     seed=config.seed, epoch=epoch, start=run.batch, part=mine)
+            stopping = False
             for b, (images, labels) in enumerate(batches, start=run.batch):
-                mx.random.seed(batch_key(config.seed, epoch, b))
-                loss, hits = step(model.preprocess(mx.array(images)), mx.array(labels))
-                mx.eval(loss, hits, model.state, run.optimizer.state)
-                total_loss += loss.item() * len(labels)
-                correct += hits.item()
-                seen += len(labels)
+                mx.random.seed(batch_key(config.seed, epoch, b, dist.rank()))
+                loss, hits, stopping = step(model.preprocess(mx.array(images)), mx.array(labels), stop.requested)
+                total_loss += loss * config.batch_size  # every batch is full (fill_batches)
+                correct += hits
+                seen += config.batch_size
                 run.batch = b + 1
                 run.epoch_sums = [total_loss, correct, seen]
                 bar.update(1)
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}")
-                if stop.requested:
+                if on_step is not None:
+                    on_step(epoch, b, loss)
+                if stopping:
                     break
             bar.close()
-            if stop.requested:
-                raise Interrupted(save_checkpoint(checkpoint, model, run.optimizer, run.epoch, run.batch,
-                                                  config, run.info()))
+            if stopping:
+                raise Interrupted(save(run.epoch, run.batch))
             val_loss, val_acc = (None, None)
             if len(run.val_idx):
-                val_loss, val_acc = evaluate(model, loader, run.val_idx, config, run.frozen, stop)
-                if stop.requested:  # training of this epoch is done; validation reruns on resume
-                    raise Interrupted(save_checkpoint(checkpoint, model, run.optimizer, run.epoch, run.batch,
-                                                      config, run.info()))
+                val_loss, val_acc, stopping = evaluate(model, loader, run.val_idx, config, run.frozen, stop)
+                if stopping:  # training of this epoch is done; validation reruns on resume
+                    raise Interrupted(save(run.epoch, run.batch))
             lr = float(run.optimizer.learning_rate.item())
             result = EpochResult(epoch + 1, total_loss / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
                                  lr, time.perf_counter() - started)
             run.history.append(dataclasses.asdict(result))
             log(result.line(config.epochs))
             run.epoch, run.batch, run.epoch_sums = epoch + 1, 0, [0.0, 0, 0]
-            save_checkpoint(checkpoint, model, run.optimizer, run.epoch, 0, config, run.info())
+            save(run.epoch, 0)
             done_here += 1
             if stop_after_epochs is not None and done_here >= stop_after_epochs and run.epoch < config.epochs:
                 return False
@@ -574,5 +736,6 @@ def export_dream_weights(run: Run, out: Path) -> dict[str, Any]:
                      "freeze_to": run.config.freeze_to, "image_size": run.config.image_size,
                      "seed": run.config.seed},
     }
-    save_weights(out, arrays, metadata)
+    with dist.write_guard():
+        save_weights(out, arrays, metadata)
     return metadata

@@ -197,19 +197,23 @@ def lap_normalize(grad: mx.array, levels: int = LAP_LEVELS, eps: float = 1e-10,
     return merged
 
 
+#: Added to the gradient's spread before dividing by it (whole-image and tiled normalisation alike).
+NORMALIZE_EPS = 1e-8
+
+
 def _mean(x: mx.array, inv_count: mx.array | None) -> mx.array:
     # Inside mx.compile a plain mean bakes 1/size into the generated kernel (one C++ compile per
     # image size on CPU); passing the reciprocal in keeps the compiled step size-independent.
     return mx.mean(x) if inv_count is None else mx.sum(x) * inv_count
 
 
-def normalize_std(grad: mx.array, inv_count: mx.array | None = None, eps: float = 1e-8) -> mx.array:
+def normalize_std(grad: mx.array, inv_count: mx.array | None = None, eps: float = NORMALIZE_EPS) -> mx.array:
     """pytorch-deepdream: zero mean, unit standard deviation over the whole gradient."""
     centred = grad - _mean(grad, inv_count)
     return centred / (mx.sqrt(_mean(centred * centred, inv_count)) + eps)
 
 
-def normalize_mean_abs(grad: mx.array, inv_count: mx.array | None = None, eps: float = 1e-8) -> mx.array:
+def normalize_mean_abs(grad: mx.array, inv_count: mx.array | None = None, eps: float = NORMALIZE_EPS) -> mx.array:
     """2015 Caffe notebook: ``g / mean(|g|)`` (its step is then ``step_size * g / mean|g|``)."""
     return grad / (_mean(mx.abs(grad), inv_count) + eps)
 

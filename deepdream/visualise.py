@@ -3,7 +3,7 @@
 
 A batch of images is parameterised (``param``: pixels or a 1/f-scaled spectrum, decorrelated
 colour, sigmoid), transformed a little at random each step (``robustness``) and moved by Adam
-to raise a ``RenderObjective``. This is a different loop from the dream's (``render.Dreamer``):
+to raise an ``objectives.Objective``. This is a different loop from the dream's (``dreamer.Dreamer``):
 the dream edits a photo in pixel space with smoothed, normalised gradient steps and octaves;
 a render optimises a parameterisation whose state is not an image (rolling or blurring a
 spectrum means nothing), with transforms applied to the decoded image inside the gradient.
@@ -25,10 +25,10 @@ from models import DreamModel
 
 from . import robustness
 from .classes import class_index, class_names
+from .colour import resolve_colour_matrix
 from .errors import DreamError
-from .objectives import RenderObjective, Term, layer_channels
+from .objectives import Objective, Term, check_channels, layer_channels
 from .param import PARAMS, make_param
-from .render import resolve_colour_matrix
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -79,7 +79,7 @@ class Renderer:
     """A model, an objective's structure and settings, compiled once; ``render(n, targets, rng)``
     runs the optimisation for a batch and returns (N, H, W, 3) float32 images in [0, 1]."""
 
-    def __init__(self, model: DreamModel, objective: RenderObjective, settings: RenderSettings) -> None:
+    def __init__(self, model: DreamModel, objective: Objective, settings: RenderSettings) -> None:
         settings.validate()
         low = min(settings.height, settings.width)
         if low < model.MIN_INPUT_SIZE:
@@ -152,31 +152,27 @@ def parse_neuron(model: DreamModel, spec: str) -> tuple[str, int]:
 
 
 @dataclass
-class Plan:
+class RenderPlan:
     """What to render: the objective (targets for one image) and, for a sweep, the items swept
     (``(label, target row)``) and which term they vary."""
 
-    objective: RenderObjective
+    objective: Objective
     items: list[tuple[str, int]] = field(default_factory=list)
     sweep_term: int | None = None
     label: str = "render"   # a file-name stem for a single render
 
 
 def _channel_list(model: DreamModel, layer: str, channels: list[int] | str) -> list[int]:
-    count = layer_channels(model, [layer])[layer]
     if channels == "all":
-        return list(range(count))
-    bad = [c for c in channels if c >= count]
-    if bad:
-        raise DreamError(f"channel {bad[0]} does not exist in layer '{layer}' of {model.name}, which has "
-                         f"{count} channels; use --channels values from 0 to {count - 1}")
+        return list(range(layer_channels(model, [layer])[layer]))
+    check_channels(model, [layer], channels)
     return list(channels)
 
 
 def plan_render(model: DreamModel, *, class_spec: str | None = None, neuron: str | None = None,
                 layers: Sequence[str] | None = None, channels: list[int] | str | None = None,
-                sweep: bool = False, diversity: float = 0.0) -> Plan:
-    """Turn the objective flags into a ``Plan``; every check happens here, before any work."""
+                sweep: bool = False, diversity: float = 0.0) -> RenderPlan:
+    """Turn the objective flags into a ``RenderPlan``; every check happens here, before any work."""
     terms: list[Term] = []
     items: list[tuple[str, int]] = []
     labels: list[str] = []
@@ -224,12 +220,10 @@ def plan_render(model: DreamModel, *, class_spec: str | None = None, neuron: str
     spatial = [t.layer for t in terms if t.kind != "class"]
     diversity_layer = spatial[0] if spatial else model.default_layers[-1]
     label = re.sub(r"[^A-Za-z0-9]+", "_", "_".join(labels)).strip("_") or "render"
-    return Plan(RenderObjective(terms, diversity, diversity_layer), items, sweep_term, label)
+    return RenderPlan(Objective(terms).with_diversity(diversity, diversity_layer), items, sweep_term, label)
 
 
-def tile_targets(objective: RenderObjective, n: int) -> RenderObjective:
+def tile_targets(objective: Objective, n: int) -> Objective:
     """The objective with every term's single target row repeated for ``n`` images."""
-    terms = [Term(t.kind, t.layer, None if t.targets is None else np.repeat(t.targets, n, axis=0), t.weight)
-             for t in objective.terms]
-    return RenderObjective(terms, objective.diversity_weight, objective.diversity_layer)
+    return objective.for_batch(n)
 

@@ -88,11 +88,15 @@ def keep_freed_memory() -> bool:
 def ensure_fast_blas() -> str:
     """Load the first working fast BLAS globally; return what is in use. Idempotent.
 
-    Also tunes the allocator for MLX on CPU (``keep_freed_memory``)."""
+    Also tunes the allocator for MLX on CPU (``keep_freed_memory``), and under ``mlx.launch``
+    sets each rank's thread count, which the BLAS reads when it loads."""
     global blas_in_use
     if blas_in_use != "not loaded yet":
         return blas_in_use
     keep_freed_memory()
+    from deepdream.distributed import set_rank_threads  # stdlib only: safe before MLX
+
+    set_rank_threads()
     if sys.platform != "linux":
         blas_in_use = "platform default (Accelerate on macOS)"
         return blas_in_use

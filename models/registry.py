@@ -12,8 +12,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from fastlayers import native
+
 from .base import DreamModel, ModelFacts, did_you_mean
-from .weights import read_weights
+from .weights import CHECKPOINT_KIND, read_weights
 
 #: The architecture modules, in the order models are listed (--info, --model all, the benchmark).
 ARCHITECTURES = (
@@ -84,10 +86,29 @@ def build_model(name: str, num_classes: int = 1000, **config) -> DreamModel:
     return facts.build(num_classes=num_classes, **{**facts.config, **config})
 
 
+def checkpoint_weights(arrays: dict, meta: dict, path: Path) -> tuple[dict, dict]:
+    """A training checkpoint read as the weights file its run will write: the model's arrays
+    without the training-only heads, and the metadata dreaming needs (no colour matrix yet)."""
+    arch = meta.get("architecture")
+    if arch not in MODELS:
+        raise WeightsError(f"{path} is a training checkpoint of an unknown model ({arch}); "
+                           "give the .npz that train_dream.py wrote at the end of the run")
+    training_only = MODELS[arch].aux_prefixes
+    model = {k[len("model."):]: v for k, v in arrays.items()
+             if k.startswith("model.") and not k[len("model."):].startswith(training_only)}
+    position = f"after {meta.get('epoch')} epochs" + (f" and {meta['batch']} batches" if meta.get("batch") else "")
+    dream_meta = {"architecture": arch, "num_classes": meta.get("num_classes", 1000),
+                  "class_names": meta.get("class_names"), "config": meta.get("dream_config") or {},
+                  "mean": meta.get("base_mean"), "std": meta.get("base_std"),
+                  "source": f"training checkpoint {path} ({position}) of a run from {meta.get('origin')}"}
+    return model, dream_meta
+
+
 def load_model(name: str | None = None, weights: str | os.PathLike | None = None) -> DreamModel:
     """Build a zoo model and load its weights.
 
     ``name`` may be omitted when ``weights`` is given (the file names its architecture).
+    A train_dream.py checkpoint (``checkpoints/<run>/last.npz``) loads as the model it holds.
     Without ``weights`` the default file ``weights/<name>_mlx.npz`` is used; when it is missing
     this raises ``WeightsError`` naming the exporter. It never downloads or converts: the
     scripts decide that (``convert.make_default_weights``) and say so.
@@ -103,10 +124,15 @@ def load_model(name: str | None = None, weights: str | os.PathLike | None = None
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"weights file {path} not found")
+        if path.stat().st_size == 0:
+            raise WeightsError(f"weights file {path} is an empty file (0 bytes); give a .npz written by an exporter "
+                               "or train_dream.py")
     try:
         arrays, meta = read_weights(path)
     except Exception as exc:
         raise WeightsError(f"cannot read weights file {path}: {exc}") from None
+    if meta.get("kind") == CHECKPOINT_KIND:
+        arrays, meta = checkpoint_weights(arrays, meta, path)
     arch = meta.get("architecture")
     if arch is None:
         raise WeightsError(f"{path} is not a DeepDream-MLX weights file (no metadata); convert it with an exporter")
@@ -123,4 +149,8 @@ def load_model(name: str | None = None, weights: str | os.PathLike | None = None
     if meta.get("mean") and meta.get("std"):
         model.mean, model.std = tuple(meta["mean"]), tuple(meta["std"])
     mx.eval(model.parameters())
+    if mx.default_device().type == mx.DeviceType.cpu:
+        # The first use on a machine builds the native kernels (a minute or so): here, with a notice
+        # of its own, rather than inside the first step under a progress bar that looks stuck.
+        native.load()
     return model

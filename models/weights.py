@@ -17,6 +17,10 @@ import numpy as np
 
 METADATA_KEY = "__metadata__"
 FORMAT_VERSION = 1
+#: ``metadata["kind"]`` of train_dream.py's checkpoints: the model's arrays under ``model.``, the
+#: optimizer's under ``optimizer.``, and the run's facts (``architecture``, ``class_names``,
+#: ``dream_config``, ``base_mean``/``base_std``) in the metadata.
+CHECKPOINT_KIND = "deepdream-mlx training checkpoint"
 
 
 def atomic_write(path: str | os.PathLike, write: Any, suffix: str = "") -> None:

@@ -82,10 +82,12 @@ def test_corrupt_images_are_skipped(folder: Path, tmp_path: Path, capsys) -> Non
     for path in sources:
         (data / path.name).write_bytes(path.read_bytes())
     (data / "broken.png").write_bytes(sources[0].read_bytes()[:500])  # a truncated PNG
+    (data / "empty.png").write_bytes(b"")
     out = tmp_path / "cm.npy"
     assert calc_cm.main(["--data", str(data), "--out", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "skipped unreadable image" in captured.err and "broken.png" in captured.err
+    assert f"skipped unreadable image {data / 'empty.png'}: empty file (0 bytes)" in captured.err
     assert "from 2 image(s)" in captured.out
 
 
@@ -114,3 +116,24 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "does not exist" in proc.stderr
+
+
+def test_without_out_the_matrix_goes_beside_the_weights(folder: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Not into the working directory: into the weights folder (DEEPDREAM_WEIGHTS_DIR, else weights/),
+    named after the dataset, and the printed command dreams with it."""
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("DEEPDREAM_WEIGHTS_DIR", str(weights))
+    monkeypatch.chdir(tmp_path)
+    assert calc_cm.main(["--data", str(folder), "--quiet"]) == 0
+    out = weights / f"{folder.name}_colours.npy"
+    assert out.is_file() and not (tmp_path / "colour_matrix.npy").exists()
+    assert f"dream with: python dream.py --input PHOTO --decorrelate {out}" in capsys.readouterr().out
+    load_colour_matrix(out)
+
+
+def test_an_empty_matrix_file_is_one_line_error(tmp_path: Path) -> None:
+    from deepdream.colour import ColourMatrixError
+
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ColourMatrixError, match=r"is an empty file \(0 bytes\)"):
+        load_colour_matrix(tmp_path / "empty.npy")

@@ -202,15 +202,18 @@ def test_list_layers_and_info(effnet):
     assert "block10  (default)" in lines and "stem" in lines and "head" in lines
     # listing needs no weights: googlenet's names come from its architecture
     assert "inception4c" in ok(run("--list-layers", "--model", "googlenet")).stdout
+    assert lines[-2].startswith("logits  (class scores")      # accepted by --layers, so listed too
     info = ok(run("--info")).stdout
     assert f"mlx {mx.__version__}" in info and "blas:" in info and "native CPU kernels" in info
     assert "efficientnet_lite0" in info and "weights missing: run `python export_vgg.py --model vgg16`" in info
+    assert "processes: 1 process, " in info
 
 
 # -- bad input: one line, non-zero exit, no traceback, no file ----------------------------------------
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     (tmp / "empty.png").write_bytes(b"")
+    (tmp / "empty.npz").write_bytes(b"")
     (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     (tmp / "blocker").write_text("a file where a folder should be")
     return {
@@ -232,12 +235,13 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "missing weights": (["--model", "googlenet"], "python export_googlenet.py"),
         "bad channel": (["--model", "efficientnet_lite0", "--layers", "block10", "--channels", "500"], "112 channels"),
         "bad guide": (["--model", "efficientnet_lite0", "--guide", tmp / "nope.jpg"], "guide image"),
+        "empty weights": (["--weights", tmp / "empty.npz"], "is an empty file (0 bytes)"),
     }
 
 
 BAD_CASES = ["missing", "empty", "corrupt", "unknown model", "unknown layer", "zero steps", "zero octaves",
              "negative scale", "negative lr", "not a number", "size not a number", "zero max size", "negative seed",
-             "unwritable output", "output is input", "missing weights", "bad channel", "bad guide"]
+             "unwritable output", "output is input", "missing weights", "bad channel", "bad guide", "empty weights"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -253,6 +257,19 @@ def test_bad_input_is_one_clear_line(effnet, tmp_path, case):
     assert expected in lines[0]
     assert not (tmp_path / "out.png").exists()
     assert not (tmp_path / "blocker" / "out.png").exists()
+
+
+def test_a_training_checkpoint_dreams_as_its_model(effnet, tmp_path):
+    """A train_dream.py checkpoint given to --weights (once a TypeError traceback): the dream runs
+    with the checkpoint's weights."""
+    from tests.test_train_dream import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path)
+    out = tmp_path / "dream.png"
+    ok(run("--weights", checkpoint, "--width", 64, "--height", 64, "--octaves", 1, "--steps", 2, "--layers", "block10",
+           "--quiet", "--output", out))
+    with Image.open(out) as img:
+        assert img.size == (64, 64)
 
 
 def read_until(proc: subprocess.Popen, pattern: bytes, timeout: float) -> bytes:
@@ -310,3 +327,60 @@ def test_tiled_large_image_memory_is_bounded_by_the_tile(effnet, tmp_path):
     # Measured: ~260 MB of image-sized buffers; the same dream untiled peaks ~1 GB above the small run.
     assert growth < 450, peaks
     assert Image.open(tmp_path / "big_out.png").size == (1200, 900)
+
+
+def test_a_first_dream_builds_the_kernels_before_its_bar(effnet, tmp_path, monkeypatch, capsys):
+    """On a new machine the native build (a minute or so) comes first, on lines of its own, then the bar."""
+    import types
+
+    import dream
+    from fastlayers import native
+
+    module = native.load()
+    if module is None:
+        pytest.skip(f"native kernels: {native.status}")
+
+    def build_commands(command, **kwargs):     # cmake's configure and build, as if they ran
+        if "--build" in command:
+            (Path(command[command.index("--build") + 1]) / "_native.so").write_bytes(b"")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(native, "subprocess", types.SimpleNamespace(run=build_commands, STDOUT=subprocess.STDOUT))
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path / "cache")       # nothing built here yet
+    monkeypatch.setattr(native, "_import", lambda path: module)
+    for name in ("_tried", "_module", "status"):
+        monkeypatch.setattr(native, name, getattr(native, name))
+    monkeypatch.setattr(native, "_tried", False)
+    assert dream.main(["--model", "efficientnet_lite0", "--input", str(CHELSEA), "--max-size", "64", "--octaves",
+                       "1", "--steps", "2", "--output", str(tmp_path / "out.png")]) == 0
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    building = next(i for i, line in enumerate(lines) if line.startswith("deepdream: building the native CPU kernels"))
+    built = next(i for i, line in enumerate(lines) if line.startswith("deepdream: native CPU kernels built in"))
+    bar = next(i for i, line in enumerate(lines) if "step" in line and "|" in line)
+    assert building < built < bar, lines
+    assert "a minute or so" in lines[building]
+
+
+def test_the_default_model_notice_comes_once_after_a_dream_and_never_before_an_error(effnet, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Without googlenet's weights the default model is efficientnet_lite0: said after the first dream
+    that works (once per weights folder), never before an error line."""
+    import dream
+    from deepdream import cache
+    from deepdream.errors import exit_code
+
+    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path / "cache")
+    assert not models.weights_available("googlenet")
+    notice = "googlenet weights not found, so this used efficientnet_lite0"
+
+    def run_dream(*args: str) -> tuple[int, list[str]]:
+        code = exit_code(lambda: dream.main(["--input", str(CHELSEA), "--max-size", "64", "--octaves", "1",
+                                            "--steps", "1", *args]))
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    code, lines = run_dream("--steps", "0")
+    assert code == 1 and lines == ["error: --steps must be at least 1 (got 0)"], lines
+    code, lines = run_dream("--output", str(tmp_path / "first.png"))
+    assert code == 0 and notice in lines[-1], lines
+    code, lines = run_dream("--output", str(tmp_path / "second.png"))
+    assert code == 0 and not any(notice in line for line in lines), lines

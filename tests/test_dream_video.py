@@ -22,10 +22,13 @@ import pytest
 from PIL import Image
 
 import dream_video
-from deepdream.cli import DreamArgumentParser, add_render_arguments, settings_for_model
+from deepdream.cli.args import DreamArgumentParser, add_render_arguments
+from deepdream.cli.settings import settings_for_model
 from deepdream.errors import DreamError
 from deepdream.presets import PRESETS
-from deepdream.video import FRAME_DEFAULTS, SETTINGS_FILE, Motion, count_frames, move, next_frame
+from deepdream.video.modes import FRAME_DEFAULTS
+from deepdream.video.store import SETTINGS_FILE, count_frames
+from deepdream.video.zoom import Motion, move, next_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"
@@ -156,7 +159,8 @@ def test_every_dream_flag_comes_from_the_shared_definition() -> None:
     # Renders from noise (--class, --sweep, ...) are stills only: dream.py's own group.
     render_only = DreamArgumentParser()
     add_render_arguments(render_only)
-    still = options(dream.build_parser()) - (options(render_only) - {"-h", "--help"})
+    # --overwrite is the rule for existing images; a video's frames folder has its own, --restart.
+    still = options(dream.build_parser()) - (options(render_only) - {"-h", "--help"}) - {"--overwrite"}
     video = options(dream_video.build_parser())
     assert still <= video, f"dream.py flags missing from dream_video.py: {sorted(still - video)}"
     for flag in ("--frames", "--zoom", "--rotate", "--translate", "--blend", "--fps", "--restart"):
@@ -301,6 +305,18 @@ def test_ctrl_c_keeps_finished_frames_and_the_next_run_continues(uninterrupted: 
     assert len(decode_mp4(out)[0]) == done + 1
 
 
+def test_a_training_checkpoint_dreams_as_its_model(lite0, tmp_path: Path) -> None:
+    """A train_dream.py checkpoint given to --weights (once a TypeError traceback) makes the video."""
+    from tests.test_train_dream import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path)
+    out = tmp_path / "zoom.mp4"
+    result = run_cli(["--weights", str(checkpoint), *TINY[2:], *NOISE, "--frames", "2", "--output", str(out)],
+                     cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(decode_mp4(out)[0]) == 2
+
+
 # -- bad input ---------------------------------------------------------------------------------------
 
 BAD = {
@@ -332,7 +348,7 @@ SUBPROCESS_CASES = {"zoom zero", "blend above 1", "unknown extension", "unwritab
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    from deepdream.cli import run_main
+    from deepdream.errors import run_main
 
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: dream_video.main(argv))

@@ -22,7 +22,7 @@ from PIL import Image
 import dream_video
 from benchmarks.clips import FPS, PAN, SAMPLE_RATE, pan_frames, write_clip
 from deepdream.errors import DreamError, Interrupted
-from deepdream.video import SETTINGS_FILE, count_frames
+from deepdream.video.store import SETTINGS_FILE, count_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"
@@ -96,7 +96,7 @@ def test_a_dreamed_clip_keeps_its_frames_rate_and_sound_and_the_flow_stops_the_f
 
 def test_a_clip_resumes_exactly_and_refuses_changed_settings(lite0, pan_clip: Path, tmp_path: Path,
                                                             monkeypatch) -> None:
-    import deepdream.video_input as video_input
+    import deepdream.video.clip as video_input
 
     quick = ["--video", str(pan_clip), *LITE0, "--octaves", "1", "--steps", "2", "--end", "0.5", "--seed", "3"]
     whole = tmp_path / "whole.mp4"
@@ -220,6 +220,7 @@ def make_bad_files(folder: Path) -> None:
                 wiped.pts, wiped.dts, wiped.time_base, wiped.stream = packet.pts, packet.dts, packet.time_base, stream
                 dst.mux(wiped)
     (folder / "fine.mp4").unlink()
+    (folder / "empty.mp4").write_bytes(b"")
     # 8-bit PCM sound, which Matroska holds and MP4 cannot.
     write_clip(folder / "pcm.mkv", pan_frames(3, 64, 48), audio="pcm_u8")
 
@@ -235,7 +236,10 @@ BAD = {
                                                                       "(pcm_u8 audio"),
     "unknown extension": (["--video", "{tmp}/short.mp4", "--output", "{tmp}/out.avi"], "unknown video extension '.avi'"),
     "missing video": (["--video", "{tmp}/nope.mp4"], "video '{tmp}/nope.mp4' not found"),
-    "a video given to --input": (["--input", "{tmp}/short.mp4"], "use --video {tmp}/short.mp4"),
+    "a video given to --input": (["--input", "{tmp}/short.mp4"], "is a video, not an image; dream its frames with "
+                                                                "`python dream_video.py --video {tmp}/short.mp4`"),
+    "text named like a video given to --input": (["--input", "{tmp}/notes.mp4"], "not an image format"),
+    "empty video": (["--video", "{tmp}/empty.mp4"], "video '{tmp}/empty.mp4' is an empty file (0 bytes)"),
     "zoom flag with a clip": (["--video", "{tmp}/short.mp4", "--zoom", "1.1"], "--zoom is for the zoom video"),
     "clip flag without a clip": (["--no-flow"], "--no-flow is for dreaming a clip; add --video"),
     "flow blend above 1": (["--video", "{tmp}/short.mp4", "--flow-blend", "1.5"], "--flow-blend must be between 0 and 1"),
@@ -246,7 +250,7 @@ SUBPROCESS_CASES = {"not a video", "unreadable stream", "end before start", "aud
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_a_one_line_error_before_anything_is_written(case: str, lite0, tmp_path: Path, capsys) -> None:
-    from deepdream.cli import run_main
+    from deepdream.errors import run_main
 
     make_bad_files(tmp_path)
     argv, expected = BAD[case]

@@ -16,7 +16,7 @@ import models
 from deepdream import device
 from deepdream.errors import DreamError
 from deepdream.objectives import build_objective
-from deepdream.render import make_step
+from deepdream.step import make_step
 from deepdream.training import make_train_step
 
 needs_gpu = pytest.mark.skipif(not device.gpu_available(),

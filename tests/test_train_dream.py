@@ -9,6 +9,7 @@ uninterrupted run's. Sizes are CI-sized: 72 images of 64-96 px, training crops o
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,17 @@ def make_image_folder(root: Path, classes: Sequence[str], draw: Callable[[str, n
 
 def make_shapes(root: Path, per_class: int, seed: int) -> Path:
     return make_image_folder(root, SHAPES, draw_shape, per_class, seed)
+
+
+def make_checkpoint(folder: Path) -> Path:
+    """A real train_dream.py checkpoint (``checkpoints/<run>/last.npz``): efficientnet_lite0 after
+    one eager epoch on 3 shapes x 3 images; the default weights must exist (the ``effnet`` fixture)."""
+    data = scan_image_folder(make_shapes(folder / "data", per_class=3, seed=5))
+    run = prepare_run(TrainConfig(model="efficientnet_lite0", epochs=1, batch_size=3, image_size=48, val_split=0.0,
+                                  freeze_to="block10"), data)
+    checkpoint = folder / "ck" / "last.npz"
+    assert fit(run, checkpoint, StopRequest(), quiet=True, compile=False, log=lambda _: None)
+    return checkpoint
 
 
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -239,6 +251,9 @@ def test_googlenet_aux_heads_train_and_are_stripped(weights_dir: Path, tmp_path:
     assert not any(k.startswith(("aux1.", "aux2.")) for k in arrays) and "aux_logits" not in meta["config"]
     model = models.load_model(weights=out)
     assert model(mx.zeros((1, 48, 48, 3)))["logits"].shape == (1, 3)
+    # Its checkpoint holds the aux heads (training state); as weights they are left out, as above.
+    from_checkpoint = models.load_model(weights=tmp_path / "ck" / "last.npz")
+    assert not hasattr(from_checkpoint, "aux1") and from_checkpoint.class_names == list(SHAPES)
 
     no_aux = prepare_run(TrainConfig(model="googlenet", weights=str(base_file), aux=False, epochs=1,
                                      batch_size=4, image_size=48, val_split=0.0), data)
@@ -347,6 +362,41 @@ def test_existing_checkpoint_needs_resume_and_resume_keeps_settings(trained: dic
     assert train_dream.main(["--data", str(shapes), *TRAIN_ARGS, "--checkpoint-dir", ck_dir,
                              "--resume", "--lr", "0.5"]) == 1
     assert "--lr 0.5 differs from the checkpoint's 0.01" in _error_line(capsys)
+
+
+def test_restart_starts_over_in_a_folder_that_holds_a_checkpoint(trained: dict, shapes: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shutil.copy(trained["ckpt"], ck / "last.npz")  # 4 epochs done
+    args = ["--data", str(shapes), *TRAIN_ARGS, "--epochs", "1", "--no-compile", "--checkpoint-dir", str(ck),
+            "--out", str(tmp_path / "new.npz")]
+    assert train_dream.main([*args, "--restart", "--resume"]) == 1
+    assert "choose one" in _error_line(capsys)
+    assert train_dream.main([*args, "--restart"]) == 0
+    meta = read_metadata(ck / "last.npz")
+    assert meta["epoch"] == 1 and meta["config"]["epochs"] == 1 and len(meta["history"]) == 1
+    assert read_metadata(tmp_path / "new.npz")["training"]["epochs"] == 1
+
+
+def test_a_checkpoint_is_a_weights_file(effnet: Path, shapes: Path, tmp_path: Path) -> None:
+    """``--weights checkpoints/<run>/last.npz`` (dream.py, dream_video.py, train_dream.py): the model
+    as the checkpoint holds it, with its classes and normalisation; fine-tuning continues from it."""
+    checkpoint = make_checkpoint(tmp_path)
+    model = models.load_model(weights=checkpoint)
+    arrays, meta = read_weights(checkpoint)
+    assert model.class_names == list(SHAPES) and model.std == (0.229, 0.224, 0.225)
+    assert model.metadata["source"].startswith(f"training checkpoint {checkpoint} (after 1 epochs)")
+    params = dict(tree_flatten(model.parameters()))
+    assert params.keys() == {k[len("model."):] for k in arrays if k.startswith("model.")}
+    assert all(np.array_equal(np.array(v), arrays["model." + k]) for k, v in params.items())
+
+    out = tmp_path / "more.npz"
+    proc = run_cli(["--data", str(shapes), "--weights", str(checkpoint), "--epochs", "1", "--batch-size", "16",
+                    "--image-size", "64", "--no-compile", "--quiet", "--checkpoint-dir", str(tmp_path / "ck2"),
+                    "--out", str(out)])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert read_metadata(out)["source"].startswith(f"fine-tuned from {checkpoint}")
 
 
 def test_cli_error_has_no_traceback(tmp_path: Path) -> None:

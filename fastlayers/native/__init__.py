@@ -14,6 +14,7 @@ and ``nanobind`` (requirements.txt), and cached under ``~/.cache/deepdream-mlx/n
 by the sources and those versions, so upgrading MLX rebuilds it. The build runs once.
 Without CMake or a compiler, or with ``DEEPDREAM_NO_NATIVE=1``, everything still works
 through the pure-MLX path; ``python dream.py --info`` says which one runs and why.
+``models.load_model`` triggers the build on the CPU, so a first dream builds before its progress bar.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -75,7 +77,10 @@ def _build(target: Path) -> Path:
     if cmake is None:
         raise RuntimeError("cmake is not installed")
     target.parent.mkdir(parents=True, exist_ok=True)
-    print("deepdream: building the native CPU kernels (once per MLX and nanobind version) ...", file=sys.stderr)
+    # A line of its own before any progress bar (models.load_model builds here), since it takes a while.
+    print(f"deepdream: building the native CPU kernels for this machine, once (a minute or so; cached in "
+          f"{target.parent})...", file=sys.stderr, flush=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="build-", dir=target.parent) as tmp:
         log_path = target.parent / f"{target.name}.log"
         with open(log_path, "w") as log:
@@ -95,6 +100,7 @@ def _build(target: Path) -> Path:
         except OSError:
             if _built_library(target) is None:
                 raise
+    print(f"deepdream: native CPU kernels built in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return _built_library(target)
 
 

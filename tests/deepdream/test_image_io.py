@@ -98,7 +98,7 @@ def test_max_size_downscales_longest_side(tmp_path):
 
 @pytest.mark.parametrize("content,expected", [
     (None, "not found"),
-    (b"", "empty"),
+    (b"", "is an empty file"),
     (b"this is not an image at all", "not an image"),
 ])
 def test_unreadable_inputs_name_the_problem(tmp_path, content, expected):
@@ -129,10 +129,10 @@ def test_save_is_atomic_and_round_trips(tmp_path):
 
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
-    def broken_save(self, *args, **kwargs):
+    def broken_write(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(Path, "write_bytes", broken_write)
     with pytest.raises(ImageError, match="No space left"):
         save_image(tmp_path / "dream.png", np.zeros((4, 4, 3), np.float32))
     assert os.listdir(tmp_path) == []
@@ -166,3 +166,26 @@ def test_noise_image_is_seeded_grey():
     b = noise_image(16, 24, np.random.default_rng(7))
     assert a.shape == (16, 24, 3) and np.array_equal(a, b)
     assert 0.44 < a.mean() < 0.56 and a.min() >= 0.45 - 1e-6 and a.max() <= 0.55 + 1e-6
+
+
+def test_a_video_is_told_apart_by_its_content(tmp_path):
+    """A clip is a video whatever its name; a text file or an image named .mp4 is not. A video given
+    as an image says where it goes instead."""
+    from benchmarks.clips import photo_strip, write_clip
+    from deepdream.image_io import is_video
+
+    strip = photo_strip(64, 80)
+    clip = write_clip(tmp_path / "clip.mp4", [np.ascontiguousarray(strip[:, i:i + 64]) for i in range(3)], audio=None)
+    named_as_image = clip.rename(tmp_path / "clip.jpg")
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    (tmp_path / "image.png").rename(tmp_path / "image.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert is_video(named_as_image)
+    assert not any(is_video(tmp_path / name) for name in ("notes.mp4", "image.mp4", "empty.mp4"))
+    with pytest.raises(ImageError, match=r"is a video, not an image; dream its frames with `python dream_video.py "
+                                         r"--video .*clip\.jpg`"):
+        load_image(named_as_image)
+    with pytest.raises(ImageError, match="not an image format Pillow knows"):
+        load_image(tmp_path / "notes.mp4")
+    assert load_image(tmp_path / "image.mp4").shape == (32, 32, 3)

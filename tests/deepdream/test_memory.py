@@ -13,8 +13,9 @@ from PIL import Image
 from deepdream import memory
 from deepdream.errors import DreamError
 from deepdream.image_io import load_image
-from deepdream.render import Dreamer, DreamSettings
-from tests.deepdream.test_render import CHELSEA
+from deepdream.dreamer import Dreamer
+from deepdream.settings import DreamSettings
+from tests.deepdream.test_dreamer import CHELSEA
 
 ROOT = Path(__file__).resolve().parents[2]
 LINUX_PROBE = isinstance(memory.make_probe(), memory.LinuxProbe)
@@ -31,6 +32,15 @@ def own_cache(tmp_path_factory, monkeypatch):
                                            ("6", 6e9), ("123B", 123)])
 def test_parse_bytes(text, expected):
     assert memory.parse_bytes(text) == int(expected)
+
+
+@pytest.mark.parametrize("count,expected", [(3.5 * 2**30, "3.8 GB"), (24e9, "24 GB"), (3e8, "300 MB"),
+                                            (1.5e6, "1.5 MB"), (1000, "1.0 kB"), (999, "999 bytes"), (0, "0 bytes")])
+def test_format_bytes_one_unit_and_small_sizes_as_they_are(count, expected):
+    """The unit --max-memory is written in (GB = 1e9 bytes), and a 1 kB budget is not shown as "0 MB"."""
+    assert memory.format_bytes(count) == expected
+    if count:
+        assert memory.parse_bytes(expected.replace(" ", "").replace("bytes", "b")) == pytest.approx(count, rel=0.06)
 
 
 @pytest.mark.parametrize("text", ["six", "6XB", "", "-1GB"])
@@ -69,7 +79,7 @@ def test_plan_that_cannot_fit_names_the_budget_and_the_flags():
 
 
 def measured_peak(dreamer: Dreamer, photo: np.ndarray) -> float:
-    probe = dreamer.probe
+    probe = dreamer.memory.probe
     probe.release()
     probe.reset_peak()
     result = dreamer(photo)
@@ -90,7 +100,7 @@ def test_prediction_matches_the_measured_peak(effnet):
     measured = measured_peak(whole, photo)
     assert abs(plan.predicted / measured - 1) < 0.25, (plan.predicted, measured)
     # a budget of about half the whole image's step: tiles
-    budget = int(whole.probe.resident() + (plan.predicted - whole.probe.resident()) / 2)
+    budget = int(whole.memory.probe.resident() + (plan.predicted - whole.memory.probe.resident()) / 2)
     tiled = Dreamer(effnet, DreamSettings(**{**settings.as_dict(), "max_memory": budget}), quiet=True)
     plan = tiled.plan(800, 1200)
     assert plan.tile is not None

@@ -8,9 +8,12 @@ import pytest
 from deepdream import transforms
 from deepdream.image_io import load_image
 from deepdream.objectives import build_objective
-from deepdream.render import Dreamer, DreamSettings, make_space, make_step
+from deepdream.colour import make_space
+from deepdream.dreamer import Dreamer
+from deepdream.settings import DreamSettings
+from deepdream.step import make_step
 from deepdream.tiling import TiledStep
-from tests.deepdream.test_render import CHELSEA
+from tests.deepdream.test_dreamer import CHELSEA
 
 
 @pytest.fixture(scope="module")

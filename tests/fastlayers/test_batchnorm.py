@@ -131,7 +131,7 @@ def test_gradients_reach_every_parameter_outside_constant_weights():
 
 def test_dream_step_folds_the_batch_norms():
     from deepdream.objectives import build_objective
-    from deepdream.render import make_step
+    from deepdream.step import make_step
     from models import build_model
 
     model = build_model("resnet50")

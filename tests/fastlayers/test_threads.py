@@ -55,3 +55,27 @@ def test_native_kernels_use_that_count_and_the_blas_openmp_threads() -> None:
     if "mkl" not in models.ensure_fast_blas():
         pytest.skip("the BLAS here is not MKL (no OpenMP team to share)")
     assert result.stdout.strip() == "openmp"
+
+
+def test_count_agrees_with_the_threads_each_rank_is_given(tmp_path: Path) -> None:
+    """Under mlx.launch with two ranks on this host, deepdream.distributed gives each rank half the
+    cores through the BLAS's variables before MKL loads; the native kernels split their loops over
+    the same number."""
+    if native.load() is None:
+        pytest.skip(f"native kernels unavailable: {native.status}")
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text('[["127.0.0.1:5000"], ["127.0.0.1:5001"]]')
+    code = (
+        "import os, models\n"
+        "from deepdream import distributed as dist\n"
+        "from fastlayers import native, threads\n"
+        "k = native.load()\n"
+        "print(dist.rank_threads, threads.count(), k.thread_count(), os.environ['MKL_NUM_THREADS'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in threads.ENV_VARS and not k.endswith("_NUM_THREADS")}
+    env.update({"PYTHONPATH": str(ROOT), "MLX_RANK": "1", "MLX_HOSTFILE": str(hosts)})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    half = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert result.stdout.split() == [half] * 4

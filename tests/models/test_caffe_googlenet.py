@@ -395,7 +395,7 @@ def test_dream_cli_runs_from_a_converted_file(files, tmp_path):
 def test_model_all_includes_them_when_their_weights_are_present(files, weights_dir, monkeypatch):
     import shutil
 
-    from deepdream.cli import available_models
+    from deepdream.cli.model_choice import available_models
 
     folder = weights_dir / "caffe_all"
     folder.mkdir(exist_ok=True)
@@ -416,7 +416,7 @@ def test_channels_of_a_branch_blob(files):
     model = files["model"]
     objective = build_objective(model, ["inception_4d/3x3_reduce"], channels=[3, 143])
     x = model.preprocess(mx.zeros((1, 64, 64, 3)))
-    assert objective.select(model(x, outputs=objective.layers)["inception_4d/3x3_reduce"]).shape[-1] == 2
+    assert objective.terms[0].select(model(x, outputs=objective.layers)["inception_4d/3x3_reduce"]).shape[-1] == 2
     with pytest.raises(DreamError, match="has 144 channels; use --channels values from 0 to 143"):
         build_objective(model, ["inception_4d/3x3_reduce"], channels=[144])
 
@@ -433,8 +433,9 @@ def test_list_layers_shows_caffe_names_and_aliases(capsys):
 def test_notebook_preset_is_the_2015_step(files):
     """One step of the bvlc_googlenet recipe equals the notebook's make_step, written here in torch on
     Caffe's BGR blob: x += 1.5 / mean|g| * g with g the gradient of 0.5 ||a||^2, clipped to [-mean, 255 - mean]."""
-    from deepdream.cli import DreamArgumentParser, add_dream_arguments, settings_for_model
-    from deepdream.render import Dreamer
+    from deepdream.cli.args import DreamArgumentParser, add_dream_arguments
+    from deepdream.cli.settings import settings_for_model
+    from deepdream.dreamer import Dreamer
 
     model, ref = files["model"], files["ref"]
     parser = DreamArgumentParser()

@@ -4,8 +4,6 @@ and load_model, which reads weights but never converts or downloads them."""
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,26 +55,7 @@ def test_load_model_names_the_exporter_and_writes_nothing(name, monkeypatch, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-DREAM_AND_REPORT = """
-import runpy, sys
-sys.argv = ["dream.py", *sys.argv[1:]]
-try:
-    runpy.run_path("dream.py", run_name="__main__")
-except SystemExit as exc:
-    code = exc.code
-print("exit", code, "loaded:", " ".join(m for m in ("torch", "torchvision", "convert", "torchref") if m in sys.modules))
-"""
-
-
-def test_dreaming_imports_neither_torch_nor_the_converter(weights_dir, tmp_path):
-    from convert import make_default_weights
-
-    make_default_weights("efficientnet_lite0")   # in this process: the dream below finds the weights
-    out = tmp_path / "dream.png"
-    proc = subprocess.run(
-        [sys.executable, "-c", DREAM_AND_REPORT, "--model", "efficientnet_lite0", "--input", "assets/chelsea.png",
-         "--steps", "1", "--octaves", "1", "--max-size", "64", "--output", str(out), "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "exit 0 loaded:", proc.stdout
-    assert out.is_file()
+def test_an_empty_weights_file_says_so(tmp_path):
+    (tmp_path / "mine.npz").write_bytes(b"")
+    with pytest.raises(models.WeightsError, match=r"is an empty file \(0 bytes\)"):
+        models.load_model(weights=tmp_path / "mine.npz")

@@ -1,4 +1,4 @@
-"""deepdream/video.py: where a run starts (frames kept, seed policy). The motion, encoding and
+"""deepdream/video/store.py: where a run starts (frames kept, seed policy). The motion, encoding and
 the whole command are covered through the script in tests/test_dream_video.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from deepdream.video import frame_path, resume_point, write_record
+from deepdream.video.store import frame_path, resume_point, write_record
 
 
 def _folder_with_frames(folder: Path, frames: int, seed: int) -> None:

@@ -1,11 +1,11 @@
-"""deepdream/duplicates.py: exact and near-duplicate search (prepare_dataset.py runs it on real files)."""
+"""deepdream/dataset/duplicates.py: exact and near-duplicate search (prepare_dataset.py runs it on real files)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepdream.duplicates import find_exact_duplicates, find_near_duplicates, hamming_pairs
+from deepdream.dataset.duplicates import find_exact_duplicates, find_near_duplicates, hamming_pairs
 
 
 @dataclass

@@ -1,8 +1,7 @@
-"""The engine in-process, on efficientnet_lite0's real weights: step, octaves, objectives, settings resolution."""
+"""The engine in-process, on efficientnet_lite0's real weights: step, octaves, objectives, presets."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import mlx.core as mx
@@ -11,13 +10,14 @@ import pytest
 
 import models
 from deepdream import transforms
-from deepdream.colour import IMAGENET_SQRT_COV
-from deepdream.cli import DreamArgumentParser, add_dream_arguments, settings_for_model, validate_args
+from deepdream.colour import IMAGENET_SQRT_COV, DecorrelatedSpace, PixelSpace
 from deepdream.errors import DreamError
 from deepdream.image_io import load_image
 from deepdream.objectives import build_objective, guided_dot
 from deepdream.presets import PRESETS
-from deepdream.render import DecorrelatedSpace, Dreamer, DreamSettings, PixelSpace, dream, make_step
+from deepdream.dreamer import Dreamer, dream
+from deepdream.settings import DreamSettings
+from deepdream.step import make_step
 
 ROOT = Path(__file__).resolve().parents[2]
 CHELSEA = ROOT / "assets" / "chelsea.png"
@@ -26,12 +26,6 @@ CHELSEA = ROOT / "assets" / "chelsea.png"
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     return load_image(CHELSEA, max_size=96)
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = DreamArgumentParser()
-    add_dream_arguments(parser)
-    return parser.parse_args(list(argv))
 
 
 def layer_score(model, rgb: np.ndarray, layer: str = "block10") -> float:
@@ -69,34 +63,6 @@ def test_the_issue_recipes_are_presets_verbatim():
     assert PRESETS["vgg19"].values()["layers"] == ("relu5_2",) and PRESETS["vgg19"].lr == 0.045
     assert PRESETS["vgg16_relu5"].layers == ("relu5_1",) and PRESETS["vgg16_relu5"].jitter == 10
     assert PRESETS["resnet50"].layers == ("layer3_2", "layer3_5") and PRESETS["resnet50"].lr == 0.13
-
-
-def test_settings_precedence(effnet):
-    # the model's own recipe when nothing is said
-    s = settings_for_model(parse(), effnet)
-    assert s.layers == PRESETS["efficientnet_lite0"].layers and s.lr == PRESETS["efficientnet_lite0"].lr
-    # explicit flags beat the preset, the rest comes from the preset
-    s = settings_for_model(parse("--preset", "efficientnet_lite0", "--steps", "3", "--layers", "block7"), effnet)
-    assert (s.steps, s.layers, s.lr, s.scale) == (3, ("block7",), 0.07, 1.5)
-    # a preset for another architecture lends its numbers, not its layers
-    notes = []
-    s = settings_for_model(parse("--preset", "vgg16"), effnet, notes.append)
-    assert (s.steps, s.lr, s.jitter, s.layers) == (24, 0.07, 36, ("block10",))
-    assert notes and "vgg16" in notes[0]
-    # a preset's decorrelation can be switched off
-    assert settings_for_model(parse("--preset", "efficientnet_lite0_natural"), effnet).decorrelate == "imagenet"
-    assert settings_for_model(parse("--preset", "efficientnet_lite0_natural", "--decorrelate", "none"),
-                              effnet).decorrelate is None
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--steps", "0"], "--steps"), (["--octaves", "0"], "--octaves"), (["--scale", "-1"], "--scale"),
-    (["--lr", "-0.1"], "--lr"), (["--jitter", "-2"], "--jitter"), (["--model", "nope"], "unknown model"),
-    (["--preset", "nope"], "unknown preset"), (["--model", "all", "--layers", "x"], "--layers"),
-])
-def test_validate_args_rejects(argv, message):
-    with pytest.raises(DreamError, match=message):
-        validate_args(parse(*argv))
 
 
 def test_step_raises_objective_and_keeps_pixels_valid(effnet, photo):
@@ -175,3 +141,33 @@ def test_dream_snapshots_every_n_steps_and_each_octave(effnet):
     Dreamer(effnet, settings, quiet=True)(rgb, snapshot=shots.append, save_every=2)
     # octave 1: step 2 and its end (step 4); octave 2: step 2 (its end is the result)
     assert len(shots) == 3 and all(s.shape == (72, 72, 3) for s in shots)
+
+
+def test_the_bars_eta_leaves_out_the_first_steps_compile(effnet, photo, monkeypatch, capsys):
+    """The first step also compiles (on a new machine MLX builds kernels, for up to a minute): a line
+    above the bar says so when it is slow, and the ETA comes from the other steps."""
+    import time
+
+    from deepdream import progress
+    from deepdream.step import DreamStep
+
+    real_step = DreamStep.__call__
+    calls = []
+
+    def timed_step(self, *args):
+        calls.append(None)
+        time.sleep(3.0 if len(calls) == 1 else 0.2)    # a slow first step, then steady ones
+        return real_step(self, *args)
+
+    monkeypatch.setattr(DreamStep, "__call__", timed_step)
+    monkeypatch.setattr(progress, "SLOW_FIRST_STEP_S", 1.0)
+    settings = DreamSettings(layers=("block10",), steps=5, octaves=1, tile_size=0)
+    Dreamer(effnet, settings)(photo, progress=True)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert progress.SLOW_FIRST_STEP in lines, lines             # on a line of its own
+    assert lines.index(progress.SLOW_FIRST_STEP) < next(i for i, line in enumerate(lines) if " 1/5 [" in line)
+    after_two = [line for line in lines if " 2/5 [" in line]
+    assert after_two, lines
+    eta = after_two[0].split("<")[1].split(",")[0]          # "00:00" from "[00:00<00:00, ...]"
+    minutes, seconds = (int(v) for v in eta.split(":"))
+    assert minutes * 60 + seconds <= 1, after_two[0]         # 3 steps of 0.2 s left, not 3 of ~1.5 s

@@ -1,4 +1,4 @@
-"""deepdream/flow.py: the optical flow, the warp, the forward-backward check and scene cuts, on
+"""deepdream/video/flow.py: the optical flow, the warp, the forward-backward check and scene cuts, on
 motion known exactly (benchmarks/clips.py). The whole clip, flicker included, is tested through
 the script in tests/test_dream_video_clip.py."""
 
@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.clips import PAN, pan_frames, photo_strip
-from deepdream.flow import Coherence, carry, dense_flow, gray, sample_along, unreliable_mask
+from deepdream.video.flow import Coherence, carry, dense_flow, gray, sample_along, unreliable_mask
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_flow_finds_a_known_pan_and_warping_follows_it() -> None:

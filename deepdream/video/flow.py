@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import DreamError
+from ..errors import DreamError
 
 FLOW_METHODS = ("dis", "farneback")
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel's round trip may miss by this
@@ -61,7 +61,7 @@ class Coherence:
         a cut, occlusions), ``flow_refresh`` of it where the previous dream came along and only needs
         renewing. Frame to frame the new dream's detail is mostly unrelated to the carried one, so a
         full dream on top of it would bring the flicker back."""
-        if carried is None:
+        if carried is None or carried.cut:  # a cut starts afresh, exactly like the first frame
             return 1.0
         return self.flow_refresh + (1.0 - self.flow_refresh) * carried.fresh
 
@@ -139,14 +139,27 @@ def unreliable_mask(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     return outside | (miss > allowed)
 
 
+def scene_residual(previous_input: np.ndarray, current_input: np.ndarray, method: str
+                   ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """The scene-cut measure, mean |input_t - input_t-1 moved along the flow| (0..1), with what it was
+    computed from: the frames' luma (now, before) and the backward flow (t -> t-1)."""
+    now, before = gray(current_input), gray(previous_input)
+    backward = dense_flow(now, before, method)
+    residual = float(np.mean(np.abs(now.astype(np.float32) - sample_along(before, backward)))) / 255.0
+    return residual, now, before, backward
+
+
+def is_scene_cut(previous_input: np.ndarray, current_input: np.ndarray, coherence: Coherence) -> bool:
+    """Whether ``carry`` restarts the dream at ``current_input`` (decided by the inputs alone)."""
+    return scene_residual(previous_input, current_input, coherence.flow_method)[0] > coherence.scene_cut
+
+
 def carry(previous_input: np.ndarray, previous_dream: np.ndarray, current_input: np.ndarray,
           coherence: Coherence) -> Carried:
     """The start image of the current frame: the previous dream moved along the input's flow, blended in."""
     import cv2
 
-    now, before = gray(current_input), gray(previous_input)
-    backward = dense_flow(now, before, coherence.flow_method)
-    residual = float(np.mean(np.abs(now.astype(np.float32) - sample_along(before, backward)))) / 255.0
+    residual, now, before, backward = scene_residual(previous_input, current_input, coherence.flow_method)
     if residual > coherence.scene_cut:
         return Carried(np.asarray(current_input, np.float32), np.ones(now.shape + (1,), np.float32), 1.0, residual,
                        True)

@@ -1,4 +1,5 @@
-"""Image datasets for prepare_dataset.py, calc_cm.py and train_dream.py.
+"""Image datasets for prepare_dataset.py, calc_cm.py and train_dream.py (and ``duplicates``: the
+exact and near-duplicate checks of prepare_dataset.py).
 
 An *ImageFolder* is ``root/<class name>/**/<image>`` (torchvision's convention): every
 sub-folder of ``root`` is a class, and every file Pillow can open below it is an image of
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import DreamError
-from .image_io import to_rgb
+from ..errors import DreamError
+from ..image_io import to_rgb
 
 #: The calibration view of an image (the view the network sees): short side 256, centre crop 224.
 CALIBRATION_SHORT_SIDE = 256
@@ -341,12 +342,20 @@ class BatchLoader:
         return eval_view(self.load(index, 2 * aug.size), aug.size)
 
     def batches(self, order: np.ndarray, batch_size: int, aug: Augment, train: bool,
-                seed: int = 0, epoch: int = 0, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (images (B, S, S, 3) float32 in [0, 1], labels (B,) int32) from batch ``start`` on."""
+                seed: int = 0, epoch: int = 0, start: int = 0,
+                part: slice = slice(None)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (images (B, S, S, 3) float32 in [0, 1], labels (B,) int32) from batch ``start`` on.
+
+        ``part``: only these positions of each batch (a rank's share; decoded alone, augmented
+        exactly as in the whole batch, since a sample's key is its position in the epoch).
+        """
         n_batches = math.ceil(len(order) / batch_size)
 
+        def positions_of(b: int) -> range:
+            return range(b * batch_size, min((b + 1) * batch_size, len(order)))[part]
+
         def submit(b: int) -> list[Future]:
-            positions = range(b * batch_size, min((b + 1) * batch_size, len(order)))
+            positions = positions_of(b)
             if train:
                 return [self.pool.submit(self._train_sample, int(order[p]), aug, (seed, epoch, 0xA06, p))
                         for p in positions]
@@ -357,8 +366,7 @@ class BatchLoader:
             current = pending
             pending = submit(b + 1) if b + 1 < n_batches else None
             images = np.stack([f.result() for f in current])
-            labels = np.asarray([self.data.labels[int(order[p])]
-                                 for p in range(b * batch_size, min((b + 1) * batch_size, len(order)))], np.int32)
+            labels = np.asarray([self.data.labels[int(order[p])] for p in positions_of(b)], np.int32)
             yield images, labels
 
 
