@@ -156,13 +156,13 @@ def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int |
 
 
 def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tuple[mx.array, mx.array]:
-    """A stride-s convolution as a stride-1 one (padding 0), for the native kernels' few-channel
-    layers: input pixel (s*t + a, s*u + b) of the padded image becomes channel block (a, b) of pixel
-    (t, u), and kernel tap (s*i + a, s*j + b) tap (i, j) of that block (taps past the kernel are
-    zero). The RGB stems' products would otherwise be 3 wide: alexnet's 11x11/4 becomes a 3x3 over
-    48 channels (Winograd's case), googlenet's and resnet50's 7x7/2 a 4x4 over 12, with gradients
-    through the rearrangement (a reshape and a transpose) for free. Wider layers run phase by phase
-    natively, which multiplies no zero tap."""
+    """A stride-s convolution as a stride-1 one (padding 0): input pixel (s*t + a, s*u + b) of the
+    padded image becomes channel block (a, b) of pixel (t, u), and kernel tap (s*i + a, s*j + b) tap
+    (i, j) of that block (taps past the kernel are zero), with gradients through the rearrangement
+    (a reshape and a transpose) for free. The native kernels take it where it makes a few-channel
+    layer a Winograd one (alexnet's 11x11/4 RGB stem becomes a 3x3 over 48 channels) or where their
+    own forms do not apply (a different stride down and across); other strided layers run natively,
+    the few-channel ones as window products (im2col.cpp), the wider ones phase by phase."""
     n, h, w, c = x.shape
     co, kh, kw, _ = weight.shape
     (sh, sw), (ph, pw) = s, p
@@ -181,16 +181,20 @@ def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tupl
 def _native_conv(x: mx.array, weight: mx.array, stride: Pair,
                  padding: Pair) -> tuple[ModuleType, Pair] | None:
     """The native kernels and the output size where they run this convolution (the same stride
-    down and across, padding inside the kernel, and strided only with enough input channels or a
-    1x1 kernel: see ``_phases_as_channels``), or None to use the MLX forms."""
-    _, kh, kw, ci = weight.shape
+    down and across, padding inside the kernel, and not a strided few-channel layer whose phases
+    stacked as channels make a Winograd layer: see ``_phases_as_channels``), or None to use the MLX forms."""
+    co, kh, kw, ci = weight.shape
     (sh, sw), (ph, pw) = stride, padding
-    if sh != sw or ph >= kh or pw >= kw or (sh > 1 and ci < _MIN_SHIFTED_CHANNELS and (kh, kw) != (1, 1)):
+    if sh != sw or ph >= kh or pw >= kw:
         return None
     kernels = _conv_kernels(x)
     if kernels is None:
         return None
-    return kernels, ((x.shape[1] + 2 * ph - kh) // sh + 1, (x.shape[2] + 2 * pw - kw) // sw + 1)
+    out_hw = ((x.shape[1] + 2 * ph - kh) // sh + 1, (x.shape[2] + 2 * pw - kw) // sw + 1)
+    if sh > 1 and ci < _MIN_SHIFTED_CHANNELS and \
+            kernels.conv2d_uses_winograd(sh * sw * ci, co, -(-kh // sh), -(-kw // sw), *out_hw):
+        return None
+    return kernels, out_hw
 
 
 def _conv_kernels(x: mx.array) -> ModuleType | None:

@@ -22,7 +22,8 @@
 //
 // 3x3 layers with >= 16 channels on each side and >= 16 4x4 output tiles (every VGG layer but
 // the first, most 3x3 layers of the other models) take winograd.cpp's F(4x4, 3x3) for the forward
-// and the input gradient instead: 4x fewer multiply-adds. The weight gradient is always here.
+// and the input gradient instead: 4x fewer multiply-adds; layers with fewer than 16 input channels
+// (the RGB input layer) take im2col.cpp's window products. The weight gradient is always here.
 
 #include <dlfcn.h>
 
@@ -36,6 +37,18 @@ namespace deepdream {
 Sgemm sgemm() {
   static Sgemm fn = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
   return fn;
+}
+
+const float* gradient_rows(const float* grad, const float* y, int act, int r0, int m, int c,
+                           std::vector<float>& scratch) {
+  const float* g = grad + (size_t)r0 * c;
+  if (!y || act == kLinear) return g;
+  scratch.resize((size_t)m * c);
+  parallel_for(m, [&](int begin, int end) {
+    masked_copy(scratch.data() + (size_t)begin * c, g + (size_t)begin * c, y + ((size_t)r0 + begin) * c,
+                (end - begin) * c, act);
+  });
+  return scratch.data();
 }
 
 namespace {
@@ -146,20 +159,6 @@ void pointwise(const float* x, const float* w, int rows, int ci, int co, Finish 
   }
 }
 
-// The rows [r0, r0 + m) of a gradient (rows, c), masked by the activation at y (null: as they are),
-// as a matrix: the gradient itself when nothing masks it, else a masked copy in `scratch`.
-const float* gradient_rows(const float* grad, const float* y, int act, int r0, int m, int c,
-                           std::vector<float>& scratch) {
-  const float* g = grad + (size_t)r0 * c;
-  if (!y || act == kLinear) return g;
-  scratch.resize((size_t)m * c);
-  parallel_for(m, [&](int begin, int end) {
-    masked_copy(scratch.data() + (size_t)begin * c, g + (size_t)begin * c, y + ((size_t)r0 + begin) * c,
-                (end - begin) * c, act);
-  });
-  return scratch.data();
-}
-
 bool is_pointwise(const Geometry& g) { return g.kh == 1 && g.kw == 1 && g.stride == 1; }
 
 // A stride-s convolution is a sum over the s x s phases (a, b) of the padded input of stride-1
@@ -188,6 +187,7 @@ const float* tap_weights(const float* w, const Geometry& g, int i, int j) {
 void forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias, const float* residual,
              float* out, const Geometry& g) {
   if (winograd_applies(g)) return winograd_forward(x, w, w_buffer, bias, residual, out, g);
+  if (im2col_applies(g)) return im2col_forward(x, w, bias, residual, out, g);
   if (is_pointwise(g)) return pointwise(x, w, g.n * g.h * g.w, g.ci, g.co, {bias, residual, g.act}, out);
   Phases ph = phases(g);
   int rows = g.oh + ph.th - 1, wp = g.ow + ph.tw - 1, ld = g.kh * g.kw * g.ci;
@@ -216,11 +216,6 @@ void forward(const float* x, const float* w, const WeightsBuffer& w_buffer, cons
   }
 }
 
-// Below this many output channels (the RGB input layer's gradient) k*k products of width cd
-// run far below the BLAS's speed; one product with all k*k taps side by side (width k*k*cd)
-// then a shifted sum of its column blocks is faster.
-constexpr int kMinTapWidth = 16;
-
 // Input gradient. Input pixel (y, x) is padded pixel (y + top, x + left) = (s * t + a, s * u + b), of
 // phase (a, b), read by that phase's taps (a + s * q, b + s * r) for outputs (t - q, u - r):
 // dx[y, x] = sum_qr g[t - q, u - r] @ w[:, a + s * q, b + s * r, :], per phase a full correlation
@@ -230,6 +225,7 @@ constexpr int kMinTapWidth = 16;
 void input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, const float* y, float* dx,
                 const Geometry& g) {
   if (winograd_applies(g)) return winograd_input_grad(grad, w, w_buffer, y, dx, g);
+  if (im2col_applies(g)) return im2col_input_grad(grad, w, y, dx, g);
   size_t out_image = (size_t)g.oh * g.ow * g.co, in_image = (size_t)g.h * g.w * g.ci;
   if (is_pointwise(g)) {
     // dx = g @ w, block by block: w (C_out, C_in) is already the product's right-hand side
@@ -247,8 +243,6 @@ void input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer
   int s = ph.s, t0 = g.top / s, u0 = g.left / s;
   int rows = (g.h + g.top + s - 1) / s - t0, cols = (g.w + g.left + s - 1) / s - u0;   // phase rows / columns
   int wp = cols + ph.tw - 1, ld = g.kh * g.kw * g.ci;
-  bool wide = g.ci < kMinTapWidth;
-  int width = wide ? g.kh * g.kw * g.ci : 0;
   // a phase without taps (strides past the kernel) leaves its pixels at zero
   bool every_phase = g.kh >= s && g.kw >= s;
   for (int n = 0; n < g.n; ++n) {
@@ -268,38 +262,6 @@ void input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer
           std::memcpy(out + ((size_t)iy * g.w + ix) * g.ci, acc, sizeof(float) * g.ci);
       };
     };
-    if (wide) {
-      // one product with every tap side by side: z[p, (i, j), :] = src[p] @ w[:, i, j, :]
-      int halo = (ph.th - 1) * wp + ph.tw - 1, all = rows * wp, block = block_rows(width);
-      std::vector<float> z((size_t)(block + halo) * width);
-      for (int r0 = 0; r0 < all; r0 += block) {
-        int m = std::min(block, all - r0);
-        sgemm()(kRowMajor, kNoTrans, kNoTrans, m + halo, width, g.co, 1.0f, src.data() + (size_t)r0 * g.co, g.co, w,
-                ld, 0.0f, z.data(), width);
-        for (int a = 0; a < s; ++a)
-          for (int b = 0; b < s; ++b) {
-            int qs = taps_of(a, g.kh, s), rs = taps_of(b, g.kw, s);
-            if (!qs || !rs) continue;
-            auto store = scatter(a, b);
-            parallel_for(m, [&](int begin, int end) {
-              std::vector<float> sum(g.ci);
-              for (int r = r0 + begin; r < r0 + end; ++r) {
-                int t = r / wp, u = r % wp;
-                if (u >= cols) continue;
-                std::fill(sum.begin(), sum.end(), 0.0f);
-                for (int q = 0; q < qs; ++q)
-                  for (int rr = 0; rr < rs; ++rr) {
-                    size_t row = (size_t)(r - r0) + (size_t)(ph.th - 1 - q) * wp + (ph.tw - 1 - rr);
-                    const float* zp = &z[row * width + ((a + s * q) * g.kw + (b + s * rr)) * g.ci];
-                    for (int c = 0; c < g.ci; ++c) sum[c] += zp[c];
-                  }
-                store(t, u, sum.data());
-              }
-            });
-          }
-      }
-      continue;
-    }
     for (int a = 0; a < s; ++a)
       for (int b = 0; b < s; ++b) {
         int qs = taps_of(a, g.kh, s), rs = taps_of(b, g.kw, s);

@@ -1,5 +1,6 @@
-// The stride-1 convolution's pieces shared by its two algorithms: conv.cpp (shifted-view products,
-// any kernel) and winograd.cpp (F(4x4, 3x3), the 3x3 kernels on maps big enough to pay for it).
+// The convolution's pieces shared by its three algorithms: conv.cpp (shifted-view products, any
+// kernel and stride), winograd.cpp (F(4x4, 3x3), the 3x3 stride-1 kernels on maps big enough to pay
+// for it) and im2col.cpp (the few-channel layers: the RGB input layer).
 #pragma once
 
 #include <memory>
@@ -35,6 +36,19 @@ void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buf
                       const float* residual, float* out, const ConvGeometry& g);
 void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, const float* y, float* dx,
                          const ConvGeometry& g);
+
+// Below this many input channels (the RGB input layer) conv.cpp's per-tap products are too thin for
+// the BLAS; im2col.cpp runs the forward and the input gradient as products as deep as a whole window.
+constexpr int kFewChannels = 16;
+bool im2col_applies(const ConvGeometry& g);
+void im2col_forward(const float* x, const float* w, const float* bias, const float* residual, float* out,
+                    const ConvGeometry& g);
+void im2col_input_grad(const float* grad, const float* w, const float* y, float* dx, const ConvGeometry& g);
+
+// Rows [r0, r0 + m) of a gradient (rows, c), masked by the activation at y (null: as they are), as a
+// matrix: the gradient itself when nothing masks it, else a masked copy in `scratch`.
+const float* gradient_rows(const float* grad, const float* y, int act, int r0, int m, int c,
+                           std::vector<float>& scratch);
 
 // How many transformed kernels winograd.cpp holds (those of weights still alive elsewhere).
 size_t winograd_cached_kernels();

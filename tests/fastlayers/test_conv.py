@@ -1,8 +1,9 @@
 """fastlayers.conv's convolution, with its own gradients, against torch.
 
-Every code path is exercised, on both CPU paths (``cpu_kernels``): the native stride-1
-convolution (fastlayers/native/conv.cpp: per-tap and all-taps-at-once input gradients; its Winograd
-3x3 layers have their own cases in tests/fastlayers/test_native.py) and, without
+Every code path is exercised, on both CPU paths (``cpu_kernels``): the native convolution
+(fastlayers/native/conv.cpp: per-tap products, strided layers phase by phase; im2col.cpp: the
+few-channel layers' window products; its Winograd 3x3 layers have their own cases in
+tests/fastlayers/test_native.py) and, without
 it, the shifted-product convolution (large maps, >= 16 channels) and MLX's im2col one (small
 maps, RGB input), the shifted and the col2im input gradients (stride 1, strided, 1x1, few
 channels), batches, non-square kernels and biases.
@@ -39,18 +40,19 @@ CONV_CASES = [
     (1, 51, 53, 20, 8, (1, 7), 1, (0, 3)),  # shifted, non-square kernel (inception_v3)
     (1, 50, 52, 24, 16, (7, 1), 1, (3, 0)),
     (1, 52, 52, 16, 16, 5, 1, 0),          # shifted without padding
-    (1, 60, 57, 3, 16, 3, 1, 1),           # RGB input: im2col forward, col2im gradient
-    (1, 33, 31, 3, 8, 7, 2, 3),            # strided stem (googlenet, resnet): native phase by phase
+    (1, 60, 57, 3, 16, 3, 1, 1),           # RGB input: im2col forward, col2im gradient (native: im2col.cpp)
+    (1, 33, 31, 3, 8, 7, 2, 3),            # strided stem (googlenet, resnet; native: im2col.cpp)
     (1, 47, 45, 3, 8, 11, 4, 2),           # alexnet's stem
+    (1, 75, 73, 3, 16, 11, 4, 2),          # native: its phases stacked as 48 channels, a Winograd 3x3
     (1, 21, 20, 32, 16, 3, 2, 1),          # strided, many channels (resnet bottleneck)
     (1, 20, 19, 16, 32, 1, 2, 0),          # 1x1 stride 2 (resnet downsample): three phases unread
     (1, 19, 22, 20, 24, 3, 2, 0),          # strided without padding (inception_v3's Mixed_6a)
-    (1, 15, 14, 5, 12, 1, 2, 0),           # 1x1 stride 2, few channels: the phases' wide input gradient
+    (1, 15, 14, 5, 12, 1, 2, 0),           # 1x1 stride 2, few channels
     (1, 12, 13, 24, 40, 1, 1, 0),          # 1x1: matrix products
     (1, 13, 11, 32, 48, 3, 1, 1),          # small map: im2col forward, shifted gradient
     (2, 52, 50, 16, 8, 3, 1, 1),           # a batch (training)
     (2, 17, 16, 4, 6, 5, 3, 1),
-    (2, 9, 10, 5, 7, 5, 1, 2),             # native: fewer than 16 input channels, wide input gradient
+    (2, 9, 10, 5, 7, 5, 1, 2),             # native: fewer than 16 input channels, a batch, padding
     (1, 11, 9, 6, 20, (3, 5), 1, (2, 1)),  # native: padding wider than half the kernel
 ]
 
@@ -89,9 +91,9 @@ def test_conv2d_matches_torch(n: int, h: int, w: int, ci: int, co: int, k, s: in
 
 def test_native_convolution_runs_every_layer(cpu_kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the native kernels every convolution goes to conv.cpp (so the cases above test it):
-    strided ones phase by phase, or, with few input channels or unequal strides, as a stride-1
-    one over their phases stacked as channels (``conv._phases_as_channels``). The pure-MLX path
-    never calls it."""
+    strided ones as they are, or, with unequal strides or where few input channels stacked by
+    phase make a Winograd layer (alexnet's stem), as a stride-1 one over their phases stacked as
+    channels (``conv._phases_as_channels``). The pure-MLX path never calls it."""
     from fastlayers import native
 
     kernels = native.load()
@@ -105,12 +107,12 @@ def test_native_convolution_runs_every_layer(cpu_kernels: str, monkeypatch: pyte
         monkeypatch.setattr(native, "load", lambda: Counting())
     x = mx.random.normal((1, 20, 20, 16))
     cases = [((4, 3, 3, 16), 1, 1), ((4, 3, 3, 16), 2, 1), ((4, 1, 1, 16), 1, 0), ((4, 1, 1, 16), 2, 0),
-             ((4, 3, 3, 3), 2, 1), ((4, 3, 3, 16), (2, 1), 1)]
+             ((4, 3, 3, 3), 2, 1), ((4, 3, 3, 16), (2, 1), 1), ((16, 11, 11, 3), 4, 2)]
     for shape, stride, padding in cases:
         weight = mx.random.normal(shape)
-        a = x[..., :shape[-1]]
+        a = x[..., :shape[-1]] if shape[1] < 11 else mx.random.normal((1, 75, 75, 3))
         mx.eval(mx.grad(lambda a: conv2d(a, weight, stride, padding).sum())(a))
-    assert strides == ([1, 2, 1, 2, 1, 1] if cpu_kernels == "native" else [])
+    assert strides == ([1, 2, 1, 2, 2, 1, 1] if cpu_kernels == "native" else [])
 
 
 @pytest.mark.parametrize("size,expected", [(52, 2), (20, 1)])
