@@ -140,23 +140,24 @@ void correlate(const std::vector<Tap>& taps, int cs, int oh, int ow, int wp, int
   }
 }
 
-// A 1x1 layer over `rows` pixels: out = finish(x @ w^T), one product per row block (x: (rows, ci),
-// w: (co, ci)), each block finished while it is still in cache.
+// A 1x1 layer over `rows` pixels: out = finish(x @ w^T) (x: (rows, ci), w: (co, ci)). Each thread
+// takes its own run of rows, block by block, each product on that thread and each block finished
+// while it is still in its core's cache: no thread waits for another between a product and its finish.
 void pointwise(const float* x, const float* w, int rows, int ci, int co, Finish finish, float* out) {
   int block = block_rows(co);
   bool finished = finish.bias || finish.residual || finish.act != kLinear;
-  for (int r0 = 0; r0 < rows; r0 += block) {
-    int m = std::min(block, rows - r0);
-    float* o = out + (size_t)r0 * co;
-    sgemm()(kRowMajor, kNoTrans, kTrans, m, co, ci, 1.0f, x + (size_t)r0 * ci, ci, w, ci, 0.0f, o, co);
-    if (!finished) continue;
-    const float* residual = finish.residual ? finish.residual + (size_t)r0 * co : nullptr;
-    parallel_for(m, [&](int begin, int end) {
-      for (int r = begin; r < end; ++r)
+  parallel_for(rows, [&](int begin, int end) {
+    for (int r0 = begin; r0 < end; r0 += block) {
+      int m = std::min(block, end - r0);
+      float* o = out + (size_t)r0 * co;
+      sgemm()(kRowMajor, kNoTrans, kTrans, m, co, ci, 1.0f, x + (size_t)r0 * ci, ci, w, ci, 0.0f, o, co);
+      if (!finished) continue;
+      const float* residual = finish.residual ? finish.residual + (size_t)r0 * co : nullptr;
+      for (int r = 0; r < m; ++r)
         epilogue(o + (size_t)r * co, o + (size_t)r * co, finish.bias, residual ? residual + (size_t)r * co : nullptr,
                  co, finish.act);
-    });
-  }
+    }
+  });
 }
 
 bool is_pointwise(const Geometry& g) { return g.kh == 1 && g.kw == 1 && g.stride == 1; }
@@ -228,15 +229,23 @@ void input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer
   if (im2col_applies(g)) return im2col_input_grad(grad, w, y, dx, g);
   size_t out_image = (size_t)g.oh * g.ow * g.co, in_image = (size_t)g.h * g.w * g.ci;
   if (is_pointwise(g)) {
-    // dx = g @ w, block by block: w (C_out, C_in) is already the product's right-hand side
+    // dx = g @ w, block by block, each thread its own run of rows (as in `pointwise`): w (C_out, C_in)
+    // is already the product's right-hand side
     int rows = g.n * g.h * g.w, block = block_rows(std::max(g.ci, g.co));
-    std::vector<float> scratch;
-    for (int r0 = 0; r0 < rows; r0 += block) {
-      int m = std::min(block, rows - r0);
-      const float* gm = gradient_rows(grad, y, g.act, r0, m, g.co, scratch);
-      sgemm()(kRowMajor, kNoTrans, kNoTrans, m, g.ci, g.co, 1.0f, gm, g.co, w, g.ci, 0.0f, dx + (size_t)r0 * g.ci,
-              g.ci);
-    }
+    parallel_for(rows, [&](int begin, int end) {
+      std::vector<float> masked;
+      for (int r0 = begin; r0 < end; r0 += block) {
+        int m = std::min(block, end - r0);
+        const float* gm = grad + (size_t)r0 * g.co;
+        if (y && g.act != kLinear) {
+          masked.resize((size_t)m * g.co);
+          masked_copy(masked.data(), gm, y + (size_t)r0 * g.co, m * g.co, g.act);
+          gm = masked.data();
+        }
+        sgemm()(kRowMajor, kNoTrans, kNoTrans, m, g.ci, g.co, 1.0f, gm, g.co, w, g.ci, 0.0f,
+                dx + (size_t)r0 * g.ci, g.ci);
+      }
+    });
     return;
   }
   Phases ph = phases(g);
