@@ -40,7 +40,7 @@ from .. import threads
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "common.h", "conv.h", "bindings.cpp", "conv.cpp", "winograd.cpp", "im2col.cpp", "depthwise.cpp",
-           "pooling.cpp", "concat.cpp", "blur.cpp")
+           "pooling.cpp", "concat.cpp", "blur.cpp", "roll.cpp", "update.cpp")
 
 _module: ModuleType | None = None
 #: "not loaded yet", "built and loaded from PATH", or why the pure-MLX path runs instead.

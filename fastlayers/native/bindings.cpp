@@ -40,6 +40,13 @@ NB_MODULE(_native, m) {
         "The arrays' last dimension (NHWC channels) side by side; its gradient splits (both copies on all threads).");
   m.def("separable_blurs", &deepdream::separable_blurs, nb::arg("padded"), nb::arg("taps"),
         "The mean of B separable blurs (taps (B, k)) of an image padded by (k - 1) / 2 on every side (no gradient).");
+  m.def("roll_pad", &deepdream::roll_pad, nb::arg("x"), nb::arg("start"), nb::arg("pad"),
+        "x (N, H, W, C) rolled so that pixel start = (row, column) comes first, then reflect-padded by pad on "
+        "every side (the roll's gradient is the opposite roll; the padding has none).");
+  m.def("normalized_step", &deepdream::normalized_step, nb::arg("state"), nb::arg("grad"), nb::arg("scale"),
+        nb::arg("low"), nb::arg("high"), nb::arg("mean_abs"),
+        "clip(state + scale * normalised grad, low, high) per channel; grad normalised by its mean and standard "
+        "deviation, or (mean_abs) by its mean absolute value (no gradient).");
   m.def("max_pool2d", &deepdream::max_pool2d, nb::arg("x"), nb::arg("kh"), nb::arg("kw"), nb::arg("sh"),
         nb::arg("sw"), nb::arg("ph"), nb::arg("pw"), nb::arg("out_h"), nb::arg("out_w"),
         "torch's max_pool2d on x (N, H, W, C): -inf padding, the first maximum wins ties.");

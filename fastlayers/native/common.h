@@ -268,6 +268,9 @@ mx::array conv2d(const mx::array& x, const mx::array& w, const mx::array& bias, 
                  int act, const std::optional<mx::array>& residual, int stride);
 mx::array concat_channels(const std::vector<mx::array>& arrays);
 mx::array separable_blurs(const mx::array& padded, const mx::array& taps);
+mx::array roll_pad(const mx::array& x, const mx::array& start, int pad);
+mx::array normalized_step(const mx::array& state, const mx::array& grad, const mx::array& scale, const mx::array& low,
+                          const mx::array& high, bool mean_abs);
 mx::array max_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w);
 mx::array avg_pool2d(const mx::array& x, int kh, int kw, int sh, int sw, int ph, int pw, int out_h, int out_w,
                      bool count_include_pad);
