@@ -109,21 +109,32 @@ class Renderer:
         v = b2 * v + (1 - b2) * grad * grad
         return state + lr * m / (mx.sqrt(v) + ADAM_EPS), m, v, loss
 
-    def render(self, n: int, targets: Sequence[mx.array], rng: np.random.Generator, *,
-               snapshot: Callable[[np.ndarray], None] | None = None, progress: bool = True,
+    def render(self, n: int, targets: Sequence[mx.array], rng: np.random.Generator | Sequence[np.random.Generator],
+               *, snapshot: Callable[[np.ndarray], None] | None = None, progress: bool = True,
                description: str = "render", steps: int | None = None) -> np.ndarray:
         """Optimise ``n`` images for ``steps`` (default: the settings'); ``snapshot(images)`` is called
-        every ``save_every`` steps."""
+        every ``save_every`` steps. ``rng`` is one generator for the batch, or one per image: a sweep's
+        items then draw exactly what ``--seed`` draws for a render of that item alone, whatever else
+        shares their batch."""
         s = self.settings
         steps = steps or s.steps
-        state = self.param.init(n, rng)
+        per_image = not isinstance(rng, np.random.Generator)
+        if per_image and len(rng) != n:
+            raise ValueError(f"{len(rng)} generators for {n} images")
+
+        def draw_maps() -> np.ndarray:
+            if per_image:
+                return np.concatenate([s.robustness.sample(r, 1) for r in rng])
+            return s.robustness.sample(rng, n)
+
+        state = mx.concatenate([self.param.init(1, r) for r in rng]) if per_image else self.param.init(n, rng)
         m, v = mx.zeros_like(state), mx.zeros_like(state)
         targets = list(targets)
         b1, b2 = ADAM_BETAS
         with tqdm(total=steps, desc=description, unit="step", disable=not progress, file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for t in range(1, steps + 1):
-                maps = mx.array(s.robustness.sample(rng, n))
+                maps = mx.array(draw_maps())
                 lr = mx.array(s.lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t), dtype=mx.float32)  # Adam's bias correction
                 state, m, v, loss = self._step(state, m, v, maps, self.grid, targets, lr)
                 mx.eval(state, m, v, loss)
