@@ -14,6 +14,7 @@ See README (``python dream.py --help`` lists every flag).
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 from deepdream.cli.args import OUTPUT_FOLDER, still_parser  # noqa: E402
 from deepdream.cli.info import handle_info_flags  # noqa: E402
 from deepdream.cli.model_choice import ALL_MODELS, available_models, model_name_from_args  # noqa: E402
+from deepdream.cli.pages import Dream, DreamRow, dream_command, run_atlas, write_dreams_page, write_sweep_page  # noqa: E402
 from deepdream.cli.settings import (  # noqa: E402
     is_render,
     model_and_settings,
@@ -93,9 +95,9 @@ def dream_all(args: argparse.Namespace, notify) -> int:
     names = available_models(notify)
     if not names:
         raise DreamError("no model has weights; run `python export_efficientnet_lite0.py` or another exporter")
-    seed = args.seed
-    first_rng = np.random.default_rng(seed)
-    image, stem = still_start(args, first_rng)
+    # A seed even without --seed: the gallery page's command for each dream names it.
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    image, stem = still_start(args, np.random.default_rng(seed))
     # Validate everything (weights, layers, channels, guide) before the first long dream.
     jobs = []
     for name in names:
@@ -104,17 +106,24 @@ def dream_all(args: argparse.Namespace, notify) -> int:
         jobs.append((name, Dreamer(model, settings, quiet=args.quiet, notify=notify)))
     ext = Path(default_output_path(args.input, "x")).suffix
     results = []
+    dreams = []
     for name, dreamer in jobs:
-        result = dreamer(image, rng=np.random.default_rng(seed), description=name)
+        rng = np.random.default_rng(seed)
+        start, _ = still_start(args, rng)  # drawn as `--model NAME --seed S` draws it, so that command remakes it
+        result = dreamer(start, rng=rng, description=name)
         path = save_image(folder / f"{stem}_{name}{ext}", result)
         results.append((name, result))
+        dreams.append(Dream(name, path, dreamer.settings, dream_command(args, model=name, seed=seed, output=str(path))))
         if not args.quiet:
             print(path)
     sheet = contact_sheet([("input", image)] + results)
     sheet_path = folder / f"{stem}_contact_sheet.png"
     save_image(sheet_path, np.asarray(sheet, dtype=np.float32) / 255.0)
+    page = write_dreams_page(folder, [DreamRow(Path(args.input) if args.input else None, tuple(dreams))],
+                             title=f"{stem}: every model's dream", command=dream_command(args, seed=seed))
     if not args.quiet:
         print(sheet_path)
+        print(page)
     return 0
 
 
@@ -123,20 +132,30 @@ def render(args: argparse.Namespace, notify) -> int:
     import numpy as np
 
     settings = render_settings(args)
-    folder = check_sweep_folder(args.output) if args.sweep else None
+    if args.class_ is not None and len(args.class_) > 1 and not args.atlas:
+        raise DreamError(f"--class takes one class (got {len(args.class_)} words); quote a name with spaces, "
+                         "e.g. --class 'tiger cat', or render several with --atlas")
+    folder = check_sweep_folder(args.output, "--atlas" if args.atlas else "--sweep") if args.sweep or args.atlas \
+        else None
     if folder is None and args.output is not None:
         check_output_path(args.output)
     if args.model == ALL_MODELS:
         raise DreamError("--model all dreams with each model's recipe; renders take one model: name it with --model")
     model = load_dream_model(model_name_from_args(args, notify), args.weights)
-    plan = plan_render(model, class_spec=args.class_, neuron=args.neuron, layers=args.layers,
-                       channels=parse_channels(args.channels) if args.channels else None,
+    if args.atlas:
+        page = run_atlas(args, model, settings, folder, notify)
+        if not args.quiet:
+            print(page)
+        return 0
+    plan = plan_render(model, class_spec=args.class_[0] if args.class_ else None, neuron=args.neuron,
+                       layers=args.layers, channels=parse_channels(args.channels) if args.channels else None,
                        sweep=args.sweep, diversity=settings.diversity)
     renderer = Renderer(model, plan.objective, settings)
     if folder is not None:
-        for path in run_sweep(renderer, plan, folder, settings.batch, args.seed, quiet=args.quiet):
-            if not args.quiet:
-                print(path)
+        written = run_sweep(renderer, plan, folder, settings.batch, args.seed, quiet=args.quiet)
+        page = write_sweep_page(args, model, settings, plan, folder)
+        if not args.quiet:
+            print("\n".join(str(p) for p in written + [page]))
         return 0
     name = Path(args.weights).stem if args.weights else model.name
     output = Path(args.output) if args.output else default_output_path(None, name, OUTPUT_FOLDER).with_stem(

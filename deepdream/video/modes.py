@@ -24,6 +24,7 @@ from models import DreamModel
 
 from ..cli.args import OUTPUT_FOLDER, flag_dests, flag_name, number
 from ..cli.model_choice import ALL_MODELS
+from ..cli.pages import write_video_page
 from ..cli.settings import model_and_settings, validate_args
 from ..cli.start_image import check_image_args
 from ..dreamer import Dreamer
@@ -36,6 +37,7 @@ from .store import (
     Resume,
     check_resumable,
     check_video_output,
+    frame_path,
     frames_folder_for,
     make_video,
     resume_point,
@@ -155,8 +157,10 @@ def check_common_args(args: argparse.Namespace) -> None:
     check_image_args(args, "frames")
 
 
-def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, notify: Notify) -> int:
-    """Make ``mode``'s video from the parsed flags: every check first, then the frames still missing, then the file."""
+def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, notify: Notify,
+        command: str | None = None) -> int:
+    """Make ``mode``'s video from the parsed flags: every check first, then the frames still missing, then
+    the file and its page (``<output stem>.html``, which shows ``command``, the command that made it)."""
     mode.check_usage(args, [m for m in modes if m is not mode])
     check_common_args(args)
     checked = mode.check(args)
@@ -173,11 +177,11 @@ def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, n
         output = check_video_output(Path(OUTPUT_FOLDER) / f"{stem}_{name}.mp4", input_path)
     resume = resume_point(frames_folder_for(output), args.seed, restart=args.restart)
     video = mode.video(args, checked, source, output, resume, notify)
-    return dream_frames(args, model, settings, resume, output, video, notify)
+    return dream_frames(args, model, settings, resume, output, video, notify, command)
 
 
 def dream_frames(args: argparse.Namespace, model: DreamModel, settings: DreamSettings, resume: Resume,
-                 output: Path, video: Video, notify: Notify) -> int:
+                 output: Path, video: Video, notify: Notify, command: str | None = None) -> int:
     """What every mode shares once its input is read: the dreamer, the frames, the video."""
     folder = frames_folder_for(output)
     settings = replace(settings, seed=resume.seed)
@@ -194,6 +198,9 @@ def dream_frames(args: argparse.Namespace, model: DreamModel, settings: DreamSet
     make_video(folder, output, video.frames(dream), record=record, resume=resume, total=video.total,
                size=video.size, timing=video.timing, extra=video.extra, restart=args.restart, quiet=args.quiet,
                notify=notify)
+    page = write_video_page(output, frame_path(folder, video.total // 2), command, record)
     if not args.quiet:
         print(output)
+        print(page)
     return 0
+

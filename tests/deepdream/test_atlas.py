@@ -1,0 +1,130 @@
+"""The atlas: its sections in network order, the estimate before it starts, resume (a rerun renders
+exactly what is missing), and the page written even when interrupted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepdream.atlas import CLASSES, describe_atlas, format_duration, plan_atlas, run_atlas
+from deepdream.errors import DreamError, Interrupted
+from deepdream.image_io import load_image
+from deepdream.visualise import Renderer, RenderSettings
+from tests.pages import check_site
+
+#: Tiny renders for plumbing (not for judging images).
+TINY = RenderSettings(height=32, width=32, steps=2, batch=4)
+
+
+def test_sections_in_network_order_with_their_channels_and_classes(effnet, tmp_path):
+    notices = []
+    sections = plan_atlas(effnet, tmp_path, layers=["block3", "stem"], channels=[0, 1, 35],
+                          classes=["goldfish", "0-2"], notify=notices.append)
+    assert [(s.title, s.kind, s.count) for s in sections] == [
+        ("stem", "channel", 32), ("block3", "channel", 40), (CLASSES, "class", 1000)]
+    assert [target for _, target in sections[0].plan.items] == [0, 1]          # stem has no channel 35
+    assert [target for _, target in sections[1].plan.items] == [0, 1, 35]
+    assert notices == ["some layers have fewer channels than --channels asks for; they get those they have: stem (32)"]
+    assert [label for label, _ in sections[2].plan.items] == ["goldfish", "tench", "great white shark"]
+    assert [p.name for p in sections[2].paths] == ["0001_goldfish.png", "0000_tench.png", "0002_great_white_shark.png"]
+    assert sections[1].folder == tmp_path / "block3"
+    # Defaults: the model's dream layers, every channel; classes alone when only they are asked for.
+    default, = plan_atlas(effnet, tmp_path)
+    assert (default.layer, len(default.plan.items)) == ("block10", default.count)
+    only, = plan_atlas(effnet, tmp_path, classes=["all"])
+    assert (only.kind, len(only.plan.items)) == ("class", 1000)
+    assert [s.layer for s in plan_atlas(effnet, tmp_path, layers=["all"], channels=[0])] == effnet.layer_names
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"channels": [0]}, "--channels needs --layers"),
+    ({"layers": ["block3"], "channels": [99]}, "none of --channels 99"),
+    ({"layers": ["block99"]}, "block99"),
+    ({"classes": ["goldfsh"]}, "unknown class 'goldfsh'"),
+    ({"classes": ["5-2"]}, "--class range '5-2' is empty"),
+    ({"classes": ["990-1005"]}, "class index 1005 is out of range"),
+])
+def test_bad_choices_fail_before_any_work(effnet, tmp_path, kwargs, message):
+    with pytest.raises(Exception, match=message) as caught:
+        plan_atlas(effnet, tmp_path, **kwargs)
+    assert isinstance(caught.value, (DreamError, ValueError))
+    assert not any(tmp_path.iterdir())
+
+
+def _atlas(effnet, folder):
+    sections = plan_atlas(effnet, folder, layers=["block1", "block3"], channels=[0, 1, 2], classes=["1", "2"])
+
+    def describe(done):
+        return describe_atlas(effnet, done, TINY, 0, title="atlas", details=(), command=None,
+                              remake=lambda section, i, seed: f"remake {section.title} {i} {seed}")
+    return sections, describe
+
+
+def _count_renders(monkeypatch) -> list[int]:
+    """Images rendered for keeps (the estimate's probe passes ``steps`` and is not counted)."""
+    rendered: list[int] = []
+    original = Renderer.render
+
+    def render(self, n, *args, **kwargs):
+        if kwargs.get("steps") is None:
+            rendered.append(n)
+        return original(self, n, *args, **kwargs)
+    monkeypatch.setattr(Renderer, "render", render)
+    return rendered
+
+
+def test_a_rerun_renders_exactly_the_missing_images(effnet, tmp_path, monkeypatch):
+    rendered = _count_renders(monkeypatch)
+    notices = []
+    sections, describe = _atlas(effnet, tmp_path)
+    page = run_atlas(effnet, sections, TINY, tmp_path, 0, describe, quiet=True, notify=notices.append)
+    assert sum(rendered) == 8 and rendered == [3, 3, 2]     # per section, 4 at a time
+    assert "8 images in 3 sections; 8 to render at 32x32 px, 2 steps each: about" in notices[0]
+    assert "measured: a 2-step probe of each unfinished section" in notices[0]
+    paths = [p for s in sections for p in s.paths]
+    assert all(p.is_file() for p in paths)
+    assert len(check_site(page)[page.resolve()].images) == 8
+
+    gone = [paths[1], paths[5], paths[7]]                    # one from each section
+    before = {p: load_image(p) for p in gone}
+    stamps = {p: p.stat().st_mtime_ns for p in paths if p not in gone}
+    for p in gone:
+        p.unlink()
+    rendered.clear()
+    notices.clear()
+    run_atlas(effnet, sections, TINY, tmp_path, 0, describe, quiet=True, notify=notices.append)
+    assert sum(rendered) == 3
+    assert "8 images in 3 sections (5 already in" in notices[0] and "; 3 to render" in notices[0]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps           # the others untouched
+    for p in gone:   # each item has its own seed: the same image, whatever shared its batch
+        assert np.abs(load_image(p) - before[p]).max() <= 1 / 255 + 1e-6
+    assert len(check_site(page)[page.resolve()].images) == 8
+    # Nothing missing: no probe, no notice, no render; the page is written all the same.
+    rendered.clear()
+    notices.clear()
+    page.unlink()
+    run_atlas(effnet, sections, TINY, tmp_path, 0, describe, quiet=True, notify=notices.append)
+    assert rendered == [] and notices == [] and page.is_file()
+
+
+def test_interrupted_atlas_keeps_its_images_and_page(effnet, tmp_path, monkeypatch):
+    sections, describe = _atlas(effnet, tmp_path)
+    original = Renderer.render
+    calls = []
+
+    def render(self, n, *args, **kwargs):
+        if kwargs.get("steps") is None:
+            calls.append(n)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return original(self, n, *args, **kwargs)
+    monkeypatch.setattr(Renderer, "render", render)
+    with pytest.raises(Interrupted, match="3 of 8 images are in"):
+        run_atlas(effnet, sections, TINY, tmp_path, 0, describe, quiet=True)
+    index = check_site(tmp_path / "index.html")[(tmp_path / "index.html").resolve()]
+    assert len(index.images) == 3
+
+
+def test_durations_read_like_a_person_writes_them():
+    assert [format_duration(s) for s in (4.4, 75, 3 * 3600 + 125, 3 * 86400)] == [
+        "4 s", "1 min 15 s", "3 h 02 min", "3.0 days"]
