@@ -203,6 +203,11 @@ def test_model_all_writes_each_model_and_a_contact_sheet(effnet, tmp_path, weigh
         ("source", "input"), ("", "googlenet"), ("", "efficientnet_lite0")]
     commands = page.text("code")[1:]   # after the job's own command
     assert len(commands) == 2 and all("--seed 0" in c and "--octaves 1" in c for c in commands)
+    # From noise too: each model's start is drawn as `--model NAME --seed S` draws it.
+    noise = tmp_path / "noise"
+    ok(run("--width", 48, "--height", 48, "--model", "all", "--output", noise, "--octaves", 1, "--steps", 2,
+           "--seed", 4, "--quiet", env=env))
+    commands.append(check_site(noise / "index.html")[(noise / "index.html").resolve()].text("code")[-1])
     for command in commands:
         words = shlex.split(command)
         made = Path(words[words.index("--output") + 1])

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from deepdream.gallery import THUMB_SIZE, Gallery, Picture, Section, write_gallery
-from tests.pages import check_site, read_page
+from tests.pages import check_site, chromium_driver, read_page
 
 
 def image(path: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -126,3 +126,26 @@ def test_video_poster_and_player(tmp_path):
     assert (tmp_path / player.get("poster")).is_file()
     assert [s.get("src") for s in index.sources] == ["clip.mp4"]
     assert "loop.gif" in [img.get("src") for img in index.images]
+
+
+def test_a_page_of_thousands_lays_out_at_once_and_loads_only_what_is_in_view(tmp_path):
+    """Every thumbnail's box is known before it loads (width and height in the tag), and the browser
+    fetches only the thumbnails in view: a page of thousands opens as fast as a page of a few."""
+    job = tmp_path / "job"
+    pictures = tuple(Picture(str(i), image(job / "many" / f"{i:04d}.png", 8, 8, i)) for i in range(2000))
+    page_path = write_gallery(Gallery("many", (Section("many", pictures),)), job)
+    driver = chromium_driver()
+    try:
+        driver.get(page_path.resolve().as_uri())
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+        count, loaded, boxed = driver.execute_script(
+            "const im = [...document.images];"
+            "return [im.length, im.filter(i => i.complete && i.naturalWidth > 0).length,"
+            " im.filter(i => { const r = i.getBoundingClientRect(); return r.width == 8 && r.height == 8; }).length];")
+    finally:
+        driver.quit()
+    assert count == 2000
+    assert 0 < loaded < 1000                 # the ones in (and near) view, not the whole page
+    assert boxed == 2000                     # every one laid out at its size, loaded or not
