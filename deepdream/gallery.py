@@ -12,7 +12,8 @@ What it writes, for ``<folder>/<name>.html`` (``index.html`` by default):
   so that a page of thousands of images stays light; every ``<img>`` has its width and height and
   ``loading="lazy"``, so the browser lays the page out at once and fetches what comes into view;
 - ``<name>_files/<image path>.html``: one page per picture: the image at full size, its details,
-  the command that remakes it, and links to the previous and next pictures.
+  the command that remakes it, and links to the previous and next pictures;
+- ``<name>_files/style.css``: the look of them all (each page reads well without it too).
 
 Plain HTML and CSS, no script: it opens from disk in any browser, with no server. Links are
 relative, so the folder can be moved or published as it is.
@@ -107,6 +108,7 @@ class _Layout:
         self.folder = folder
         self.page = folder / f"{name}.html"
         self.files = folder / f"{name}_files"
+        self.style = self.files / "style.css"   # one stylesheet for every page
 
     def _relative(self, path: Path) -> Path:
         """The image's path inside the job's folder; an image elsewhere (an input) is named by its
@@ -187,10 +189,10 @@ ul.grid details pre { font-size: 11px; }
 """.replace("WIDTH", str(THUMB_SIZE))
 
 
-def _head(title: str) -> list[str]:
+def _head(title: str, style: str) -> list[str]:
     return ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{_e(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>"]
+            f"<title>{_e(title)}</title>", f'<link rel="stylesheet" href="{style}">', "</head>", "<body>"]
 
 
 def _rows(details: Iterable[tuple[str, str]]) -> list[str]:
@@ -231,6 +233,7 @@ def write_gallery(gallery: Gallery, folder: str | os.PathLike, name: str = PAGE_
         after = order[i + 1] if i + 1 < len(order) else None
         page = _picture_page(gallery, section_of[id(picture)], picture, before, after, layout)
         _write_text(layout.picture_page(picture), page)
+    _write_text(layout.style, STYLE.lstrip())
     _write_text(layout.page, _index_page(gallery, sections, thumbs, layout))
     return layout.page
 
@@ -238,7 +241,7 @@ def write_gallery(gallery: Gallery, folder: str | os.PathLike, name: str = PAGE_
 def _index_page(gallery: Gallery, sections: Sequence[Section], thumbs: dict[int, tuple[int, int]],
                 layout: _Layout) -> str:
     here = layout.folder
-    out = _head(gallery.title)
+    out = _head(gallery.title, _href(layout.style, here))
     out.append(f"<h1>{_e(gallery.title)}</h1>")
     if gallery.intro:
         out.append(f"<p>{_e(gallery.intro)}</p>")
@@ -288,7 +291,7 @@ def _picture_page(gallery: Gallery, section: Section, picture: Picture, before: 
                   after: Picture | None, layout: _Layout) -> str:
     page = layout.picture_page(picture)
     here = page.parent
-    out = _head(f"{picture.heading} - {gallery.title}")
+    out = _head(f"{picture.heading} - {gallery.title}", _href(layout.style, here))
     links = [f'<a href="{_href(layout.page, here)}#{_e(section.id)}">{_e(gallery.title)}: {_e(section.title)}</a>']
     if before is not None:
         links.append(f'<a href="{_href(layout.picture_page(before), here)}" rel="prev">previous: '

@@ -69,6 +69,9 @@ def check_site(index: Path) -> dict[Path, Page]:
         for img in page.images:
             target, _ = local_target(path, img.get("src", ""))
             assert target is not None and target.is_file(), f"{path}: image {img.get('src')} is missing"
+        for sheet in (e for e in page.root.iter("link") if e.get("rel") == "stylesheet"):
+            target, _ = local_target(path, sheet.get("href", ""))
+            assert target is not None and target.is_file(), f"{path}: stylesheet {sheet.get('href')} is missing"
         for source in page.sources:
             target, _ = local_target(path, source.get("src", ""))
             assert target is not None and target.is_file(), f"{path}: video {source.get('src')} is missing"

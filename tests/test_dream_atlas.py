@@ -190,3 +190,13 @@ def test_headless_chromium_draws_every_thumbnail(atlas):
         assert cell.size and cell.std() > 5, f"the thumbnail at {left},{top} is drawn blank"
         drawn += 1
     assert drawn == IMAGES
+
+
+def test_the_committed_atlas_is_whole():
+    """assets/atlas (the README's screenshot): every image and link its pages name is in the repository."""
+    index = index_of(ROOT / "assets" / "atlas")
+    assert index.text("h2") == ["block5 80 channels, 16 shown", "block10 112 channels, 16 shown",
+                                "classes 1,000 classes, 8 shown"]
+    assert len(index.images) == 40
+    assert index.labels()[-8:] == ["goldfish", "flamingo", "jellyfish", "tarantula", "pizza", "strawberry",
+                                   "lemon", "daisy"]
