@@ -144,6 +144,8 @@ def estimate(renderers: dict[int, Renderer], sections: Sequence[AtlasSection], s
 
 
 def format_duration(seconds: float) -> str:
+    if seconds < 0.5:
+        return "under a second"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -177,9 +179,10 @@ def run_atlas(model: DreamModel, sections: Sequence[AtlasSection], settings: Ren
     if todo:
         guess = estimate(renderers, sections, settings, seed)
         done = f" ({total - todo:,} already in {folder})" if todo < total else ""
+        steps = f"{settings.steps} step{'s' if settings.steps > 1 else ''}"
         notify(f"atlas of {model.name}: {total:,} images in {len(sections)} sections{done}; {todo:,} to render at "
-               f"{settings.width}x{settings.height} px, {settings.steps} steps each: about "
-               f"{format_duration(guess.seconds)} on this machine (measured: {guess.how})")
+               f"{settings.width}x{settings.height} px, {steps} each: about {format_duration(guess.seconds)} on "
+               f"this machine (measured: {guess.how})")
     try:
         with tqdm(total=total, initial=total - todo, desc="atlas", unit="image", disable=quiet or not todo,
                   file=sys.stderr, dynamic_ncols=True) as bar:

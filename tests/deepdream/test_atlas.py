@@ -126,5 +126,5 @@ def test_interrupted_atlas_keeps_its_images_and_page(effnet, tmp_path, monkeypat
 
 
 def test_durations_read_like_a_person_writes_them():
-    assert [format_duration(s) for s in (4.4, 75, 3 * 3600 + 125, 3 * 86400)] == [
-        "4 s", "1 min 15 s", "3 h 02 min", "3.0 days"]
+    assert [format_duration(s) for s in (0.2, 4.4, 75, 3 * 3600 + 125, 3 * 86400)] == [
+        "under a second", "4 s", "1 min 15 s", "3 h 02 min", "3.0 days"]
