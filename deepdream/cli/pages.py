@@ -44,6 +44,11 @@ def _job_command(args: argparse.Namespace) -> str:
     return command_line(still_parser(), args, DREAM_SCRIPT, quiet=None)
 
 
+def _shows_anything(report: JobReport) -> bool:
+    """Whether the job has any finished output to show (a job that made nothing writes no page)."""
+    return any(item["outputs"] for item in report.description()["items"])
+
+
 def _seed(args: argparse.Namespace) -> int:
     """A render job's seed (without --seed, 0: every item's own seed derives from it)."""
     return args.seed if args.seed is not None else 0
@@ -110,6 +115,8 @@ def render_remake(args: argparse.Namespace, model: DreamModel, settings: RenderS
 def atlas_page(args: argparse.Namespace, job: AtlasJob) -> PageWriter:
     """dream.py --atlas's ``index.html``."""
     def write(report: JobReport) -> None:
+        if not _shows_anything(report):
+            return
         model, settings, _ = job.built()
         title = f"Atlas of {_weights_label(args, model)}"
         gallery = describe_atlas(job, report, title=title, details=render_details(args, model, settings, _seed(args)),
@@ -121,6 +128,8 @@ def atlas_page(args: argparse.Namespace, job: AtlasJob) -> PageWriter:
 def sweep_page(args: argparse.Namespace, job: SweepJob) -> PageWriter:
     """dream.py --sweep's ``index.html``: its items as one section of an atlas."""
     def write(report: JobReport) -> None:
+        if not _shows_anything(report):
+            return
         model, settings, (section,) = job.built()
         gallery = describe_atlas(job, report, title=f"Sweep of {section.title}, {_weights_label(args, model)}",
                                  details=render_details(args, model, settings, _seed(args)),
@@ -170,7 +179,7 @@ def dreams_page(args: argparse.Namespace, job: DreamJob) -> PageWriter:
     first, then each model's dream with its settings and the command that makes it alone (the input,
     the model and the job's seed: the same bytes)."""
     def write(report: JobReport) -> None:
-        if job.folder is None:
+        if job.folder is None or not _shows_anything(report):
             return
         description = report.description()
         seed = job.ctx["seed"]
