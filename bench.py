@@ -295,7 +295,7 @@ def _check_environment(args: argparse.Namespace) -> None:
         import torchvision  # noqa: F401
     except ImportError as exc:
         raise BenchError(f"the benchmark needs torch and torchvision for the reference side ({exc}); "
-                         "pip install -r requirements-torch.txt") from None
+                         "pip install -r requirements-dev.txt") from None
     try:
         import deepdream.dreamer  # noqa: F401
     except ImportError as exc:

@@ -8,6 +8,7 @@
     mlx.launch -n 4 --hostfile hosts.json -- python dream.py --input photos/ --output outputs/holiday/
     python dream.py --class goldfish --output goldfish.png
     python dream.py --layers block5 --channels 0-63 --sweep --output outputs/block5/
+    python dream.py --atlas --model efficientnet_lite0 --class all --output outputs/atlas/
     python dream.py --info
 
 See README (``python dream.py --help`` lists every flag).
@@ -24,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 
 from deepdream import distributed as dist  # noqa: E402
+from deepdream.atlas import AtlasJob, plan_atlas, section_of  # noqa: E402
 from deepdream.batch import DreamJob  # noqa: E402
 from deepdream.cli.args import OUTPUT_FOLDER, still_parser  # noqa: E402
 from deepdream.cli.info import handle_info_flags  # noqa: E402
 from deepdream.cli.model_choice import ALL_MODELS, model_name_from_args  # noqa: E402
+from deepdream.cli.pages import page_writer  # noqa: E402
 from deepdream.cli.settings import is_render, render_settings, validate_args  # noqa: E402
 from deepdream.cli.start_image import check_image_args  # noqa: E402
 from deepdream.errors import DreamError, make_notify, run_main  # noqa: E402
@@ -47,22 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def render_job(args: argparse.Namespace, notify) -> Job:
-    """Feature visualisation: a class, channel or neuron rendered from noise (one image, a batch, or a sweep)."""
+    """Feature visualisation: a class, channel or neuron rendered from noise (one image, a batch, a sweep
+    or an atlas)."""
     settings = render_settings(args)
-    folder = check_sweep_folder(args.output) if args.sweep else None
+    folder = check_sweep_folder(args.output, "--atlas" if args.atlas else "--sweep") if args.sweep or args.atlas \
+        else None
     if args.model == ALL_MODELS:
         raise DreamError("--model all dreams with each model's recipe; renders take one model: name it with --model")
     name = model_name_from_args(args, notify)
+    channels = parse_channels(args.channels) if args.channels else None
+    common = {"weights": args.weights, "seed": args.seed, "overwrite": args.overwrite}
+    if folder is not None and args.atlas:
+        def atlas():
+            model = load_dream_model(name, args.weights)
+            sections = plan_atlas(model, folder, layers=args.layers, channels=channels, classes=args.class_,
+                                  notify=notify)
+            return model, settings, sections
+        return AtlasJob(atlas, folder, settings.batch, **common)
+
+    def plan_of(model):
+        return plan_render(model, class_spec=args.class_, neuron=args.neuron, layers=args.layers, channels=channels,
+                           sweep=args.sweep, diversity=settings.diversity)
+
+    if folder is not None:
+        def sweep():
+            model = load_dream_model(name, args.weights)
+            return model, settings, [section_of(model, plan_of(model), folder)]
+        return SweepJob(sweep, settings.batch, **common)
 
     def setup():
         model = load_dream_model(name, args.weights)
-        plan = plan_render(model, class_spec=args.class_, neuron=args.neuron, layers=args.layers,
-                           channels=parse_channels(args.channels) if args.channels else None,
-                           sweep=args.sweep, diversity=settings.diversity)
-        return Renderer(model, plan.objective, settings), plan
+        made = plan_of(model)
+        return Renderer(model, made.objective, settings), made
 
-    if folder is not None:
-        return SweepJob(setup, folder, settings.batch, weights=args.weights, seed=args.seed, overwrite=args.overwrite)
     label = Path(args.weights).stem if args.weights else name
     return SingleRenderJob(setup, Path(args.output) if args.output else None,
                            lambda plan: Path(OUTPUT_FOLDER) / f"{dream_name(plan.label, label, None, name)}.png",
@@ -78,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         check_image_args(args, "image")
         validate_args(args)
         job = render_job(args, notify) if is_render(args) else DreamJob(args, notify)
-        run_job(job, quiet=args.quiet, notify=notify)
+        run_job(job, quiet=args.quiet, notify=notify, finished=page_writer(args, job))
     return 0
 
 

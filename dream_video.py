@@ -24,7 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402,F401  (fast BLAS before anything imports mlx)
 
 from deepdream import distributed as dist  # noqa: E402
-from deepdream.cli.args import OUTPUT_FOLDER, DreamArgumentParser, add_dream_arguments, add_image_arguments  # noqa: E402
+from deepdream.cli.args import (  # noqa: E402
+    OUTPUT_FOLDER,
+    DreamArgumentParser,
+    add_dream_arguments,
+    add_image_arguments,
+    command_line,
+)
 from deepdream.cli.info import handle_info_flags  # noqa: E402
 from deepdream.errors import make_notify, run_main  # noqa: E402
 from deepdream.video.clip import ClipMode  # noqa: E402
@@ -68,12 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     notify = dist.main_only(make_notify(args.quiet))
     with dist.session("run the same command to continue and write the video"):
         if handle_info_flags(args):
             return 0
-        return run(choose(MODES, args), MODES, args, notify)
+        return run(choose(MODES, args), MODES, args, notify, command_line(parser, args, "dream_video.py", quiet=None))
 
 
 if __name__ == "__main__":

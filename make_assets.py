@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Remake the demo dreams in assets/dreams/ (efficientnet_lite0, real weights, works offline).
+"""Remake the demo dreams in assets/dreams/ and the sample atlas (efficientnet_lite0, real weights, offline).
 
     python make_assets.py            # all demos (minutes on a CPU; README says how long)
     python make_assets.py --list     # the equivalent dream.py command of each demo
+    python make_assets.py --only atlas    # assets/atlas/ (dream.py --atlas) and its page's screenshot
 
 Each demo is written as the dream.py arguments that produce it, resolved by the same code
 dream.py uses (deepdream.cli), so running the printed command gives the same image.
@@ -44,6 +45,44 @@ SHEET_ARGS = ["--input", "assets/chelsea.png", "--preset", "efficientnet_lite0",
 SHEET_NAME = "chelsea_layers_contact_sheet.jpg"
 
 
+#: The sample atlas (real weights, two layers x 16 channels and 8 classes, 128 px) and its page's screenshot.
+ATLAS = Path("assets/atlas")
+ATLAS_ARGS = ["--atlas", "--model", "efficientnet_lite0", "--layers", "block5", "block10", "--channels", "0-15",
+              "--class", "goldfish", "flamingo", "jellyfish", "tarantula", "pizza", "strawberry", "lemon", "daisy",
+              "--seed", "0", "--output", str(ATLAS)]
+ATLAS_SHOT = Path("assets/atlas_page.jpg")
+
+
+def screenshot(page: Path, out: Path, width: int = 1200) -> None:
+    """The page as headless Chromium shows it (Debian: apt-get install chromium chromium-driver),
+    every lazy thumbnail scrolled into view first, the whole page tall."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=shutil.which("chromedriver")))
+    try:
+        driver.get(page.resolve().as_uri())
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        # The viewport itself, the whole page tall (a window's size would include its frame).
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        png = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+    import io
+
+    from PIL import Image
+    Image.open(io.BytesIO(png)).convert("RGB").save(out, quality=85)
+
+
 def command(args: list[str], output: Path) -> str:
     return "python dream.py " + shlex.join([*args, *MODEL, "--output", str(output)])
 
@@ -51,7 +90,8 @@ def command(args: list[str], output: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print each demo's dream.py command and exit")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="remake only these demos (file names)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="remake only these demos (file names), or 'atlas': the sample atlas and its screenshot")
     opts = parser.parse_args()
 
     import numpy as np
@@ -67,11 +107,20 @@ def main() -> int:
 
     sheet_commands = {f"layer {layer}": command([*SHEET_ARGS, "--layers", layer], OUT / f"layer_{layer}.jpg")
                       for layer in SHEET_LAYERS}
+    atlas_command = "python dream.py " + shlex.join(ATLAS_ARGS)
     if opts.list:
         for name, args in DEMOS.items():
             print(command(args, OUT / name))
         for cmd in sheet_commands.values():
             print(cmd)
+        print(atlas_command)
+        return 0
+    if opts.only == ["atlas"]:   # its own process: dream.py --atlas, then the screenshot
+        import subprocess
+
+        subprocess.run([sys.executable, str(ROOT / "dream.py"), *ATLAS_ARGS], cwd=ROOT, check=True)
+        screenshot(ROOT / ATLAS / "index.html", ROOT / ATLAS_SHOT)
+        print(f"{ATLAS_SHOT}  = {atlas_command}, seen by headless Chromium")
         return 0
 
     model = load_dream_model("efficientnet_lite0")   # first run: converts the package weights, with a notice

@@ -33,7 +33,7 @@ if [ -n "${WHEELS:-}" ]; then
     # Offline: the CUDA libraries (cuBLAS, cuDNN, NVRTC...) must already be installed, as PyTorch's are.
     part install "$py" -m pip install --no-deps --no-index "$WHEELS"/*.whl
 else
-    part install "$py" -m pip install -r requirements-cuda.txt -r requirements-torch.txt   # torch: the tests, the bench
+    part install "$py" -m pip install -r requirements-cuda.txt -r requirements-dev.txt   # torch, pytest: the tests, the bench
 fi
 part nvidia-smi nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 part info "$py" dream.py --info

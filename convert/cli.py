@@ -13,7 +13,7 @@ from .pth import PthError
 from .torch_weights import export_model
 
 #: The extra install of what needs torch: the downloads and random inits here, the tests, the benchmark.
-TORCH_REQUIREMENTS = "requirements-torch.txt"
+DEV_REQUIREMENTS = "requirements-dev.txt"
 TORCH_MODULES = ("torch", "torchvision")
 
 
@@ -86,7 +86,7 @@ def export_main(name: str | None = None, argv: list[str] | None = None, choices:
         if isinstance(exc, ModuleNotFoundError) and exc.name in TORCH_MODULES:
             needs = "--random-init" if args.random_init else "downloading the pretrained weights"
             parser.exit(1, f"error: {needs} needs torch and torchvision, which the main install leaves out: "
-                           f"pip install -r {TORCH_REQUIREMENTS}\n")
+                           f"pip install -r {DEV_REQUIREMENTS}\n")
         facts = get_facts(name)
         hint = "" if args.from_pth or args.random_init or is_caffe else (
             f" Without internet access, download the torchvision checkpoint elsewhere and run "

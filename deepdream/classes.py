@@ -55,3 +55,22 @@ def class_index(names: list[str], spec: str) -> int:
     close += [k for k in keys if _key(spec) in k and k not in close][:5 - len(close)]
     hint = f"; closest: {', '.join(close)}" if close else "; give a name from the model's classes or an index"
     raise DreamError(f"unknown class '{spec}'{hint}")
+
+
+def class_list(names: list[str], specs: list[str]) -> list[int]:
+    """Several ``--class`` values -> their indices, in the order given, without repeats: ``all``,
+    indices, ranges of indices (``0-7``) and names."""
+    if [s.strip().lower() for s in specs] == ["all"]:
+        return list(range(len(names)))
+    chosen: list[int] = []
+    for spec in specs:
+        first, sep, last = spec.strip().partition("-")
+        if sep and first.isdigit() and last.isdigit():
+            low, high = int(first), int(last)
+            if high < low:
+                raise DreamError(f"--class range '{spec}' is empty; write it low-high, e.g. 0-7")
+            class_index(names, str(high))   # out of range: the one-line error
+            chosen.extend(range(low, high + 1))
+        else:
+            chosen.append(class_index(names, spec))
+    return list(dict.fromkeys(chosen))

@@ -7,7 +7,9 @@ reads an item's input (``payload``) and how any rank makes it (``make``). ``run_
 the same for every mode:
 
 * **Resume.** An item whose outputs all exist with its record is skipped; an output made with
-  other settings is refused in one line, unless ``--overwrite`` (the rule: ``outputs.py``).
+  other settings is refused in one line, unless ``--overwrite`` (the rule: ``outputs.py``). An
+  item made again for some of its outputs (a sweep's batch with one file deleted) writes only
+  those: the others are finished already, the same bytes.
 * **Sharing.** Items, largest first, are dealt in rounds of one per rank, the largest of a round to
   the rank with the least work so far. Every round ends with an exchange, so a rank waits at most
   for the largest item of its round; sorted rounds make that waste, over the whole job, at most
@@ -27,7 +29,8 @@ the same for every mode:
   naming it); Ctrl-C keeps what was written. Either way a rerun makes only what is missing.
 
 ``run_job(..., finished=hook)`` hands the ``JobReport`` (what was made, skipped and failed, and
-where) to a page writer or any other consumer, on rank 0, once the job is done.
+where) to a page writer or any other consumer, on rank 0, once the job is done, and after Ctrl-C
+too (``report.interrupted``: the report then holds what was finished), so a page shows what exists.
 """
 
 from __future__ import annotations
@@ -121,6 +124,12 @@ class Job(ABC):
         """Outputs finished before this run that no item lists (a clip's saved frames)."""
         return 0
 
+    def notice(self, todo: Sequence[Item], kept: int) -> str | None:
+        """Rank 0, after the plan and before the first round: the line that announces the work (an
+        atlas's count and estimated time). None: the runner's own, when there are several ranks or
+        ``kept`` outputs are finished already."""
+        return None
+
     def finish(self, report: JobReport) -> list[Path]:
         """Rank 0, after the last round: what is made of the outputs (contact sheets, the video)."""
         return []
@@ -153,21 +162,30 @@ class JobReport:
     seconds: float = 0.0
     comm_seconds: list[float] = field(default_factory=list)  # each rank's time in the exchanges
     rank_costs: list[float] = field(default_factory=list)    # each rank's share of the work (its items' costs)
+    interrupted: bool = False                                # stopped by Ctrl-C
+    unfinished: list[Item] = field(default_factory=list)     # after Ctrl-C: items left unfinished
+    present: set[str] = field(default_factory=set)           # every output finished (with its record), at the end
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def description(self) -> dict[str, Any]:
-        """The job as plain data (what a page writer needs): each item's label, outputs (path and
-        caption) and status, the failures' reasons, and the extra files (contact sheets, a video)."""
+        """The job as plain data (what a page writer needs): each item's key, label, spec, outputs
+        (path and caption) and status, the failures' reasons, and the extra files (contact sheets, a
+        video). After Ctrl-C, an unfinished item lists the outputs it has finished."""
         failed = {item.key: reason for item, reason in self.failed}
-        items = [{"key": i.key, "label": i.label, "outputs": i.captioned(), "status": status}
+
+        def entry(item: Item, status: str, outputs: list[dict[str, str]]) -> dict[str, Any]:
+            return {"key": item.key, "label": item.label, "spec": item.spec, "outputs": outputs, "status": status}
+
+        items = [entry(i, status, i.captioned())
                  for status, group in (("skipped", self.skipped), ("made", self.made)) for i in group]
-        items += [{"key": i.key, "label": i.label, "outputs": [], "status": "failed", "reason": failed[i.key]}
-                  for i, _ in self.failed]
+        items += [entry(i, "unfinished", [o for o in i.captioned() if o["path"] in self.present])
+                  for i in self.unfinished]
+        items += [{**entry(i, "failed", []), "reason": failed[i.key]} for i, _ in self.failed]
         return {"noun": self.job.noun, "where": self.job.where(), "items": items,
-                "extra": [str(p) for p in self.extra]}
+                "extra": [str(p) for p in self.extra], "interrupted": self.interrupted}
 
 
 # -- sharing -------------------------------------------------------------------------------------
@@ -275,7 +293,10 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
     rounds = max((len(w) for w in work), default=0)
     # One item to make and nothing else: it shows its own progress (a dream's steps), as always.
     single = len(items) == 1 and items[0].units == 1 and not skipped and not report.failed
-    if items and (dist.size() > 1 or kept):
+    notice = job.notice(items, kept) if dist.is_main() and items else None
+    if notice is not None:
+        say(notice)
+    elif items and (dist.size() > 1 or kept):
         ranks = f" over {dist.describe()}" if dist.size() > 1 else ""
         before = f" ({kept} already made)" if kept else ""
         count = sum(len(i.outputs) for i in items)
@@ -308,13 +329,23 @@ def run_job(job: Job, *, quiet: bool = False, notify: Callable[[str], None] | No
                     print(path, flush=True)
     except KeyboardInterrupt as exc:
         if dist.is_main():
-            kept = outside + len(present | _finished_now(items))
+            present |= _finished_now(items)
+            kept = outside + len(present)
+            report.interrupted, report.present = True, present
+            finished_items = {i.key for i in report.made} | {i.key for i, _ in report.failed}
+            for item in items:
+                if item.key not in finished_items:
+                    done = all(path in present for path in item.outputs)
+                    (report.made if done else report.unfinished).append(item)
+            if finished is not None:
+                finished(report)   # the page of what exists
             if kept:
                 raise Interrupted(job.interrupted(kept, total)) from None
         raise exc
     report.seconds = time.perf_counter() - started
     if not dist.is_main():
         return report
+    report.present = present
     _summarise(job, report, single, say)
     if finished is not None:
         finished(report)
@@ -420,12 +451,13 @@ def _collect(job: Job, items: list[Item], current: list[tuple[int, int] | None],
         if item.key in dead:
             continue
         for index, blob in zip(header.get("outputs", []), blobs):
+            if item.outputs[index] in present:
+                continue   # finished before with this record: the same bytes, left as they are
             with dist.write_guard():
                 path = write_bytes(item.outputs[index], blob)
             report.written.append(path)
-            if item.outputs[index] not in present:
-                present.add(item.outputs[index])
-                bar.update(1)
+            present.add(item.outputs[index])
+            bar.update(1)
             if job.announce and not quiet:
                 bar.write(str(path), file=sys.stdout)
         units_done[item.key] = units_done.get(item.key, 0) + 1
@@ -436,7 +468,11 @@ def _collect(job: Job, items: list[Item], current: list[tuple[int, int] | None],
 def _summarise(job: Job, report: JobReport, single: bool, say: Callable[[str], None]) -> None:
     """Rank 0: how many outputs were made, skipped (already made) and failed, and each failure on a line
     of its own (even when quiet)."""
-    made, skipped, failed = _outputs(report.made), _outputs(report.skipped), _outputs(i for i, _ in report.failed)
+    # An item made again for some of its outputs (a sweep's batch) kept the others: they count as skipped.
+    written = {str(path) for path in report.written}
+    made = sum(path in written for item in report.made for path in item.outputs)
+    skipped = _outputs(report.skipped) + _outputs(report.made) - made
+    failed = _outputs(i for i, _ in report.failed)
     count = made + skipped + failed
     if single or (count <= 1 and not skipped) or (len(report.failed) == 1 and not made and not skipped):
         return

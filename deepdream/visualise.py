@@ -24,7 +24,7 @@ from fastlayers.batchnorm import constant_weights
 from models import DreamModel
 
 from . import robustness
-from .classes import class_index, class_names
+from .classes import class_index, class_list, class_names
 from .colour import resolve_colour_matrix
 from .errors import DreamError
 from .objectives import Objective, Term, check_channels, layer_channels
@@ -109,21 +109,32 @@ class Renderer:
         v = b2 * v + (1 - b2) * grad * grad
         return state + lr * m / (mx.sqrt(v) + ADAM_EPS), m, v, loss
 
-    def render(self, n: int, targets: Sequence[mx.array], rng: np.random.Generator, *,
-               snapshot: Callable[[np.ndarray], None] | None = None, progress: bool = True,
+    def render(self, n: int, targets: Sequence[mx.array], rng: np.random.Generator | Sequence[np.random.Generator],
+               *, snapshot: Callable[[np.ndarray], None] | None = None, progress: bool = True,
                description: str = "render", steps: int | None = None) -> np.ndarray:
         """Optimise ``n`` images for ``steps`` (default: the settings'); ``snapshot(images)`` is called
-        every ``save_every`` steps."""
+        every ``save_every`` steps. ``rng`` is one generator for the batch, or one per image: a sweep's
+        items then draw exactly what ``--seed`` draws for a render of that item alone, whatever else
+        shares their batch."""
         s = self.settings
         steps = steps or s.steps
-        state = self.param.init(n, rng)
+        per_image = not isinstance(rng, np.random.Generator)
+        if per_image and len(rng) != n:
+            raise ValueError(f"{len(rng)} generators for {n} images")
+
+        def draw_maps() -> np.ndarray:
+            if per_image:
+                return np.concatenate([s.robustness.sample(r, 1) for r in rng])
+            return s.robustness.sample(rng, n)
+
+        state = mx.concatenate([self.param.init(1, r) for r in rng]) if per_image else self.param.init(n, rng)
         m, v = mx.zeros_like(state), mx.zeros_like(state)
         targets = list(targets)
         b1, b2 = ADAM_BETAS
         with tqdm(total=steps, desc=description, unit="step", disable=not progress, file=sys.stderr,
                   dynamic_ncols=True) as bar:
             for t in range(1, steps + 1):
-                maps = mx.array(s.robustness.sample(rng, n))
+                maps = mx.array(draw_maps())
                 lr = mx.array(s.lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t), dtype=mx.float32)  # Adam's bias correction
                 state, m, v, loss = self._step(state, m, v, maps, self.grid, targets, lr)
                 mx.eval(state, m, v, loss)
@@ -169,10 +180,14 @@ def _channel_list(model: DreamModel, layer: str, channels: list[int] | str) -> l
     return list(channels)
 
 
-def plan_render(model: DreamModel, *, class_spec: str | None = None, neuron: str | None = None,
+def plan_render(model: DreamModel, *, class_spec: str | Sequence[str] | None = None, neuron: str | None = None,
                 layers: Sequence[str] | None = None, channels: list[int] | str | None = None,
                 sweep: bool = False, diversity: float = 0.0) -> RenderPlan:
-    """Turn the objective flags into a ``RenderPlan``; every check happens here, before any work."""
+    """Turn the objective flags into a ``RenderPlan``; every check happens here, before any work.
+
+    ``class_spec``: one class, or ``--class``'s values: ``all``, several, or ranges (``0-7``), which
+    a sweep renders one by one; a sweep renders one class one by one too unless it sweeps channels.
+    """
     terms: list[Term] = []
     items: list[tuple[str, int]] = []
     labels: list[str] = []
@@ -180,14 +195,17 @@ def plan_render(model: DreamModel, *, class_spec: str | None = None, neuron: str
     one = np.zeros((1, 1), np.int32)
     if class_spec is not None:
         names = class_names(model)
-        if class_spec.lower() == "all":
-            if not sweep:
-                raise DreamError("--class all renders every class: add --sweep --output FOLDER")
-            items = [(name, i) for i, name in enumerate(names)]
+        specs = [class_spec] if isinstance(class_spec, str) else list(class_spec)
+        several = len(specs) > 1 or specs[0].strip().lower() == "all" or re.fullmatch(r"\s*\d+-\d+\s*", specs[0])
+        if several and not sweep:
+            what = "every class" if specs == ["all"] else "several classes"
+            raise DreamError(f"--class {' '.join(specs)} renders {what}: add --sweep --output FOLDER")
+        if sweep and (several or channels is None):
+            items = [(names[i], i) for i in class_list(names, specs)]
             sweep_term = len(terms)
             terms.append(Term("class", "logits", one))
         else:
-            index = class_index(names, class_spec)
+            index = class_index(names, specs[0])
             terms.append(Term("class", "logits", one + index))
             labels.append(names[index])
     if neuron is not None:

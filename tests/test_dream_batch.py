@@ -6,6 +6,7 @@ Several ranks: tests/test_dream_ranks.py."""
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 import dream
 from deepdream.errors import exit_code
 from deepdream.image_io import load_image, read_image_record
+from tests.pages import check_site
 
 ROOT = Path(__file__).resolve().parent.parent
 CHELSEA = ROOT / "assets" / "chelsea.png"
@@ -50,13 +52,18 @@ def test_a_folder_is_dreamed_a_bad_file_fails_alone_and_a_rerun_makes_only_what_
     src, out = photos(tmp_path / "photos"), tmp_path / "out"
     code, stdout, stderr = run(["--input", src, "--output", out, *TINY], capsys)
     made = ["cat_efficientnet_lite0.png", "coffee_efficientnet_lite0.png", "tall_efficientnet_lite0.jpg"]
-    assert code == 1 and sorted(p.name for p in out.iterdir()) == made  # nothing of the broken one
+    assert code == 1 and sorted(p.name for p in out.iterdir()) == sorted([*made, "index.html", "index_files"])  # none of
+    # the broken one; the page shows each input beside its dream, and names the failure
+    page = check_site(out / "index.html")[(out / "index.html").resolve()]
+    assert page.text("h2") == ["cat.png 1 dream", "coffee.png 1 dream", "tall.jpg 1 dream"]
+    assert [li.get("class") for li in page.cells()] == ["source", ""] * 3
+    assert any(text.startswith(f"failed: {src / 'broken.png'}: cannot read input image") for text in page.text("p"))
     assert "dreams: 3 made, 0 skipped (already made), 1 failed" in stderr
     lines = stderr.strip().splitlines()
     assert lines[-1] == "error: 1 of 4 dreams failed (listed above); fix or remove the inputs named and run the same " \
                         "command to make them"
     assert any(line.startswith(f"failed: cannot read input image '{src / 'broken.png'}'") for line in lines)
-    assert sorted(Path(line).name for line in stdout.split()) == made
+    assert sorted(Path(line).name for line in stdout.split()) == sorted([*made, "index.html"])
     assert load_image(out / "cat_efficientnet_lite0.png").shape == (64, 96, 3)
 
     (src / "broken.png").unlink()
@@ -64,7 +71,7 @@ def test_a_folder_is_dreamed_a_bad_file_fails_alone_and_a_rerun_makes_only_what_
     before = {name: os.stat(out / name).st_mtime_ns for name in made if (out / name).exists()}
     code, stdout, stderr = run(["--input", src, "--output", out, *TINY], capsys)
     assert code == 0 and "dreams: 1 made, 2 skipped (already made), 0 failed" in stderr
-    assert stdout.split() == [str(out / "coffee_efficientnet_lite0.png")]
+    assert stdout.split() == [str(out / "coffee_efficientnet_lite0.png"), str(out / "index.html")]
     assert all(os.stat(out / name).st_mtime_ns == t for name, t in before.items())
 
     # Other settings: refused in one line before any work, unless --overwrite.
@@ -84,7 +91,19 @@ def test_files_a_glob_and_model_all_give_each_input_its_sheet(lite0, tmp_path: P
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "cat_contact_sheet.png", "cat_efficientnet_lite0.png", "coffee_contact_sheet.png",
-        "coffee_efficientnet_lite0.png", "tall_contact_sheet.png", "tall_efficientnet_lite0.jpg"]
+        "coffee_efficientnet_lite0.png", "index.html", "index_files", "tall_contact_sheet.png",
+        "tall_efficientnet_lite0.jpg"]
+    # The page: each input beside its dreams; each dream's command makes that file alone, byte for byte.
+    page = check_site(out / "index.html")[(out / "index.html").resolve()]
+    assert page.text("h1") == ["3 inputs, every model's dream"]
+    commands = page.text("code")[1:]       # after the job's own
+    assert len(commands) == 3
+    words = shlex.split(commands[2])
+    assert words[words.index("--input") + 1] == str(src / "tall.jpg") and "--model" in words
+    made = Path(words[words.index("--output") + 1])
+    before = made.read_bytes()
+    made.unlink()
+    assert run([*words[2:], "--quiet"], capsys)[0] == 0 and made.read_bytes() == before
     with Image.open(out / "tall_contact_sheet.png") as sheet:
         assert sheet.width > 2 * 256  # the input and the dream side by side
     code, _, stderr = run(["--input", f"{src}/nothing*.png", "--output", out, *TINY], capsys)

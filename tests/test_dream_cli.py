@@ -10,6 +10,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import models
 from deepdream.colour import IMAGENET_SQRT_COV
 from deepdream.image_io import load_image, noise_image
 from models.weights import read_weights, save_weights
+from tests.pages import check_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DREAM = ROOT / "dream.py"
@@ -190,10 +192,29 @@ def test_model_all_writes_each_model_and_a_contact_sheet(effnet, tmp_path, weigh
     result = ok(run("--input", CHELSEA, "--max-size", 96, "--model", "all", "--output", folder,
                     "--octaves", 1, "--steps", 2, "--seed", 0, env=env))
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["chelsea_contact_sheet.png", "chelsea_efficientnet_lite0.png", "chelsea_googlenet.png"]
+    assert names == ["chelsea_contact_sheet.png", "chelsea_efficientnet_lite0.png", "chelsea_googlenet.png",
+                     "index.html", "index_files"]
     assert "skipping vgg16: no weights (run `python export_vgg.py --model vgg16`)" in result.stderr
     sheet = Image.open(folder / "chelsea_contact_sheet.png")
     assert sheet.width > 2 * 256 and sheet.height > 64  # input + 2 dreams: a 2x2 grid of 256 px cells
+    # The gallery page: the input, then each model's dream, whose command remakes its file byte for byte.
+    page = check_site(folder / "index.html")[(folder / "index.html").resolve()]
+    assert [(li.get("class"), label) for li, label in zip(page.cells(), page.labels())] == [
+        ("source", "input"), ("", "googlenet"), ("", "efficientnet_lite0")]
+    commands = page.text("code")[1:]   # after the job's own command
+    assert len(commands) == 2 and all("--seed 0" in c and "--octaves 1" in c for c in commands)
+    # From noise too: each model's start is drawn as `--model NAME --seed S` draws it.
+    noise = tmp_path / "noise"
+    ok(run("--width", 48, "--height", 48, "--model", "all", "--output", noise, "--octaves", 1, "--steps", 2,
+           "--seed", 4, "--quiet", env=env))
+    commands.append(check_site(noise / "index.html")[(noise / "index.html").resolve()].text("code")[-1])
+    for command in commands:
+        words = shlex.split(command)
+        made = Path(words[words.index("--output") + 1])
+        before = made.read_bytes()
+        made.unlink()
+        ok(run(*words[2:], "--quiet", env=env))
+        assert made.read_bytes() == before
 
 
 def test_list_layers_and_info(effnet):

@@ -1,5 +1,5 @@
 """dream.py and dream_video.py on two ranks (ring backend, localhost, ``tests/ranks.py``): the same bytes
-as one process, inputs on rank 0's host only, a sweep, a clip in chunks with its border measured,
+as one process, inputs on rank 0's host only, a sweep, an atlas, a clip in chunks with its border measured,
 the zoom refused, and a rank killed mid-job. Tiny images and few steps: each test well under a minute.
 
 Every run here sets one thread per process (what two ranks on this 2-core host get anyway), since a
@@ -58,8 +58,9 @@ def mixed_photos(folder: Path, count: int = 5) -> Path:
 
 
 def same_files(a: Path, b: Path) -> list[str]:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+    """The images in two folders: the same names and bytes (the gallery pages aside: they name their folder)."""
+    names = sorted(p.name for p in a.iterdir() if p.name not in ("index.html", "index_files"))
+    assert names == sorted(p.name for p in b.iterdir() if p.name not in ("index.html", "index_files"))
     assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
     return names
 
@@ -101,6 +102,23 @@ def test_a_sweep_on_two_ranks(lite0, tmp_path: Path) -> None:
     assert two.returncode == 0 and not error_lines(two.stderr), two.stderr
     names = same_files(tmp_path / "one", tmp_path / "two")
     assert names[-1] == "contact_sheet.png" and len(names) == 6
+    assert (tmp_path / "two" / "index.html").is_file()
+
+
+def test_an_atlas_on_two_ranks(lite0, tmp_path: Path) -> None:
+    """One job of every section's batches, shared over the ranks: the images one process makes, one page."""
+    atlas = ["--atlas", "--model", "efficientnet_lite0", "--layers", "block1", "block3", "--channels", "0-3",
+             "--batch", "2", "--steps", "2", "--width", "32", "--height", "32", "--seed", "0"]
+    assert one_process([DREAM, *atlas, "--output", tmp_path / "one", "--quiet"]).returncode == 0
+    two = two_ranks([DREAM, *atlas, "--output", tmp_path / "two"])
+    assert two.returncode == 0 and not error_lines(two.stderr), two.stderr
+    for section in ("block1", "block3"):
+        assert len(same_files(tmp_path / "one" / section, tmp_path / "two" / section)) == 4
+    assert two.stderr.count("atlas of efficientnet_lite0: 8 images in 2 sections; 8 to render") == 1
+    assert "over 2 ranks (ring), 1 thread each" in two.stderr
+    assert two.stdout.split() == [str(tmp_path / "two" / "index.html")]
+    shares = [int(s) for s in re.search(r"shares of the work: (\d+)% (\d+)%", two.stderr).groups()]
+    assert shares == [50, 50]                    # four batches of two, two each, across the sections
 
 
 def motion_compensated_changes(frames: list[np.ndarray], step: int, margin: int = 16) -> np.ndarray:
@@ -165,4 +183,4 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_makes_only_what_is_missing(li
     rerun = one_process(argv)
     assert rerun.returncode == 0, rerun.stderr
     assert f"dreams: {8 - len(kept)} made, {len(kept)} skipped (already made), 0 failed" in rerun.stderr
-    assert len(list(out.iterdir())) == 8
+    assert len(list(out.glob("*.png"))) == 8 and (out / "index.html").is_file()   # and the batch's page

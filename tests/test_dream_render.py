@@ -70,4 +70,5 @@ def test_cli_sweep_of_classes_of_a_fine_tuned_model(effnet, tmp_path):
     out = tmp_path / "sweep"
     assert dream_cli("--weights", tmp_path / "tuned.npz", "--class", "all", "--sweep", "--output", out,
                      "--width", "64", "--height", "64", "--steps", "2", "--seed", "0", "--quiet") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0000_stripes.png", "0001_discs.png", SHEET_NAME]
+    assert sorted(p.name for p in out.iterdir()) == ["0000_stripes.png", "0001_discs.png", SHEET_NAME,
+                                                     "index.html", "index_files"]

@@ -9,6 +9,7 @@ against an uninterrupted run, and Ctrl-C by sending SIGINT to a real process.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from deepdream.presets import PRESETS
 from deepdream.video.modes import FRAME_DEFAULTS
 from deepdream.video.store import SETTINGS_FILE, count_frames
 from deepdream.video.zoom import Motion, move, next_frame
+from tests.pages import check_site, read_page
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"
@@ -230,6 +232,24 @@ def uninterrupted(lite0, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("whole")
     assert dream_video.main([*TINY, *NOISE, "--frames", "4", "--output", str(folder / "v.mp4")]) == 0
     return folder / "v_frames"
+
+
+def test_video_page_shows_the_poster_the_player_and_the_command(uninterrupted: Path) -> None:
+    """<output stem>.html beside the video: a frame from its middle as the poster of a player that needs
+    no script, and the command that made it (which parses back to the same flags)."""
+    page_path = uninterrupted.parent / "v.html"
+    page = check_site(page_path)[page_path.resolve()]
+    assert [s.get("src") for s in page.sources] == ["v.mp4"]
+    player = next(page.root.iter("video"))
+    assert player.get("controls") is not None and (page_path.parent / player.get("poster")).is_file()
+    poster = next(a.get("href") for a in page.links if a.get("href").endswith(".html"))
+    assert read_page((page_path.parent / poster).resolve()).images == []   # the picture page shows the player
+    command = shlex.split(page.text("code")[0])
+    parser = dream_video.build_parser()
+    assert command[:2] == ["python", "dream_video.py"]
+    given = [*TINY, *NOISE, "--frames", "4", "--output", str(uninterrupted.parent / "v.mp4")]
+    assert parser.parse_args(command[2:]) == parser.parse_args([a for a in given if a != "--quiet"])
+    assert ("model", "efficientnet_lite0") in [tuple(td.text for td in tr) for tr in page.root.iter("tr")]
 
 
 def test_resume_continues_exactly_and_extends(uninterrupted: Path, tmp_path: Path) -> None:

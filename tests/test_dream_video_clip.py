@@ -23,6 +23,7 @@ import dream_video
 from benchmarks.clips import FPS, PAN, SAMPLE_RATE, pan_frames, write_clip
 from deepdream.errors import DreamError, Interrupted
 from deepdream.video.store import SETTINGS_FILE, count_frames
+from tests.pages import check_site
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "dream_video.py"
@@ -94,7 +95,7 @@ def test_a_dreamed_clip_keeps_its_frames_rate_and_sound_and_the_flow_stops_the_f
     assert with_flow <= 0.6 * without, (with_flow, without)
 
 
-def test_a_clip_resumes_exactly_and_refuses_changed_settings(lite0, pan_clip: Path, tmp_path: Path,
+def test_a_clip_resumes_exactly_refuses_changed_settings_and_gets_its_page(lite0, pan_clip: Path, tmp_path: Path,
                                                             monkeypatch) -> None:
     import deepdream.video.clip as video_input
 
@@ -116,9 +117,14 @@ def test_a_clip_resumes_exactly_and_refuses_changed_settings(lite0, pan_clip: Pa
         dream_video.main([*quick, "--output", str(part)])
     monkeypatch.setattr(video_input, "carry", real_carry)
     assert count_frames(tmp_path / "part_frames") == 3 and not part.exists()
+    assert not (tmp_path / "part.html").exists()   # a page only beside a whole video
     with pytest.raises(DreamError, match=r"--flow-blend 0.8 -> 0.5.*--restart"):
         dream_video.main([*quick, "--flow-blend", "0.5", "--output", str(part)])
     assert dream_video.main([*quick, "--output", str(part)]) == 0
+    # The clip's page, from the job's report: its poster (a frame from the middle) and player.
+    page = check_site(tmp_path / "part.html")[(tmp_path / "part.html").resolve()]
+    assert [source.get("src") for source in page.sources] == ["part.mp4"]
+    assert "--video" in page.text("code")[0]
     for i in range(6):
         name = f"{i:05d}.png"
         assert (tmp_path / "part_frames" / name).read_bytes() == (tmp_path / "whole_frames" / name).read_bytes()

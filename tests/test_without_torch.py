@@ -133,5 +133,5 @@ def test_exporters_without_torch(tmp_path):
         assert report.startswith(f"{status} tried: "), proc.stderr
     assert (tmp_path / "lite0.npz").is_file() and (tmp_path / "alexnet.npz").is_file()
     assert proc.stderr == ("error: downloading the pretrained weights needs torch and torchvision, which the main "
-                           "install leaves out: pip install -r requirements-torch.txt\n")
+                           "install leaves out: pip install -r requirements-dev.txt\n")
     assert not (tmp_path / "resnet.npz").exists()

@@ -10,6 +10,7 @@ value, and its help takes the default from ``DEFAULTS`` (``DreamSettings()``).
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -27,6 +28,8 @@ from .model_choice import OFFLINE_MODEL
 DEFAULTS = DreamSettings()
 #: dream.py's noise image side when --width/--height are not given.
 STILL_SIZE = 512
+#: An atlas's render side when --width/--height are not given: thousands of small images.
+ATLAS_SIZE = 128
 OUTPUT_FOLDER = "outputs"
 #: Flags whose name is not their field's (``--field-name``).
 _FLAG_NAMES = {"smooth": "--no-smoothing"}
@@ -177,9 +180,10 @@ def _add_render_flags(parser: argparse.ArgumentParser) -> None:
     """The feature visualisation group: any of these flags makes dream.py render instead of dream."""
     d = RenderSettings()
     g = parser.add_argument_group("feature visualisation (renders from noise; any of these switches it on)")
-    g.add_argument("--class", dest="class_", metavar="NAME|INDEX",
-                   help="render a class: an ImageNet name (e.g. goldfish), a fine-tuned model's class, an index, "
-                        "or 'all' with --sweep")
+    g.add_argument("--class", dest="class_", nargs="+", metavar="NAME|INDEX",
+                   help="render a class: an ImageNet name (e.g. goldfish; quote names with spaces), a fine-tuned "
+                        "model's class, or an index; with --sweep or --atlas also 'all', several, or ranges of "
+                        "indices like 0-7")
     g.add_argument("--neuron", metavar="LAYER:CHANNEL", help="render the centre unit of a channel, e.g. block10:7")
     g.add_argument("--param", choices=PARAMS, default=None,
                    help="what is optimised: fft (1/f-scaled spectrum, default for renders) or pixel")
@@ -187,12 +191,19 @@ def _add_render_flags(parser: argparse.ArgumentParser) -> None:
                    help=f"fft spectrum scaling 1/|f|^P (default {d.decay_power:g}; larger is smoother)")
     g.add_argument("--batch", type=whole_number, metavar="N",
                    help=f"images per pass: N renders of one objective (default {d.batch}), or items per pass "
-                        f"of a --sweep (default {SWEEP_BATCH})")
+                        f"of a --sweep or --atlas (default {SWEEP_BATCH}; the batch size changes an image's last bits)")
     g.add_argument("--diversity", type=number, metavar="W",
                    help="push the --batch images apart in style (Lucid's diversity term), weight W (e.g. 100)")
     g.add_argument("--sweep", action="store_true",
-                   help="one render per item of --channels (with one --layers) or of --class all, into --output FOLDER, "
-                        "with a contact sheet; re-running continues after the last finished item")
+                   help="one render per item of --channels (with one --layers) or of --class (all, or a list), into "
+                        "--output FOLDER, with a contact sheet and an index.html page; re-running renders only what "
+                        "is missing")
+    g.add_argument("--atlas", action="store_true",
+                   help="an atlas of the model into --output FOLDER: every channel "
+                        "of --layers (default: the model's dream layers; 'all' for every layer) limited to "
+                        "--channels if given, and the --class list, each rendered from noise "
+                        f"({ATLAS_SIZE} px unless --width/--height), with a browsable index.html; re-running "
+                        "renders only what is missing")
     g.add_argument("--pad", type=whole_number, metavar="PX", help=f"robustness: grey padding (default {d.robustness.pad})")
     g.add_argument("--scale-range", type=number, nargs=2, metavar=("LOW", "HIGH"),
                    help=f"robustness: random scale range (default {' '.join(f'{v:g}' for v in d.robustness.scale_range)})")
@@ -218,3 +229,35 @@ def still_parser() -> argparse.ArgumentParser:
     add_dream_arguments(parser)
     add_render_arguments(parser)
     return parser
+
+
+#: How a flag's value is written back on a command line, where ``str`` would not parse as it did.
+_WRITE_BACK: dict[str, Callable[[object], str]] = {"max_memory": lambda size: f"{size}B"}
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, script: str, **changes: object) -> str:
+    """The shell command that runs ``script`` with ``args``, after ``changes`` (dest -> value; None drops
+    the flag): every flag whose value is not its default, in the parser's order, quoted for a shell.
+    What a gallery page shows under an image: the command that makes it again, alone."""
+    values = {**vars(args), **changes}
+    words = ["python", script]
+    written: set[str] = set()
+    # The output last: it reads as "do all this, into there".
+    actions = sorted(parser._actions, key=lambda action: action.dest == "output")
+    for action in actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction) or action.dest in written:
+            continue
+        value = values.get(action.dest)
+        if value is None or value == action.default:
+            continue
+        flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        if action.nargs == 0:            # store_true, store_false, store_const: the flag itself is the value
+            if value != action.const:
+                continue
+            words.append(flag)
+        else:
+            write = _WRITE_BACK.get(action.dest, str)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            words += [flag, *(write(v) for v in items)]
+        written.add(action.dest)
+    return shlex.join(words)

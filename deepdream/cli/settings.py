@@ -27,7 +27,7 @@ from ..robustness import Robustness
 from ..settings import DreamSettings
 from ..sweep import SWEEP_BATCH
 from ..visualise import RenderSettings
-from .args import RENDER_FLAGS, flag_name
+from .args import ATLAS_SIZE, RENDER_FLAGS, flag_name
 from .model_choice import ALL_MODELS, check_model_name, is_all, model_name_from_args
 
 SETTINGS = tuple(f.name for f in fields(DreamSettings))
@@ -153,19 +153,28 @@ def render_settings(args: argparse.Namespace) -> RenderSettings:
         robust = Robustness(pad=_given(args.pad, r.pad), jitter=_given(args.jitter, r.jitter),
                             scale_range=tuple(args.scale_range) if args.scale_range else r.scale_range,
                             rotate=_given(args.rotate_range, r.rotate))
-    if args.diversity and args.sweep:
-        raise DreamError("--diversity renders several images of one objective; it does not combine with --sweep")
+    many = "--atlas" if args.atlas else "--sweep" if args.sweep else None   # one render per item, into a folder
+    if args.atlas and (args.sweep or args.neuron is not None):
+        raise DreamError(f"--atlas renders every channel of --layers and every --class one by one; drop "
+                         f"{'--sweep' if args.sweep else '--neuron'}")
+    if args.class_ is not None and len(args.class_) > 1 and not many:
+        raise DreamError(f"--class takes one class (got {len(args.class_)} words); quote a name with spaces, "
+                         "e.g. --class 'tiger cat', or render several with --sweep or --atlas")
+    if args.diversity and many:
+        raise DreamError(f"--diversity renders several images of one objective; it does not combine with {many}")
+    size = ATLAS_SIZE if args.atlas else None
     decorrelate = _given(args.decorrelate, d.decorrelate)
     settings = RenderSettings(
-        param=_given(args.param, d.param), height=_given(args.height, d.height), width=_given(args.width, d.width),
+        param=_given(args.param, d.param), height=_given(args.height, size or d.height),
+        width=_given(args.width, size or d.width),
         steps=_given(args.steps, d.steps), lr=_given(args.lr, d.lr), decay_power=_given(args.decay_power, d.decay_power),
-        robustness=robust, batch=_given(args.batch, SWEEP_BATCH if args.sweep else d.batch),
+        robustness=robust, batch=_given(args.batch, SWEEP_BATCH if many else d.batch),
         diversity=_given(args.diversity, d.diversity),
         decorrelate=None if str(decorrelate).lower() == "none" else decorrelate,
         seed=args.seed, save_every=args.save_every)
     settings.validate()
-    if args.sweep and args.save_every is not None:
-        raise DreamError("--save-every watches one long render; a --sweep writes each item as it finishes instead")
+    if many and args.save_every is not None:
+        raise DreamError(f"--save-every watches one long render; {many} writes each item as it finishes instead")
     return settings
 
 

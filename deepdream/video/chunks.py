@@ -42,13 +42,13 @@ from .. import distributed as dist
 from ..dreamer import Dreamer
 from ..errors import Notify
 from ..image_io import encode_image
-from ..jobs import Item, Job, JobReport, Outputs, pack_arrays, plural, unpack_arrays
+from ..jobs import Item, JobReport, Outputs, pack_arrays, plural, unpack_arrays
 from ..loading import load_dream_model
 from ..settings import DreamSettings
 from .clip import Clip, ClipMode, ClipSettings, as_float, clip_frame, decoded_frames
 from .encoding import encode_video
 from .flow import Coherence, is_scene_cut
-from .modes import VideoPlan, plan_video
+from .modes import VideoJob, plan_video
 from .store import (
     clear_frames,
     frame_path,
@@ -141,7 +141,7 @@ def plan_chunks(total: int, present: set[int], ranks: int, warmup: int,
     return chunks
 
 
-class ClipJob(Job):
+class ClipJob(VideoJob):
     """``--video`` as a job of chunks (see the module)."""
 
     noun = "frame"
@@ -149,7 +149,6 @@ class ClipJob(Job):
 
     def __init__(self, mode: ClipMode, args: argparse.Namespace, checked: ClipSettings, notify: Notify) -> None:
         self.mode, self.args, self.checked, self.notify = mode, args, checked, notify
-        self.plan: VideoPlan | None = None
         self.done_before = 0
         self.decoders: dict[str, Iterator[np.ndarray]] = {}
         self.state: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}

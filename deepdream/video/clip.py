@@ -28,10 +28,9 @@ import numpy as np
 from ..cli.args import number, whole_number
 from ..errors import DreamError, Notify
 from ..image_io import IMAGE_DEMUXERS, limited_size
-from ..jobs import Job
 from .encoding import H264_CONTAINERS, Timing
 from .flow import FLOW_METHODS, Coherence, carry
-from .modes import Video, VideoMode, frame_max_size, given
+from .modes import Video, VideoJob, VideoMode, frame_max_size, given
 from ..outputs import file_sha256
 from .store import Dream, Resume, frame_rng
 from .zoom import Motion   # --blend means what it means in the zoom video, and is checked there
@@ -394,7 +393,7 @@ class ClipMode(VideoMode):
                      motion=clip_record(clip, checked.coherence, checked.blend, checked.warmup), frames=None,
                      total=clip.frame_count, timing=clip.timing(), extra=AudioCopy(clip) if sound else None)
 
-    def job(self, args: argparse.Namespace, checked: ClipSettings, notify: Notify) -> Job:
+    def job(self, args: argparse.Namespace, checked: ClipSettings, notify: Notify) -> VideoJob:
         from .chunks import ClipJob
 
         return ClipJob(self, args, checked, notify)

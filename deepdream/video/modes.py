@@ -27,11 +27,12 @@ from models import DreamModel
 from .. import distributed as dist
 from ..cli.args import OUTPUT_FOLDER, flag_dests, flag_name, number
 from ..cli.model_choice import ALL_MODELS
+from ..cli.pages import write_video_page
 from ..cli.settings import model_and_settings, validate_args
 from ..cli.start_image import check_image_args
 from ..dreamer import Dreamer
 from ..errors import DreamError, Notify
-from ..jobs import Job, run_job
+from ..jobs import Job, JobReport, run_job
 from ..settings import DreamSettings
 from .encoding import ExtraStreams, Timing
 from .store import (
@@ -40,6 +41,7 @@ from .store import (
     Resume,
     check_resumable,
     check_video_output,
+    frame_path,
     frames_folder_for,
     make_video,
     resume_point,
@@ -139,7 +141,7 @@ class VideoMode(ABC):
               notify: Notify) -> Video:
         """The ``Video`` of the opened input, written to ``output``, continuing ``resume``."""
 
-    def job(self, args: argparse.Namespace, checked: object, notify: Notify) -> Job:
+    def job(self, args: argparse.Namespace, checked: object, notify: Notify) -> VideoJob:
         """A mode that ``splits``: its video as a job for ``jobs.run_job`` (whose items call ``plan_video``)."""
         raise NotImplementedError
 
@@ -181,6 +183,13 @@ class VideoPlan:
     record: dict[str, object]
 
 
+class VideoJob(Job):
+    """A video made as a job (a mode that ``splits``)."""
+
+    #: Its plan, once rank 0 has listed the items (``plan_video``).
+    plan: VideoPlan | None = None
+
+
 def plan_video(mode: VideoMode, args: argparse.Namespace, checked: object, notify: Notify) -> VideoPlan:
     """The output, the input read, the model and its per-frame settings, resume and its checks: every
     check before the first frame (rank 0's part of a split clip)."""
@@ -207,11 +216,22 @@ def plan_video(mode: VideoMode, args: argparse.Namespace, checked: object, notif
     return VideoPlan(model, settings, dreamer, resume, output, folder, source, video, record)
 
 
-def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, notify: Notify) -> int:
-    """Make ``mode``'s video from the parsed flags: every check first, then the frames still missing, then the file.
+def video_page(plan: VideoPlan, command: str | None, quiet: bool) -> Path:
+    """``<output stem>.html`` beside the video: a frame from its middle as the poster, its settings and
+    ``command``, the command that made it."""
+    page = write_video_page(plan.output, frame_path(plan.folder, plan.video.total // 2), command, plan.record)
+    if not quiet:
+        print(page, flush=True)
+    return page
+
+
+def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, notify: Notify,
+        command: str | None = None) -> int:
+    """Make ``mode``'s video from the parsed flags: every check first, then the frames still missing, then
+    the file and its page (``video_page``, showing ``command``).
 
     A mode that splits (a clip) runs as a job (``jobs.run_job``: one process, or every rank of
-    ``mlx.launch``); the others make their frames in order, on one process.
+    ``mlx.launch``), whose report brings the page; the others make their frames in order, on one process.
     """
     mode.check_usage(args, [m for m in modes if m is not mode])
     check_common_args(args)
@@ -222,7 +242,13 @@ def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, n
                          f"one process: start it without mlx.launch ({dist.size()} ranks here); a --video clip is "
                          "the video that spreads over ranks")
     if mode.splits:
-        run_job(mode.job(args, checked, notify), quiet=args.quiet, notify=notify)
+        job = mode.job(args, checked, notify)
+
+        def page(report: JobReport) -> None:
+            if job.plan is not None and job.plan.output in report.extra:   # the video was made, whole
+                video_page(job.plan, command, args.quiet)
+
+        run_job(job, quiet=args.quiet, notify=notify, finished=page)
         return 0
     plan = plan_video(mode, args, checked, notify)
 
@@ -235,4 +261,5 @@ def run(mode: VideoMode, modes: Sequence[VideoMode], args: argparse.Namespace, n
                restart=args.restart, quiet=args.quiet, notify=notify)
     if not args.quiet:
         print(plan.output)
+    video_page(plan, command, args.quiet)
     return 0

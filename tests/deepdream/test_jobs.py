@@ -118,3 +118,61 @@ def test_ctrl_c_says_how_many_outputs_are_kept(tmp_path: Path, monkeypatch) -> N
         job = Squares(tmp_path / "none", ["a"])
         job.make = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt)
         run_job(job)
+
+
+class Pairs(Squares):
+    """Squares made two at a time (one item, two outputs), like a sweep's batch."""
+
+    noun = "square"
+
+    def items(self) -> list[Item]:
+        return [Item(key=f"{a}+{b}", outputs=(str(self.folder / f"{a}.png"), str(self.folder / f"{b}.png")),
+                     captions=(a, b), record={"shade": self.shade, "seed": 0})
+                for a, b in zip(self.names[::2], self.names[1::2])]
+
+    def make(self, item: Item, unit: int, payload: bytes, progress: bool):
+        self.made.append(item.key)
+        image = np.full((4, 4, 3), self.shade, np.float32)
+        return [(k, encode_image(image, path, item.record)) for k, path in enumerate(item.outputs)]
+
+
+def test_an_item_made_again_writes_only_its_missing_outputs(tmp_path: Path, capsys) -> None:
+    run_job(Pairs(tmp_path, ["a", "b", "c", "d"]))
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    (tmp_path / "c.png").unlink()
+    job = Pairs(tmp_path, ["a", "b", "c", "d"])
+    report = run_job(job, notify=print)
+    assert job.made == ["c+d"]                                   # the item is made whole...
+    assert report.written == [tmp_path / "c.png"]                # ...and only its missing output written
+    assert (tmp_path / "d.png").stat().st_mtime_ns == stamps["d.png"]
+    assert "squares: 1 made, 3 skipped (already made), 0 failed" in capsys.readouterr().out
+
+
+def test_a_jobs_notice_replaces_the_runners_line(tmp_path: Path) -> None:
+    said = []
+    job = Squares(tmp_path, ["a", "b"])
+    job.notice = lambda todo, kept: f"{len(todo)} to make, {kept} kept"
+    run_job(job, notify=said.append)
+    (tmp_path / "a.png").unlink()
+    run_job(Squares(tmp_path, ["a", "b"]), notify=said.append)
+    assert said[0] == "2 to make, 0 kept" and said[2] == "1 square to make (1 already made)"
+
+
+def test_ctrl_c_hands_the_page_writer_what_exists(tmp_path: Path) -> None:
+    job = Pairs(tmp_path, ["a", "b", "c", "d", "e", "f"])
+    real = job.make
+
+    def make(item, unit, payload, progress):
+        if item.key == "e+f":
+            raise KeyboardInterrupt
+        return real(item, unit, payload, progress)
+    job.make = make
+    seen = []
+    with pytest.raises(Interrupted, match="4 of 6 squares"):
+        run_job(job, finished=seen.append)
+    report, = seen
+    assert report.interrupted
+    assert {i["key"]: (i["status"], [o["path"] for o in i["outputs"]]) for i in report.description()["items"]} == {
+        "a+b": ("made", [str(tmp_path / "a.png"), str(tmp_path / "b.png")]),
+        "c+d": ("made", [str(tmp_path / "c.png"), str(tmp_path / "d.png")]),
+        "e+f": ("unfinished", [])}

@@ -34,7 +34,14 @@ def test_plan_render_objectives_add_and_validate(effnet):
     with pytest.raises(DreamError, match="has 80 channels"):
         plan_render(effnet, neuron="block5:80")
     with pytest.raises(DreamError, match="--sweep needs something"):
-        plan_render(effnet, class_spec="pizza", sweep=True)
+        plan_render(effnet, neuron="block5:3", sweep=True)
+    # A class list sweeps its classes (one class too: an atlas's last batch may hold one); a single class
+    # beside a channel sweep stays in every image's objective.
+    assert [i for _, i in plan_render(effnet, class_spec=["pizza"], sweep=True).items] == [963]
+    mixed = plan_render(effnet, class_spec=["pizza"], layers=["block5"], channels=[0, 1], sweep=True)
+    assert [t.kind for t in mixed.objective.terms] == ["class", "channel"] and mixed.sweep_term == 1
+    with pytest.raises(DreamError, match="--class 0-3 renders several classes: add --sweep"):
+        plan_render(effnet, class_spec=["0-3"])
 
 
 def test_render_is_seeded_and_snapshots(effnet):
