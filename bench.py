@@ -22,21 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the real imports wait until the BLAS is in place (``import models`` first)
+    from benchmarks.measure import Limits
     from benchmarks.memory_bench import MemoryResult, TilingSpeed
     from benchmarks.pairs import ModelPair
     from benchmarks.report import EndToEndResult, StepResult
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_SIZES = (224, 512)
+DEFAULT_SIZES = (512, 1024)
 #: On a GPU small images measure launch overhead, not the step: larger sizes.
 GPU_SIZES = (512, 1024)
 #: Photo sizes of the memory table (1, 4, 12 and 24 MP) and the size of the tiling speed rows.
@@ -94,8 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny sizes, one model, one repeat: only checks that everything runs (CI)")
     parser.add_argument("--profile", metavar="NAME",
                         help="instead of the table: per-stage cost of forward + gradient of one model, ours vs torch")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: elapsed time (default); cpu: CPU time of all threads, steadier on a busy machine")
+    parser.add_argument("--clock", choices=("wall", "cpu", "span"), default="wall",
+                        help="wall: elapsed time (default); cpu: CPU time of all threads; span: CPU time of the "
+                             "busiest thread with idle threads asleep, about an idle machine's elapsed time and "
+                             "steady on a busy one (benchmarks/measure.py)")
     parser.add_argument("--same-process", action="store_true",
                         help="time both sides inside this process instead of one worker process each "
                              "(torch's OpenMP then also runs MLX's BLAS: slower for ours, see benchmarks/isolated.py)")
@@ -138,29 +140,6 @@ class BenchError(Exception):
     """Bad input the user can fix; the message is one line."""
 
 
-# -- memory -----------------------------------------------------------------------------------------------
-
-def own_peak_rss_bytes() -> int:
-    """This process's peak resident set size, in bytes.
-
-    On Linux it is the kernel's high-water mark of this process's own memory map (``VmHWM``).
-    Not ``getrusage``/``wait4``'s ``ru_maxrss``: Linux carries the *parent's* RSS into a child
-    across fork + exec (it records the pre-exec memory map's high-water mark), so a child
-    started by a 1 GB benchmark process reported >= 1 GB before doing anything (measured: a
-    10 MB child of a 2 GB parent read 1.98 GB through ``wait4``).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 # -- the benchmark ----------------------------------------------------------------------------------
 
 def _notice(message: str) -> None:
@@ -198,7 +177,7 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
     import numpy as np
 
     from benchmarks.isolated import STEP_ARGS, Side, SideWorker, alternating_times, test_image, torch_device
-    from benchmarks.measure import forward_flops, median
+    from benchmarks.measure import median, step_cost
     from benchmarks.report import StepResult
     from benchmarks.torch_dream import TorchDreamStep
     from deepdream.objectives import build_objective
@@ -227,10 +206,10 @@ def time_steps(pair: ModelPair, sizes: list[int], warmup: int, repeats: int,
             # Relative L2, not max: a max-pool window whose two largest values differ by float
             # rounding may pick a different winner on each side, which moves a few pixels' gradient.
             agreement = float(np.linalg.norm(ours_delta - torch_delta) / max(np.linalg.norm(torch_delta), 1e-30))
-            flops = 2.0 * forward_flops(lambda s=tstate: tstep.tap(s), pair.net)
+            cost = step_cost(tstep.loss, tstate)
             times = alternating_times(sides, size, warmup, repeats)
             result = StepResult(pair.name, pair.layers, size, median(times["ours"]), median(times["torch"]),
-                                flops, agreement, repeats)
+                                cost, agreement, repeats)
             _notice(f"{pair.name} {size} px: ours {result.ours_s * 1000:.0f} ms, torch {result.torch_s * 1000:.0f} ms "
                     f"(ours/torch {result.ratio:.2f})")
             results.append(result)
@@ -278,9 +257,9 @@ def time_end_to_end(size: int, steps: int | None, specs: Callable[[list[str]], d
                           settings.steps, ours_s, torch_s)
 
 
-def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], sgemm: float,
+def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str], limits: Limits,
                 load_before: tuple[float, float, float]) -> int:
-    from benchmarks.isolated import CLOCKS
+    from benchmarks.measure import TIMERS
     from benchmarks.pairs import ModelUnavailable, build_pair
     from benchmarks.profile import profile_stages, profile_table
     from benchmarks.report import header_lines
@@ -292,19 +271,19 @@ def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str],
             raise BenchError(str(exc)) from None
         tables = []
         for size in args.sizes:
-            costs = profile_stages(pair, size, warmup=args.warmup, repeats=args.repeats, clock=CLOCKS[args.clock])
+            costs = profile_stages(pair, size, warmup=args.warmup, repeats=args.repeats, timer=TIMERS[args.clock])
             tables.append(f"### {args.profile}, {size} px: forward + input gradient up to each stage\n\n"
                           + profile_table(costs))
     print(f"## Per-stage profile of {args.profile}\n")
-    print(header_lines(machine, threads, sgemm, load_before, os.getloadavg()))
+    print(header_lines(machine, threads, limits, load_before, os.getloadavg()))
     for table in tables:
         print()
         print(table)
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    import models  # noqa: F401  (first: puts the fast BLAS under MLX)
+def _check_environment(args: argparse.Namespace) -> None:
+    """Bad model names, a missing torch side or engine, a GPU run without a GPU: one-line errors."""
     from models import MODELS
 
     unknown = [m for m in (args.models or []) + (args.memory_models or []) + ([args.profile] if args.profile else [])
@@ -321,19 +300,6 @@ def run(args: argparse.Namespace) -> int:
         import deepdream.dreamer  # noqa: F401
     except ImportError as exc:
         raise BenchError(f"the dream engine is not importable ({exc})") from None
-
-    from benchmarks.measure import machine_description, sgemm_gflops
-    from benchmarks.pairs import BENCH_MODELS, ModelUnavailable, build_pair
-    from benchmarks.report import (
-        FOOTNOTES,
-        end_to_end_table,
-        header_lines,
-        memory_table,
-        prediction_table,
-        step_table,
-        tiling_speed_table,
-    )
-
     if args.device == "gpu":
         from deepdream import device
         from deepdream.errors import DreamError
@@ -344,111 +310,194 @@ def run(args: argparse.Namespace) -> int:
             device.use("gpu")
         except DreamError as exc:
             raise BenchError(str(exc)) from None
+
+
+@dataclass
+class BenchRun:
+    """What every table of one run shares: its arguments, threads, working folder and model pairs."""
+
+    args: argparse.Namespace
+    threads: int
+    workdir: Path
+    pairs: dict[str, ModelPair | None] = field(default_factory=dict)
+
+    def pair(self, name: str) -> ModelPair | None:
+        """Both sides of ``name`` (built once), or None with a notice where it cannot be built."""
+        from benchmarks.pairs import ModelUnavailable, build_pair
+
+        if name not in self.pairs:
+            try:
+                self.pairs[name] = build_pair(name, self.workdir)
+                _notice(f"{name}: weights: {self.pairs[name].source}")
+            except ModelUnavailable as exc:
+                self.pairs[name] = None
+                _notice(f"skipping {exc}")
+        return self.pairs[name]
+
+    def specs(self, pair: ModelPair, layers: list[str]) -> dict[str, dict[str, object]]:
+        return worker_specs(pair, layers, self.workdir, self.threads, self.args.clock, self.args.device)
+
+    @property
+    def memory_models(self) -> list[str]:
+        from benchmarks.pairs import BENCH_MODELS
+
+        return self.args.memory_models or list(BENCH_MODELS)
+
+
+def step_rows(bench: BenchRun) -> list[StepResult]:
+    """The dream-step table: every model at every size, ours against torch."""
+    from benchmarks.pairs import BENCH_MODELS
+
+    results: list[StepResult] = []
+    for name in bench.args.models or list(BENCH_MODELS):
+        pair = bench.pair(name)
+        if pair is None:
+            continue
+        results += time_steps(pair, bench.args.sizes, bench.args.warmup, bench.args.repeats,
+                              bench.specs(pair, pair.layers), bench.args.same_process, bench.args.device)
+        if name != E2E_RECIPE:
+            del bench.pairs[name]             # free its memory before the next model
+    return results
+
+
+def end_to_end_rows(bench: BenchRun) -> list[EndToEndResult]:
+    """The end-to-end recipe on both sides (none with --no-e2e)."""
+    if bench.args.no_e2e or (pair := bench.pair(E2E_RECIPE)) is None:
+        return []
+    _notice(f"end-to-end: {E2E_RECIPE} preset at {bench.args.e2e_size} px on both sides ...")
+    return [time_end_to_end(bench.args.e2e_size, bench.args.e2e_steps, lambda layers: bench.specs(pair, layers),
+                            bench.args.same_process)]
+
+
+def memory_rows(bench: BenchRun) -> list[MemoryResult]:
+    """Peak memory of photo dreams against the budget's prediction (none with --no-memory)."""
+    if bench.args.no_memory:
+        return []
+    from benchmarks.memory_bench import measure_memory
+
+    return [result for name in bench.memory_models
+            for result in measure_memory(name, bench.args.memory_sizes, bench.args.memory_steps, bench.workdir,
+                                         bench.args.max_memory, bench.args.device, _notice)]
+
+
+def tiling_rows(bench: BenchRun) -> list[TilingSpeed]:
+    """Auto-tiled steps against whole-image steps (none with --no-tiling)."""
+    if bench.args.no_tiling:
+        return []
+    from benchmarks.memory_bench import measure_tiling_speed
+
+    return [measure_tiling_speed(name, bench.args.tiling_size, bench.args.repeats, bench.workdir, bench.args.device,
+                                 _notice) for name in bench.memory_models]
+
+
+def print_steps(results: list[StepResult], limits: Limits) -> None:
+    from benchmarks.report import FOOTNOTES, step_table
+
+    print("### One dream step (model's default layers)\n")
+    print(step_table(results, limits))
+    print()
+    print(FOOTNOTES)
+    print()
+
+
+def print_end_to_end(results: list[EndToEndResult]) -> None:
+    from benchmarks.report import end_to_end_table
+
+    print("### End to end\n")
+    print(end_to_end_table(results))
+    print()
+
+
+def print_memory(results: list[MemoryResult], steps: int) -> None:
+    from benchmarks.report import memory_table, prediction_table
+
+    print(f"### Peak memory (GiB) of photo dreams with default flags, {steps} step per octave\n")
+    print(memory_table(results, MEMORY_LIMIT_BYTES))
+    print()
+    print("Each cell: the measured peak RSS of a child doing what dream.py does (JPEG in, result out); in "
+          "brackets the memory budget's prediction and how the full-size octave was split. "
+          f"**OVER** marks a peak above {MEMORY_LIMIT_BYTES / 2 ** 30:.0f} GiB.\n")
+    print("### The prediction against the measured peak\n")
+    print(prediction_table(results))
+    print()
+
+
+def print_tiling(results: list[TilingSpeed], repeats: int) -> None:
+    from benchmarks.report import tiling_speed_table
+
+    print(f"### Auto-tiled steps against whole-image steps (median of {repeats})\n")
+    print(tiling_speed_table(results))
+    print()
+
+
+def run(args: argparse.Namespace) -> int:
+    import models  # noqa: F401  (first: puts the fast BLAS under MLX)
+
+    _check_environment(args)
+    import torch
+
+    from benchmarks.measure import machine_description, machine_limits
+    from benchmarks.report import header_lines
+
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
     machine = machine_description()
-    sgemm = sgemm_gflops()
-    names = args.models or list(BENCH_MODELS)
+    limits = machine_limits(threads, args.device, args.clock)
     if args.profile:
-        return run_profile(args, threads, machine, sgemm, load_before)
+        return run_profile(args, threads, machine, limits, load_before)
 
-    steps: list[StepResult] = []
-    e2e: list[EndToEndResult] = []
-    memory: list[MemoryResult] = []
-    tiling: list[TilingSpeed] = []
     with tempfile.TemporaryDirectory(prefix="deepdream-bench-") as tmp:
-        workdir = Path(tmp)
-        pairs: dict[str, ModelPair | None] = {}
-
-        def pair_for(name: str) -> ModelPair | None:
-            if name not in pairs:
-                try:
-                    pairs[name] = build_pair(name, workdir)
-                    _notice(f"{name}: weights: {pairs[name].source}")
-                except ModelUnavailable as exc:
-                    pairs[name] = None
-                    _notice(f"skipping {exc}")
-            return pairs[name]
-
-        for name in names:
-            pair = pair_for(name)
-            if pair is None:
-                continue
-            specs = worker_specs(pair, pair.layers, workdir, threads, args.clock, args.device)
-            steps += time_steps(pair, args.sizes, args.warmup, args.repeats, specs, args.same_process, args.device)
-            if name != E2E_RECIPE:
-                del pairs[name]             # free its memory before the next model
-        if not args.no_e2e and (pair := pair_for(E2E_RECIPE)) is not None:
-            _notice(f"end-to-end: {E2E_RECIPE} preset at {args.e2e_size} px on both sides ...")
-            e2e.append(time_end_to_end(args.e2e_size, args.e2e_steps,
-                                       lambda layers, p=pair: worker_specs(p, layers, workdir, threads, args.clock,
-                                                                           args.device),
-                                       args.same_process))
-        memory_models = args.memory_models or list(BENCH_MODELS)
-        if not args.no_memory:
-            from benchmarks.memory_bench import measure_memory
-
-            for name in memory_models:
-                memory += measure_memory(name, args.memory_sizes, args.memory_steps, workdir, args.max_memory,
-                                         args.device, _notice)
-        if not args.no_tiling:
-            from benchmarks.memory_bench import measure_tiling_speed
-
-            for name in memory_models:
-                tiling.append(measure_tiling_speed(name, args.tiling_size, args.repeats, workdir, args.device,
-                                                   _notice))
+        bench = BenchRun(args, threads, Path(tmp))
+        steps = step_rows(bench)
+        e2e = end_to_end_rows(bench)
+        memory = memory_rows(bench)
+        tiling = tiling_rows(bench)
     load_after = os.getloadavg()
 
     print("## DeepDream-MLX speed: ours (MLX) vs PyTorch, same weights, same step\n")
-    print(header_lines(machine, threads, sgemm, load_before, load_after, args.same_process))
-    if args.clock == "cpu":
-        print("- times are CPU seconds of all threads (--clock cpu), not elapsed time")
+    print(header_lines(machine, threads, limits, load_before, load_after, args.same_process))
+    if args.clock != "wall":
+        print(f"- times (steps and the machine's rates alike) are {CLOCK_NOTES[args.clock]} (--clock {args.clock}), "
+              "not elapsed time")
     print()
     if steps:
-        print("### One dream step (model's default layers)\n")
-        print(step_table(steps, sgemm))
-        print()
-        print(FOOTNOTES)
-        print()
+        print_steps(steps, limits)
     if e2e:
-        print("### End to end\n")
-        print(end_to_end_table(e2e))
-        print()
+        print_end_to_end(e2e)
     if memory:
-        print(f"### Peak memory (GiB) of photo dreams with default flags, {args.memory_steps} step per octave\n")
-        print(memory_table(memory, MEMORY_LIMIT_BYTES))
-        print()
-        print("Each cell: the measured peak RSS of a child doing what dream.py does (JPEG in, result out); in "
-              "brackets the memory budget's prediction and how the full-size octave was split. "
-              f"**OVER** marks a peak above {MEMORY_LIMIT_BYTES / 2 ** 30:.0f} GiB.\n")
-        print("### The prediction against the measured peak\n")
-        print(prediction_table(memory))
-        print()
+        print_memory(memory, args.memory_steps)
     if tiling:
-        print(f"### Auto-tiled steps against whole-image steps (median of {args.repeats})\n")
-        print(tiling_speed_table(tiling))
-        print()
+        print_tiling(tiling, args.repeats)
     if args.json:
         from dataclasses import asdict
 
-        payload = {"machine": machine, "threads": threads, "sgemm_gflops": sgemm,
+        from models.weights import atomic_write
+
+        payload = {"machine": machine, "threads": threads, "limits": asdict(limits),
                    "load_before": load_before, "load_after": load_after,
                    "steps": [asdict(r) for r in steps], "end_to_end": [asdict(r) for r in e2e],
                    "memory": [asdict(r) for r in memory], "tiling": [asdict(r) for r in tiling]}
-        from models.weights import atomic_write
-
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     return 0
 
 
+#: What a step's time is under each --clock but wall, for the table's header.
+CLOCK_NOTES = {"cpu": "CPU seconds of all threads",
+               "span": "CPU seconds of each process's busiest thread, idle threads asleep"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.clock == "span":
+        from benchmarks.measure import SPAN_ENV
+
+        os.environ.update(SPAN_ENV)     # read by the OpenMP runtimes as they start: before any import
     if args.threads:
         # The BLAS reads these when it loads, i.e. on `import models`: set them first.
         for var in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
             os.environ[var] = str(args.threads)
-    sys.path.insert(0, str(ROOT))
     try:
         if args.memory_child:
             from benchmarks.memory_bench import child_main

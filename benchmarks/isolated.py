@@ -27,11 +27,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from .measure import TIMERS
 
-#: What a measurement reads: wall-clock time (what a user waits), or the CPU time of all of
-#: the process's threads (steadier on a loaded machine; counts work, not waiting).
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+ROOT = Path(__file__).resolve().parent.parent
 
 #: Seconds to wait before each timed turn: the other worker's BLAS/OpenMP threads spin for a
 #: while after its last call (Intel OpenMP's KMP_BLOCKTIME is 200 ms) before they sleep.
@@ -145,7 +143,7 @@ class Side:
     def __init__(self, side: str, spec: dict[str, Any]) -> None:
         self.side = side
         self._impl = SIDES[side](spec)
-        self._clock = CLOCKS[spec["clock"]]
+        self._timer = TIMERS[spec["clock"]]
         self._run: Callable[[], object] | None = None
 
     def ask(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -156,9 +154,7 @@ class Side:
             return {}
         if op == "step":
             assert self._run is not None, "'prepare' comes before 'step'"
-            start = self._clock()
-            self._run()
-            return {"seconds": self._clock() - start}
+            return {"seconds": self._timer(self._run)}
         if op == "dream":
             return self._impl.dream(fields["height"], fields["width"], fields["settings"], fields.get("sizes"))
         raise ValueError(f"unknown command {op!r}")

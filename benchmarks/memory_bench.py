@@ -173,7 +173,7 @@ def measure_tiling_speed(name: str, size: tuple[int, int], timed: int, folder: P
 
 
 def child_main(request_json: str) -> int:
-    from bench import own_peak_rss_bytes
+    from benchmarks.measure import own_peak_rss_bytes
 
     result = child(json.loads(request_json))
     print(json.dumps({"result": result, "peak_rss_bytes": own_peak_rss_bytes()}))

@@ -9,8 +9,6 @@ matters.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -19,7 +17,7 @@ import torch
 
 from fastlayers.batchnorm import constant_weights
 
-from .measure import interleaved_times, median
+from .measure import TIMERS, Timer, interleaved_times, median
 from .pairs import ModelPair, torch_layer
 from .report import markdown_table
 from .torch_dream import LayerTap
@@ -33,7 +31,7 @@ class StageCost:
 
 
 def profile_stages(pair: ModelPair, size: int, upto: str | None = None, warmup: int = 1,
-                   repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> list[StageCost]:
+                   repeats: int = 3, timer: Timer = TIMERS["wall"]) -> list[StageCost]:
     model = pair.ours
     stages = [name for name in model.layer_names]
     last = upto or max(pair.layers, key=stages.index)
@@ -64,7 +62,7 @@ def profile_stages(pair: ModelPair, size: int, upto: str | None = None, warmup: 
 
         try:
             times = interleaved_times({"ours": lambda grad=grad: mx.eval(grad(x_mx)), "torch": torch_grad},
-                                      warmup, repeats, clock)
+                                      warmup, repeats, timer)
         finally:
             tap.remove()
         costs.append(StageCost(stage, median(times["ours"]), median(times["torch"])))

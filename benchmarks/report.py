@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from benchmarks.measure import Limits, StepCost
 from benchmarks.memory_bench import MemoryResult, TilingSpeed
 
 
@@ -16,16 +17,13 @@ class StepResult:
     size: int
     ours_s: float                 # median seconds per step
     torch_s: float
-    step_flops: float             # forward + input-gradient FLOPs of one step
+    cost: StepCost                # what forward + input gradient compute and move
     agreement: float              # |our update - torch's| / |torch's update| (L2)
     repeats: int
 
     @property
     def ratio(self) -> float:
         return self.ours_s / self.torch_s
-
-    def gflops(self, seconds: float) -> float:
-        return self.step_flops / seconds / 1e9
 
 
 @dataclass
@@ -51,18 +49,27 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-def step_table(results: Sequence[StepResult], sgemm_gflops: float) -> str:
+def _share(value: float) -> str:
+    """Two decimals, or two significant digits for tiny shares (a test-size image)."""
+    return f"{value:.2f}" if value >= 0.095 else f"{value:.2g}"
+
+
+def step_table(results: Sequence[StepResult], limits: Limits) -> str:
     rows = []
     for r in results:
+        flop_limit, byte_limit = r.cost.flop_limit_s(limits.sgemm_gflops), r.cost.byte_limit_s(limits.stream_gbps)
         rows.append([
             r.model, ", ".join(r.layers), str(r.size),
             f"{r.ours_s * 1000:.0f}", f"{r.torch_s * 1000:.0f}", f"**{r.ratio:.2f}**",
-            f"{r.gflops(r.ours_s):.0f}", f"{100 * r.gflops(r.ours_s) / sgemm_gflops:.0f}%",
-            f"{r.gflops(r.torch_s):.0f}", f"{r.step_flops / 1e9:.1f}", f"{r.agreement:.0e}",
+            f"{r.cost.flops / 1e9:.3g}", f"{flop_limit * 1000:.3g}", f"**{_share(flop_limit / r.ours_s)}**",
+            _share(flop_limit / r.torch_s),
+            f"{r.cost.bytes / 1e9:.3g}", f"{byte_limit * 1000:.3g}", f"**{_share(byte_limit / r.ours_s)}**",
+            _share(byte_limit / r.torch_s), f"{r.agreement:.0e}",
         ])
-    header = ["model", "layers", "px", "ours ms", "torch ms", "ours/torch", "ours GFLOP/s", "% of sgemm",
-              "torch GFLOP/s", "GFLOP/step", "step diff"]
-    return markdown_table(header, rows, "llrrrrrrrrr")
+    header = ["model", "layers", "px", "ours ms", "torch ms", "ours/torch",
+              "GFLOP", "FLOP limit ms", "share ours", "share torch",
+              "GB moved", "byte limit ms", "share ours", "share torch", "step diff"]
+    return markdown_table(header, rows, "llr" + "r" * 12)
 
 
 def end_to_end_table(results: Sequence[EndToEndResult]) -> str:
@@ -108,7 +115,7 @@ def tiling_speed_table(results: Sequence[TilingSpeed]) -> str:
     return markdown_table(["model", "image", "whole s/MP-step", "tiled s/MP-step", "tiles", "tiled/whole"], rows)
 
 
-def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
+def header_lines(machine: Mapping[str, str], threads: int, limits: Limits,
                  load_before: Sequence[float], load_after: Sequence[float], same_process: bool = False) -> str:
     timing = ("both sides in the benchmark's own process (--same-process)" if same_process else
               "each side in a worker process of its own (ours never imports torch), taking turns")
@@ -116,7 +123,8 @@ def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine['os']}, Python {machine['python']}",
         f"- MLX {machine['mlx']} (BLAS: {machine['blas']}); torch {machine['torch']} with {threads} threads",
         *([f"- GPU: {machine['gpu']}, both sides on it"] if machine.get("gpu") else []),
-        f"- MLX sgemm (2048^3): {sgemm_gflops:.0f} GFLOP/s",
+        f"- MLX sgemm (2048^3, in a process without torch): {limits.sgemm_gflops:.0f} GFLOP/s; memory bandwidth "
+        f"(STREAM triad, torch, {threads} threads): {limits.stream_gbps:.1f} GB/s",
         f"- timing: {timing}",
         (f"- load average (1/5/15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
          f"after: {' '.join(f'{v:.2f}' for v in load_after)}"),
@@ -125,9 +133,13 @@ def header_lines(machine: Mapping[str, str], threads: int, sgemm_gflops: float,
 
 FOOTNOTES = (
     "ours/torch < 1 means ours is faster. Times are medians of interleaved repeats after warm-up. "
-    "GFLOP/step counts the convolutions and linear layers a step runs, forward plus gradient to the "
-    "input (2 x the forward FLOPs: each layer's input gradient is a transposed product of the same "
-    "size; no weight gradients), from the layer shapes. '% of sgemm' is ours against MLX's own "
-    "2048^3 matmul rate. 'step diff' is ||our update - torch's|| / ||torch's update|| (L2) for one "
-    "step from the same image with the same jitter: both sides compute the same step."
+    "The limits: GFLOP counts the direct convolutions and linear layers of one step's forward pass to "
+    "the layers and its input gradient (no weight gradients), by torch's FlopCounterMode on the torch "
+    "side's graph, once per model and size; the FLOP limit is that over MLX's sgemm rate above. "
+    "GB moved is what those operations read and write at least once (each forward's input, weights and "
+    "output; each backward's output gradient, weights and input gradient: element-wise work fused in); "
+    "the byte limit is that over the memory bandwidth above. A share is a limit over the measured time "
+    "(1 = at the limit; Winograd's 3x3 layers can take the FLOP share past 1). 'step diff' is "
+    "||our update - torch's|| / ||torch's update|| (L2) for one step from the same image with the same "
+    "jitter: both sides compute the same step."
 )

@@ -92,6 +92,8 @@ class Space(Protocol):
     """How the optimised array ("state") maps to pixels and to the network input."""
 
     step_scale: float
+    #: (low, high) per channel when ``clamp`` clips each channel to them, else None.
+    bounds: tuple[mx.array, mx.array] | None
 
     def encode(self, rgb: np.ndarray) -> mx.array: ...
     def decode(self, state: mx.array) -> np.ndarray: ...
@@ -111,6 +113,7 @@ class PixelSpace:
         self.std = mx.array(model.std, dtype=mx.float32)
         self.low = -self.mean / self.std          # rgb 0 and 1 in normalised units
         self.high = (1.0 - self.mean) / self.std
+        self.bounds = (self.low, self.high)
 
     def encode(self, rgb: np.ndarray) -> mx.array:
         return (mx.array(rgb[None]) - self.mean) / self.std
@@ -141,6 +144,7 @@ class DecorrelatedSpace:
         # A unit step in z moves rgb about as much as a unit step in normalised pixels
         # (lr * std) once scaled by the mean std, so the recipes' lr values carry over.
         self.step_scale = float(np.mean(IMAGENET_STD))
+        self.bounds = None                        # its clamp goes through rgb
 
     def encode(self, rgb: np.ndarray) -> mx.array:
         return mx.array(rgb[None]) @ self.inverse

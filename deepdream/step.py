@@ -75,11 +75,8 @@ class DreamStep:
             grad = transforms.lap_normalize(grad, inv_counts=lap_counts)
         elif self.smooth:
             grad = transforms.cascade_smooth(grad, sigma)
-        if self.grad_norm == "mean-abs":
-            grad = transforms.normalize_mean_abs(grad, inv_count)
-        else:
-            grad = transforms.normalize_std(grad, inv_count)
-        return self.space.clamp(state + (lr * self.space.step_scale) * grad)
+        return transforms.normalized_step(state, grad, lr * self.space.step_scale, inv_count, self.grad_norm,
+                                          self.space.clamp, self.space.bounds)
 
     def gradient(self, state: mx.array) -> tuple[mx.array, mx.array]:
         """(objective, its gradient) of ``state`` as it is (no roll): a tile's share of a tiled step."""

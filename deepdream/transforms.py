@@ -8,10 +8,15 @@ smoothing sigma) are arrays, so changing them does not recompile the step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import mlx.core as mx
 import numpy as np
 from PIL import Image
+
+from fastlayers.blur import separable_blurs
+from fastlayers.roll import roll_pad
+from fastlayers.update import normalized_step as native_normalized_step
 
 #: pytorch-deepdream's "magic" kernel size for the cascade smoothing.
 SMOOTHING_KERNEL_SIZE = 9
@@ -44,11 +49,17 @@ def roll(x: mx.array, start: mx.array) -> mx.array:
     *flat* image (the C++ side copies whole rows), columns one of the image doubled along W.
     Gathering with index arrays (``mx.take``) instead goes element by element, several times slower.
     """
+    if (fast := roll_pad(x, start, 0)) is not None:
+        return fast                     # one copy on all threads (fastlayers/native/roll.cpp)
     n, h, w, c = x.shape
     flat = x.reshape(-1)
     doubled = mx.concatenate([flat, flat])
     x = mx.slice(doubled, start[0:1] * (w * c), (0,), (n * h * w * c,)).reshape(n, h, w, c)
     return mx.slice(mx.concatenate([x, x], axis=2), start[1:2], (2,), (n, h, w, c))
+
+
+#: ``roll``'s start that leaves the image as it is.
+_NO_ROLL = mx.zeros((2,), dtype=mx.int32)
 
 
 def smoothing_sigma(step: int, steps: int, smoothing: float) -> float:
@@ -131,18 +142,23 @@ def cascade_smooth(grad: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL
     fused pass (faster than padding and summing per blur; docs/performance.md, item 5).
     """
     pad = size // 2
-    return cascade_smooth_padded(_reflect_pad_axis(_reflect_pad_axis(grad, pad, 1), pad, 2), sigma, size)
+    padded = roll_pad(grad, _NO_ROLL, pad)          # natively, in one copy on all threads
+    if padded is None:
+        padded = _reflect_pad_axis(_reflect_pad_axis(grad, pad, 1), pad, 2)
+    return cascade_smooth_padded(padded, sigma, size)
 
 
 def cascade_smooth_padded(padded: mx.array, sigma: mx.array, size: int = SMOOTHING_KERNEL_SIZE) -> mx.array:
     """``cascade_smooth`` of an array already padded by ``size // 2`` on every side (the output is that
     much smaller): a tile padded with its neighbours' pixels smooths exactly as the whole image would."""
+    taps = [gaussian_taps(sigma * coeff, size) for coeff in CASCADE_SIGMAS]
+    if (fast := separable_blurs(padded, mx.stack(taps))) is not None:
+        return fast                     # the same sums on all threads (fastlayers/native/blur.cpp)
     _, height, width, _ = padded.shape
     height, width = height - 2 * (size // 2), width - 2 * (size // 2)
     out = None
-    for coeff in CASCADE_SIGMAS:
-        taps = gaussian_taps(sigma * coeff, size)
-        out = _correlate_axis(_correlate_axis(padded, taps, 1, height), taps, 2, width, out)
+    for blur in taps:
+        out = _correlate_axis(_correlate_axis(padded, blur, 1, height), blur, 2, width, out)
     return out / len(CASCADE_SIGMAS)
 
 
@@ -212,6 +228,19 @@ def normalize_std(grad: mx.array, inv_count: mx.array | None = None, eps: float 
 def normalize_mean_abs(grad: mx.array, inv_count: mx.array | None = None, eps: float = NORMALIZE_EPS) -> mx.array:
     """2015 Caffe notebook: ``g / mean(|g|)`` (its step is then ``step_size * g / mean|g|``)."""
     return grad / (_mean(mx.abs(grad), inv_count) + eps)
+
+
+def normalized_step(state: mx.array, grad: mx.array, scale: mx.array, inv_count: mx.array | None, mode: str,
+                    clamp: Callable[[mx.array], mx.array],
+                    bounds: tuple[mx.array, mx.array] | None = None) -> mx.array:
+    """The step's update: ``clamp(state + scale * g)``, ``g`` the gradient normalised as ``mode``
+    says (``normalize_std`` or, for "mean-abs", ``normalize_mean_abs``). Where ``clamp`` clips each
+    channel to ``bounds`` (low, high), the native kernel does it all in two passes on all threads
+    (fastlayers/native/update.cpp); this MLX form is the fallback and the reference."""
+    if bounds is not None and (fast := native_normalized_step(state, grad, scale, *bounds, mode)) is not None:
+        return fast
+    normalize = normalize_mean_abs if mode == "mean-abs" else normalize_std
+    return clamp(state + scale * normalize(grad, inv_count))
 
 
 def lap_inverse_counts(height: int, width: int, channels: int = 3, levels: int = LAP_LEVELS) -> list[mx.array]:

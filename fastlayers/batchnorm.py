@@ -35,10 +35,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .layers import Conv2d
+from .activation import finish
+from .conv import Conv2d
 
-#: ``conv(weight, bias)``: the convolution with the given weight (output channels first) and bias.
-ConvWith = Callable[[mx.array, mx.array | None], mx.array]
+#: ``conv(weight, bias, activation, residual)``: the convolution with the given weight (output
+#: channels first) and bias, ending as ``fastlayers.activation.finish`` says.
+ConvWith = Callable[[mx.array, mx.array | None, str | None, mx.array | None], mx.array]
 
 _CONSTANT_WEIGHTS: ContextVar[bool] = ContextVar("constant_weights", default=False)
 
@@ -114,15 +116,20 @@ class BatchNorm(nn.BatchNorm):
         return x * scale + shift
 
 
-def conv_bn(conv: ConvWith, weight: mx.array, bn: nn.BatchNorm, bias: mx.array | None = None) -> mx.array:
-    """``bn(conv(weight, bias))``; with constant weights an inference-mode BatchNorm is folded
-    into the convolution, once (see the module docstring)."""
+def conv_bn(conv: ConvWith, weight: mx.array, bn: nn.BatchNorm, bias: mx.array | None = None,
+            activation: str | None = None, residual: mx.array | None = None) -> mx.array:
+    """``activation(bn(conv(weight, bias)) + residual)``; with constant weights an inference-mode
+    BatchNorm is folded into the convolution, once (see the module docstring), and the residual
+    and activation join the convolution's own pass."""
     if _CONSTANT_WEIGHTS.get() and _inference(bn):
         sources = (weight, *([] if bias is None else [bias]), *_bn_arrays(bn))
-        return conv(*_computed_once(bn, "_cached_fold", sources, lambda: _fold(weight, bias, bn)))
-    return bn(conv(weight, bias))
+        folded_weight, folded_bias = _computed_once(bn, "_cached_fold", sources, lambda: _fold(weight, bias, bn))
+        return conv(folded_weight, folded_bias, activation, residual)
+    return finish(bn(conv(weight, bias, None, None)), residual=residual, activation=activation)
 
 
-def conv2d_bn(conv: Conv2d, bn: nn.BatchNorm, x: mx.array) -> mx.array:
-    """``bn(conv(x))`` for a ``fastlayers.layers.Conv2d``, folded as ``conv_bn`` folds."""
-    return conv_bn(lambda w, b: conv.convolve(x, w, b), conv.weight, bn, conv.bias if "bias" in conv else None)
+def conv2d_bn(conv: Conv2d, bn: nn.BatchNorm, x: mx.array, activation: str | None = None,
+              residual: mx.array | None = None) -> mx.array:
+    """``activation(bn(conv(x)) + residual)`` for a ``fastlayers.conv.Conv2d``, folded as ``conv_bn`` folds."""
+    return conv_bn(lambda w, b, act, res: conv.convolve(x, w, b, act, res), conv.weight, bn,
+                   conv.bias if "bias" in conv else None, activation, residual)

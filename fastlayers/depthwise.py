@@ -40,6 +40,8 @@ from functools import lru_cache
 import mlx.core as mx
 
 from . import native
+from .activation import check as activation_index
+from .activation import finish
 
 #: "same" (TensorFlow: output ceil(size/stride), the odd padding pixel right/bottom), a
 #: symmetric int, or explicit ((top, bottom), (left, right)).
@@ -170,11 +172,11 @@ def _depthwise_fn(stride: int, pads: Pads) -> Callable[[mx.array, mx.array, mx.a
 
 
 def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Padding = "same",
-                     bias: mx.array | None = None) -> mx.array:
+                     bias: mx.array | None = None, activation: str | None = None) -> mx.array:
     """Depthwise conv of x (N, H, W, C) with ``weight`` in MLX's grouped-conv layout (C, kh, kw, 1),
-    plus an optional per-channel ``bias`` (C,).
+    plus an optional per-channel ``bias`` (C,), then ``activation`` (``fastlayers.activation``).
 
-    Same result as ``mx.conv2d(mx.pad(x, ...), weight, stride=stride, groups=C) + bias``.
+    Same result as ``activation(mx.conv2d(mx.pad(x, ...), weight, stride=stride, groups=C) + bias)``.
     """
     if x.ndim != 4 or weight.ndim != 4 or weight.shape[3] != 1 or weight.shape[0] != x.shape[3]:
         raise ValueError(f"depthwise_conv2d needs x (N, H, W, C) and weight (C, kh, kw, 1); "
@@ -189,7 +191,7 @@ def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Pa
     if mx.default_device().type != mx.DeviceType.cpu:
         # Metal has real depthwise kernels; the shifted multiply-adds are a CPU workaround.
         out = mx.conv2d(_pad_hw(x, *pads), weight, stride=stride, groups=c)
-        return out + bias if bias is not None else out
+        return finish(out, bias, activation=activation)
     # (C, kh, kw, 1) -> (kh, kw, C): each tap becomes a contiguous (C,) vector that broadcasts
     # over NHWC slices. The transpose is outside the custom function, so autograd maps the
     # taps' gradient back to the parameter layout. mx.contiguous also keeps mx.compile from
@@ -197,7 +199,9 @@ def depthwise_conv2d(x: mx.array, weight: mx.array, stride: int = 1, padding: Pa
     # per-pixel kernel, where it would be recomputed for every pixel.
     taps = mx.contiguous(weight.reshape(c, kh, kw).transpose(1, 2, 0))
     bias = mx.contiguous(bias) if bias is not None else mx.zeros((c,), x.dtype)
+    act = activation_index(activation)
     kernels = native.for_array(x)
     if kernels is not None:
-        return kernels.depthwise_conv2d(x, taps, bias, stride, pads[0], pads[2], *_out_size(x, taps, stride, pads))
-    return _depthwise_fn(stride, pads)(x, taps, bias)
+        return kernels.depthwise_conv2d(x, taps, bias, stride, pads[0], pads[2], *_out_size(x, taps, stride, pads),
+                                        act)
+    return finish(_depthwise_fn(stride, pads)(x, taps, bias), activation=activation)

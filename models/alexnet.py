@@ -10,7 +10,7 @@ The MLX modules carry the dream-layer names; the converter renames the keys (``T
     features.10      conv5
 
 and reorders fc6's columns from torch's (C, H, W) flatten to our (H, W, C) one. Convolutions are
-``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient (the
+``fastlayers.conv.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient (the
 stride-4 conv1's is otherwise MLX's naive loop).
 """
 
@@ -21,7 +21,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from fastlayers.layers import Conv2d, adaptive_avg_pool2d, max_pool2d
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import adaptive_avg_pool2d, max_pool2d
 
 from .base import DreamModel, ModelFacts, Stage, prefix_renamer
 

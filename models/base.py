@@ -11,11 +11,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from fastlayers.batchnorm import conv2d_bn
+from fastlayers.conv import Conv2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,20 +107,45 @@ class DreamModel(nn.Module):
         return (rgb - mx.array(self.mean)) / mx.array(self.std)
 
     def __call__(self, x: mx.array, outputs: Sequence[str] = ("logits",)) -> dict[str, mx.array]:
-        """Run the stages in order; return the requested ones (NHWC), stopping after the deepest."""
+        """Run the stages in order; return the requested ones (NHWC), stopping after the deepest.
+
+        A convolution stage followed by a ReLU stage (a BatchNorm stage between them, maybe) runs
+        as one convolution ending in the ReLU (``fused_stages``) when only the last of them is asked for."""
         wanted = set(outputs)
-        all_names = [name for name, _ in self.stages()]
-        missing = wanted.difference(all_names)
+        stages = self.stages()
+        missing = wanted.difference(name for name, _ in stages)
         if missing:
             self.check_layers(sorted(missing))
         result: dict[str, mx.array] = {}
-        for name, stage in self.stages():
-            x = stage(x)
+        i = 0
+        while i < len(stages):
+            run, last = fused_stages(stages, i, wanted)
+            x = run(x)
+            name = stages[last][0]
             if name in wanted:
                 result[name] = x
                 if len(result) == len(wanted):
                     break
+            i = last + 1
         return result
+
+
+def fused_stages(stages: Sequence[Stage], i: int, wanted: set[str]) -> tuple[Callable[[mx.array], mx.array], int]:
+    """What runs at stage i, and the last stage it computes: the stage itself, or, where stage i is
+    a ``fastlayers`` convolution whose output nobody asked for and a ReLU stage follows (with an
+    inference BatchNorm stage between them that nobody asked for either, as ResNet's stem has),
+    the convolution ending in that ReLU, in its own pass (``fastlayers.activation``)."""
+    name, stage = stages[i]
+    if name in wanted or not isinstance(stage, Conv2d):
+        return stage, i
+    follow = [fn for _, fn in stages[i + 1:i + 3]]
+    if follow[:1] == [nn.relu]:
+        return partial(stage, activation="relu"), i + 1
+    if len(follow) == 2 and isinstance(follow[0], nn.BatchNorm) and follow[1] is nn.relu \
+            and stages[i + 1][0] not in wanted:
+        bn = follow[0]
+        return (lambda x: conv2d_bn(stage, bn, x, activation="relu")), i + 2
+    return stage, i
 
 
 @dataclass(frozen=True)

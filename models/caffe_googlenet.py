@@ -32,7 +32,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from fastlayers.layers import Conv2d, adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from fastlayers.concat import concat_channels
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 from .base import IMAGENET_STD, CaffeWeights, DreamModel, ModelFacts, Recipe, Stage, UnknownLayerError
 
@@ -110,10 +112,11 @@ def parameter_key(caffe_layer: str) -> str:
 # -- building blocks ---------------------------------------------------------------------------------
 
 class ConvReLU(Conv2d):
-    """A convolution and the ReLU Caffe runs in place on its output (one blob, one stage)."""
+    """A convolution and the ReLU Caffe runs in place on its output (one blob, one stage), the
+    ReLU in the convolution's own pass (``fastlayers.activation``)."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.relu(super().__call__(x))
+        return super().__call__(x, activation="relu")
 
 
 @lru_cache(maxsize=None)
@@ -173,7 +176,7 @@ class Inception(nn.Module):
         out["3x3"] = self["3x3"](out["3x3_reduce"])
         out["5x5"] = self["5x5"](out["5x5_reduce"])
         out["pool_proj"] = self["pool_proj"](out["pool"])
-        out["output"] = mx.concatenate([out["1x1"], out["3x3"], out["5x5"], out["pool_proj"]], axis=-1)
+        out["output"] = concat_channels([out["1x1"], out["3x3"], out["5x5"], out["pool_proj"]])
         return out
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -34,10 +34,10 @@ symmetric padding (``padding="symmetric"`` selects the latter, e.g. for comparis
 
 Speed on CPU (dreaming differentiates the whole stack w.r.t. the image, under mx.compile):
 depthwise convolutions run through ``fastlayers.depthwise`` (MLX's grouped convolution is a
-naive per-group loop there), 1x1 convolutions are plain matrix products, the stem uses
-``fastlayers.layers.conv2d`` (fast input gradient of a strided conv), the dream step folds each
-inference-mode BatchNorm into the preceding convolution (``fastlayers.batchnorm``), and ReLU6 has a
-one-kernel gradient.
+naive per-group loop there), the others through ``fastlayers.conv.conv2d`` (a fast input
+gradient of the strided stem; 1x1 layers as one product per cache-sized block), the dream step
+folds each inference-mode BatchNorm into the preceding convolution (``fastlayers.batchnorm``), and
+ReLU6 and the residual sum join the convolutions' own passes (``fastlayers.activation``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv_bn
 from fastlayers.depthwise import depthwise_conv2d, same_padding
-from fastlayers.layers import conv2d, global_avg_pool
+from fastlayers.conv import conv2d
+from fastlayers.pooling import global_avg_pool
 
 from .base import DreamModel, ModelFacts, PackageWeights, Recipe, Stage
 
@@ -77,28 +78,10 @@ def _pads(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
     return k // 2, k // 2
 
 
-@mx.custom_function
-def relu6(x: mx.array) -> mx.array:
-    return mx.minimum(mx.maximum(x, 0.0), 6.0)
-
-
-@relu6.vjp
-def _relu6_vjp(x: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
-    # torch's gradient: 1 strictly inside (0, 6), else 0. One fused mask-multiply; MLX's own
-    # VJP of minimum(maximum(...)) builds several select kernels, each a pass over memory.
-    x = x[0] if isinstance(x, (list, tuple)) else x
-    g = cotangent[0] if isinstance(cotangent, (list, tuple)) else cotangent
-    return g * ((x > 0) & (x < 6)).astype(g.dtype)
-
-
-def pointwise_conv(x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
-    """1x1 convolution (weight (C_out, 1, 1, C_in), nn.Conv2d's layout) as one matrix product:
-    MLX's conv2d takes longer for 1x1 kernels on CPU, forward and backward."""
-    n, h, w, c = x.shape
-    w2 = weight.reshape(weight.shape[0], c)
-    x2 = x.reshape(n * h * w, c)
-    y = x2 @ w2.T if bias is None else mx.addmm(bias, x2, w2.T)
-    return y.reshape(n, h, w, weight.shape[0])
+def pointwise_conv(x: mx.array, weight: mx.array, bias: mx.array | None = None, activation: str | None = None,
+                   residual: mx.array | None = None) -> mx.array:
+    """1x1 convolution, weight (C_out, 1, 1, C_in) in nn.Conv2d's layout, ending as ``fastlayers.activation`` says."""
+    return conv2d(x, weight, bias=bias, activation=activation, residual=residual)
 
 
 class ConvBNReLU6(nn.Module):
@@ -112,16 +95,19 @@ class ConvBNReLU6(nn.Module):
         self.stride = stride
         self.padding = padding
 
-    def _conv(self, x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    def _conv(self, x: mx.array, weight: mx.array, bias: mx.array | None, activation: str | None,
+              residual: mx.array | None) -> mx.array:
         if self.kernel_size == 1 and self.stride == 1:
-            return pointwise_conv(x, weight, bias)
+            return pointwise_conv(x, weight, bias, activation, residual)
         ph = _pads(x.shape[1], self.kernel_size, self.stride, self.padding)
         pw = _pads(x.shape[2], self.kernel_size, self.stride, self.padding)
-        # fastlayers.layers.conv2d: MLX's own input gradient of a strided conv is a naive loop on CPU
-        return conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride, bias=bias)
+        # fastlayers.conv.conv2d: MLX's own input gradient of a strided conv is a naive loop on CPU
+        return conv2d(mx.pad(x, [(0, 0), ph, pw, (0, 0)]), weight, stride=self.stride, bias=bias,
+                      activation=activation, residual=residual)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return relu6(conv_bn(lambda w, b: self._conv(x, w, b), self.conv.weight, self.bn))
+        return conv_bn(lambda w, b, act, res: self._conv(x, w, b, act, res), self.conv.weight, self.bn,
+                       activation="relu6")
 
 
 class DepthwiseConv(nn.Module):
@@ -139,10 +125,11 @@ class DepthwiseConv(nn.Module):
         self.stride = stride
         self.padding = padding
 
-    def conv(self, x: mx.array, weight: mx.array, bias: mx.array | None = None) -> mx.array:
+    def conv(self, x: mx.array, weight: mx.array, bias: mx.array | None = None,
+             activation: str | None = None) -> mx.array:
         k = weight.shape[1]
         pad = "same" if self.padding == "same" else k // 2
-        return depthwise_conv2d(x, weight, stride=self.stride, padding=pad, bias=bias)
+        return depthwise_conv2d(x, weight, stride=self.stride, padding=pad, bias=bias, activation=activation)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.conv(x, self.weight)
@@ -180,10 +167,12 @@ class MBConvBlock(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         y = x
         if self.has_expand:
-            y = relu6(conv_bn(lambda w, b: pointwise_conv(x, w, b), self.expand_conv.weight, self.bn0))
-        y = relu6(conv_bn(lambda w, b: self.depthwise_conv.conv(y, w, b), self.depthwise_conv.weight, self.bn1))
-        y = conv_bn(lambda w, b: pointwise_conv(y, w, b), self.project_conv.weight, self.bn2)
-        return y + x if self.residual else y
+            y = conv_bn(lambda w, b, act, res: pointwise_conv(x, w, b, act, res), self.expand_conv.weight, self.bn0,
+                        activation="relu6")
+        y = conv_bn(lambda w, b, act, res: self.depthwise_conv.conv(y, w, b, act), self.depthwise_conv.weight,
+                    self.bn1, activation="relu6")
+        return conv_bn(lambda w, b, act, res: pointwise_conv(y, w, b, act, res), self.project_conv.weight, self.bn2,
+                       residual=x if self.residual else None)
 
 
 class EfficientNetLite0(DreamModel):

@@ -14,7 +14,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
-from fastlayers.layers import Conv2d, adaptive_avg_pool2d, global_avg_pool, max_pool2d
+from fastlayers.concat import concat_channels
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import adaptive_avg_pool2d, global_avg_pool, max_pool2d
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, DreamModel, ModelFacts, Recipe, Stage
 
@@ -29,7 +31,8 @@ TORCHVISION_RANDOM_INIT = {"aux_logits": False, "transform_input": True, "init_w
 
 class BasicConv2d(nn.Module):
     """Conv (no bias) + BatchNorm(eps=1e-3) + ReLU, as torchvision's GoogLeNet/Inception define it;
-    the dream step folds the BatchNorm into the conv (``fastlayers.batchnorm``)."""
+    the dream step folds the BatchNorm into the conv (``fastlayers.batchnorm``), which ends in the
+    ReLU in its own pass."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0) -> None:
@@ -39,7 +42,7 @@ class BasicConv2d(nn.Module):
         self.bn = BatchNorm(out_channels, eps=1e-3)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.relu(conv2d_bn(self.conv, self.bn, x))
+        return conv2d_bn(self.conv, self.bn, x, activation="relu")
 
 
 class MaxPool2d(nn.Module):
@@ -79,7 +82,7 @@ class Inception(nn.Module):
             for layer in branch:
                 y = layer(y)
             outs.append(y)
-        return mx.concatenate(outs, axis=-1)
+        return concat_channels(outs)
 
 
 class InceptionAux(nn.Module):

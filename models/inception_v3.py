@@ -13,7 +13,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from fastlayers.layers import avg_pool2d, max_pool2d
+from fastlayers.concat import concat_channels
+from fastlayers.pooling import avg_pool2d, max_pool2d
 
 from .base import ModelFacts, Recipe, Stage
 from .googlenet import TORCHVISION_RANDOM_INIT, BasicConv2d, InceptionBase, MaxPool2d
@@ -40,7 +41,7 @@ class InceptionA(nn.Module):
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         bp = self.branch_pool(_branch_pool(x))
-        return mx.concatenate([b1, b5, b3, bp], axis=-1)
+        return concat_channels([b1, b5, b3, bp])
 
 
 class InceptionB(nn.Module):
@@ -57,7 +58,7 @@ class InceptionB(nn.Module):
         b3 = self.branch3x3(x)
         b3d = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
         bp = max_pool2d(x, 3, stride=2)
-        return mx.concatenate([b3, b3d, bp], axis=-1)
+        return concat_channels([b3, b3d, bp])
 
 
 class InceptionC(nn.Module):
@@ -85,7 +86,7 @@ class InceptionC(nn.Module):
                      self.branch7x7dbl_4, self.branch7x7dbl_5):
             b7d = conv(b7d)
         bp = self.branch_pool(_branch_pool(x))
-        return mx.concatenate([b1, b7, b7d, bp], axis=-1)
+        return concat_channels([b1, b7, b7d, bp])
 
 
 class InceptionD(nn.Module):
@@ -106,7 +107,7 @@ class InceptionD(nn.Module):
         for conv in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
             b7 = conv(b7)
         bp = max_pool2d(x, 3, stride=2)
-        return mx.concatenate([b3, b7, bp], axis=-1)
+        return concat_channels([b3, b7, bp])
 
 
 class InceptionE(nn.Module):
@@ -131,7 +132,7 @@ class InceptionE(nn.Module):
         b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         b3d = [self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)]
         bp = self.branch_pool(_branch_pool(x))
-        return mx.concatenate([b1, *b3, *b3d, bp], axis=-1)
+        return concat_channels([b1, *b3, *b3d, bp])
 
 
 class InceptionV3(InceptionBase):

@@ -4,7 +4,7 @@ Parameter paths are torchvision's state-dict keys (``layer1.0.conv1.weight``,
 ``layer1.0.downsample.0.weight``, ``bn1.running_mean``), so the conversion is the plain
 OIHW -> OHWI transpose of the converter. Each bottleneck block is a
 stage (``layer3_2`` = ``layer3[2]``), so a dream on layer3 never runs layer4. Convolutions are
-``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
+``fastlayers.conv.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU input gradient
 (MLX's own is a naive loop for the strided ones).
 BatchNorms are ``fastlayers.batchnorm.BatchNorm`` (nn.BatchNorm's keys); the dream step folds each
 into the convolution before it (``conv2d_bn``).
@@ -18,7 +18,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from fastlayers.batchnorm import BatchNorm, conv2d_bn
-from fastlayers.layers import Conv2d, global_avg_pool, max_pool2d
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import global_avg_pool, max_pool2d
 
 from .base import DreamModel, ModelFacts, Recipe, Stage
 
@@ -48,11 +49,12 @@ class Bottleneck(nn.Module):
                                BatchNorm(out_channels)]
 
     def __call__(self, x: mx.array) -> mx.array:
-        out = nn.relu(conv2d_bn(self.conv1, self.bn1, x))
-        out = nn.relu(conv2d_bn(self.conv2, self.bn2, out))
-        out = conv2d_bn(self.conv3, self.bn3, out)
+        # Each convolution ends in its ReLU, the last one after adding the shortcut, in the
+        # convolution's own pass (fastlayers.activation).
         shortcut = conv2d_bn(*self.downsample, x) if self.downsample else x
-        return nn.relu(out + shortcut)
+        out = conv2d_bn(self.conv1, self.bn1, x, activation="relu")
+        out = conv2d_bn(self.conv2, self.bn2, out, activation="relu")
+        return conv2d_bn(self.conv3, self.bn3, out, activation="relu", residual=shortcut)
 
 
 def _maxpool(x: mx.array) -> mx.array:

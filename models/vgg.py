@@ -20,7 +20,7 @@ conv4_1..conv4_4 = 19/21/23/25, conv5_1..conv5_4 = 28/30/32/34. Both follow torc
 ``make_layers`` rule (every conv is followed by its ReLU, every block ends in a max pool),
 which ``feature_keys`` reproduces.
 
-Convolutions are ``fastlayers.layers.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU
+Convolutions are ``fastlayers.conv.Conv2d``: nn.Conv2d's parameters and keys, with a fast CPU
 input gradient (a dream differentiates every step w.r.t. the image).
 """
 
@@ -31,7 +31,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from fastlayers.layers import Conv2d, adaptive_avg_pool2d, max_pool2d
+from fastlayers.conv import Conv2d
+from fastlayers.pooling import adaptive_avg_pool2d, max_pool2d
 
 from .base import DreamModel, ModelFacts, Recipe, Stage, prefix_renamer
 

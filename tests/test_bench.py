@@ -23,8 +23,9 @@ def test_quick_prints_the_tables(weights_dir: Path) -> None:
     result = _bench("--quick", weights_dir=weights_dir)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    # the header names the machine, the BLAS and the sgemm rate it compares against
-    assert re.search(r"MLX sgemm \(2048\^3\): \d+ GFLOP/s", out)
+    # the header names the machine, the BLAS and the two rates the limits are computed from
+    assert re.search(r"MLX sgemm \(2048\^3, in a process without torch\): \d+ GFLOP/s", out)
+    assert re.search(r"memory bandwidth \(STREAM triad, torch, \d+ threads\): [\d.]+ GB/s", out)
     assert "timing: each side in a worker process of its own" in out
     assert "BLAS:" in out and "load average" in out
     # one dream-step row for googlenet at 64 px, with numbers in every column
@@ -33,8 +34,13 @@ def test_quick_prints_the_tables(weights_dir: Path) -> None:
     ours_ms, torch_ms, ratio = float(cells[3]), float(cells[4]), float(cells[5].strip("*"))
     assert ours_ms > 0 and torch_ms > 0
     assert abs(ratio - ours_ms / torch_ms) < 0.05 * ratio + 0.01
-    assert float(cells[9]) > 0                      # GFLOP per step, counted from the layer shapes
-    assert float(cells[10]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
+    # the limits: FLOPs and bytes of the step, their times at the machine's rates, each side's share
+    flops, flop_limit, share, torch_share = float(cells[6]), float(cells[7]), float(cells[8].strip("*")), float(cells[9])
+    assert flops > 0 and share > 0 and torch_share > 0
+    assert abs(share - flop_limit / ours_ms) < 0.01 + 0.05 * share      # a share is the limit over the time
+    gigabytes, byte_limit, byte_share = float(cells[10]), float(cells[11]), float(cells[12].strip("*"))
+    assert gigabytes > 0 and byte_share > 0 and abs(byte_share - byte_limit / ours_ms) < 0.01 + 0.05 * byte_share
+    assert float(cells[14]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
     # the end-to-end recipe
     assert re.search(r"\| googlenet preset \(inception3a, inception4e, inception5b\) \| 128x\d+ \| \d \| 2 \|", out)
     # the memory table: measured peak (prediction; tiles) per photo size, the default flags' output size
@@ -75,7 +81,7 @@ def test_memory_child_reports_its_own_peak_not_its_parents() -> None:
     import numpy as np
 
     ballast = np.ones(1 << 27)  # 1 GiB, touched
-    code = "import bench; print(bench.own_peak_rss_bytes())"
+    code = "from benchmarks.measure import own_peak_rss_bytes; print(own_peak_rss_bytes())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     peak = int(result.stdout.strip())
@@ -83,10 +89,12 @@ def test_memory_child_reports_its_own_peak_not_its_parents() -> None:
     assert ballast.sum() == ballast.size
 
 
-def test_same_process_mode_says_so(weights_dir: Path) -> None:
-    result = _bench("--quick", "--same-process", "--no-e2e", "--no-memory", weights_dir=weights_dir)
+def test_same_process_mode_and_span_clock_say_so(weights_dir: Path) -> None:
+    result = _bench("--quick", "--same-process", "--no-e2e", "--no-memory", "--no-tiling", "--clock", "span",
+                    weights_dir=weights_dir)
     assert result.returncode == 0, result.stderr
     assert "timing: both sides in the benchmark's own process (--same-process)" in result.stdout
+    assert "CPU seconds of each process's busiest thread, idle threads asleep (--clock span)" in result.stdout
     assert re.search(r"^\| googlenet \| inception4c \| 64 \| \d+ \| \d+ \|", result.stdout, re.M)
 
 

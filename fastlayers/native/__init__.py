@@ -5,7 +5,7 @@ here, with their gradients, usable under ``mx.compile`` and ``mx.grad``: ``conv.
 stride-1 convolution as cache-sized blocks of BLAS products over shifted views, no im2col
 copy; ``winograd.cpp`` runs its 3x3 layers with 4x fewer multiplications), ``depthwise.cpp`` (the depthwise convolution; ``fastlayers/depthwise.py`` explains why) and
 ``pooling.cpp`` (max and average pooling, whose gradients MLX can only express as gathers of
-strided views; ``fastlayers/layers.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
+strided views; ``fastlayers/pooling.py``). ``bindings.cpp`` is the Python module, ``common.h`` the shared
 loop splitter and primitive, ``conv.h`` what the convolution's two algorithms share.
 
 It is compiled like MLX compiles its own fused CPU kernels: on first use, with the machine's
@@ -35,10 +35,12 @@ from types import ModuleType
 import mlx.core as mx
 import numpy as np
 
+from .. import threads
+
 DISABLE_VAR = "DEEPDREAM_NO_NATIVE"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "common.h", "conv.h", "bindings.cpp", "conv.cpp", "winograd.cpp", "depthwise.cpp",
-           "pooling.cpp")
+SOURCES = ("CMakeLists.txt", "common.h", "conv.h", "bindings.cpp", "conv.cpp", "winograd.cpp", "im2col.cpp", "depthwise.cpp",
+           "pooling.cpp", "concat.cpp", "blur.cpp", "roll.cpp", "update.cpp")
 
 _module: ModuleType | None = None
 #: "not loaded yet", "built and loaded from PATH", or why the pure-MLX path runs instead.
@@ -126,7 +128,7 @@ def _smoke_test(module: ModuleType) -> None:
     expected_pool = np.stack([np.stack([expected_pool[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))
                                         for j in range(3)]) for i in range(2)])[None]
     conv_ok = True
-    if module.has_sgemm():       # else fastlayers.layers never calls conv2d
+    if module.has_sgemm():       # else fastlayers.conv never calls conv2d
         weight = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
         with mx.stream(mx.cpu):
             conv = np.array(module.conv2d(mx.array(x), mx.array(weight), mx.zeros((2,)), 1, 1, 4, 5))
@@ -151,6 +153,7 @@ def load() -> ModuleType | None:
         if library is None:
             library = _build(target)
         module = _import(library)
+        module.set_threads(threads.count())
         _smoke_test(module)
     except ImportError as exc:
         status = f"unavailable ({exc}; pip install -r requirements.txt)"

@@ -3,8 +3,9 @@
 //
 // Why native: with MLX operations the gradient of a strided max pool is a gather of every
 // window tap's share, several passes over strided views interleaved by copies, slower than
-// torch's. Here each window is scanned once per
-// output, and the gradient goes straight to the input element that won.
+// torch's. Here each window is scanned once per output, and the gradient goes straight to the
+// input element that won (the first one equal to the forward's output), channels vectorised, the
+// input's rows split between the threads.
 //
 // Windows start at s*o - p and are clipped to the input. Max: padding is -inf, so it never
 // wins; ties go to the first maximum in row-major window order, as torch's do. Average: the
@@ -59,40 +60,54 @@ void forward(const float* x, float* out, const Pool& p) {
   });
 }
 
-// Windows overlap, so two outputs may send gradient to one input element: each thread owns a
-// range of channels (no two threads ever write the same element). Per window, the first pass
-// finds each channel's winning tap (strictly greater: the first maximum stays), the second
-// adds the output's gradient there.
-void input_grad(const float* x, const float* grad, float* dx, const Pool& p) {
-  std::fill(dx, dx + (size_t)p.n * p.h * p.w * p.c, 0.0f);
-  int chunks = (p.c + kChunk - 1) / kChunk;
-  parallel_for(chunks, [&](int begin, int end) {
-    float best[kChunk];
-    int tap[kChunk];
-    for (int chunk = begin; chunk < end; ++chunk) {
-      int c0 = chunk * kChunk, len = std::min(kChunk, p.c - c0);
-      for (int n = 0; n < p.n; ++n)
-        for (int oy = 0; oy < p.oh; ++oy)
-          for (int ox = 0; ox < p.ow; ++ox) {
-            Window win = window(p, oy, ox);
-            int width = win.x1 - win.x0;
-            const float* first = pixel(x, p, n, win.y0, win.x0) + c0;
-            for (int k = 0; k < len; ++k) best[k] = first[k], tap[k] = 0;
-            for (int iy = win.y0, t = 0; iy < win.y1; ++iy)
-              for (int ix = win.x0; ix < win.x1; ++ix, ++t) {
-                const float* __restrict v = pixel(x, p, n, iy, ix) + c0;
-                for (int k = 0; k < len; ++k) {
-                  bool take = v[k] > best[k];
-                  best[k] = take ? v[k] : best[k];
-                  tap[k] = take ? t : tap[k];
-                }
+// The gradients split the input's rows into bands, one per thread: windows overlap, so two
+// outputs may send gradient to one input element, but every element is written by the thread
+// that owns its row. A window that straddles two bands is visited by both threads, each adding
+// only into its own rows. visit(n, y0, y1, oy) runs for every output row oy whose windows reach
+// input rows [y0, y1) of image n, after those rows of dx are zeroed.
+template <typename Visit>
+void for_each_band(const Pool& p, float* dx, Visit visit) {
+  parallel_for(p.n * p.h, [&](int begin, int end) {
+    for (int row = begin; row < end;) {
+      int n = row / p.h, y0 = row % p.h, y1 = std::min(p.h, y0 + (end - row));
+      std::fill(dx + ((size_t)n * p.h + y0) * p.w * p.c, dx + ((size_t)n * p.h + y1) * p.w * p.c, 0.0f);
+      // output rows whose window [oy * sh - ph, oy * sh - ph + kh) meets [y0, y1)
+      int first = std::max(0, (y0 + p.ph - p.kh + p.sh) / p.sh), last = std::min(p.oh - 1, (y1 - 1 + p.ph) / p.sh);
+      for (int oy = first; oy <= last; ++oy) visit(n, y0, y1, oy);
+      row += y1 - y0;
+    }
+  });
+}
+
+// Each window's gradient goes to its first maximum in row-major order (torch's rule): the first
+// tap equal to the window's output y, found per channel while walking the taps in order.
+void input_grad(const float* x, const float* y, const float* grad, float* dx, const Pool& p) {
+  for_each_band(p, dx, [&](int n, int y0, int y1, int oy) {
+    float done[kChunk];
+    for (int ox = 0; ox < p.ow; ++ox) {
+      Window win = window(p, oy, ox);
+      size_t out = (((size_t)n * p.oh + oy) * p.ow + ox) * p.c;
+      for (int c0 = 0; c0 < p.c; c0 += kChunk) {
+        int len = std::min(kChunk, p.c - c0);
+        const float* __restrict best = y + out + c0;
+        const float* __restrict g = grad + out + c0;
+        std::fill(done, done + len, 0.0f);
+        for (int iy = win.y0; iy < win.y1; ++iy) {
+          bool mine = iy >= y0 && iy < y1;
+          for (int ix = win.x0; ix < win.x1; ++ix) {
+            const float* __restrict v = pixel(x, p, n, iy, ix) + c0;
+            float* __restrict d = dx + (((size_t)n * p.h + iy) * p.w + ix) * p.c + c0;
+            if (mine)
+              for (int k = 0; k < len; ++k) {
+                bool take = done[k] == 0.0f && v[k] == best[k];
+                d[k] += take ? g[k] : 0.0f;
+                done[k] = take ? 1.0f : done[k];
               }
-            const float* g = grad + (((size_t)n * p.oh + oy) * p.ow + ox) * p.c + c0;
-            for (int k = 0; k < len; ++k) {
-              int iy = win.y0 + tap[k] / width, ix = win.x0 + tap[k] % width;
-              dx[(((size_t)n * p.h + iy) * p.w + ix) * p.c + c0 + k] += g[k];
-            }
+            else
+              for (int k = 0; k < len; ++k) done[k] = (done[k] == 0.0f && v[k] == best[k]) ? 1.0f : done[k];
           }
+        }
+      }
     }
   });
 }
@@ -120,28 +135,23 @@ void average_forward(const float* x, float* out, const Pool& p) {
   });
 }
 
-// Every input element of a window receives the output's gradient / divisor; threads own
-// channel ranges, as in the max pool's gradient.
+// Every input element of a window receives the output's gradient / divisor.
 void average_input_grad(const float* grad, float* dx, const Pool& p) {
-  std::fill(dx, dx + (size_t)p.n * p.h * p.w * p.c, 0.0f);
-  int chunks = (p.c + kChunk - 1) / kChunk;
-  parallel_for(chunks, [&](int begin, int end) {
+  for_each_band(p, dx, [&](int n, int y0, int y1, int oy) {
     float share[kChunk];
-    for (int chunk = begin; chunk < end; ++chunk) {
-      int c0 = chunk * kChunk, len = std::min(kChunk, p.c - c0);
-      for (int n = 0; n < p.n; ++n)
-        for (int oy = 0; oy < p.oh; ++oy)
-          for (int ox = 0; ox < p.ow; ++ox) {
-            const float* g = grad + (((size_t)n * p.oh + oy) * p.ow + ox) * p.c + c0;
-            float scale = 1.0f / divisor(p, oy, ox);
-            for (int k = 0; k < len; ++k) share[k] = g[k] * scale;
-            Window win = window(p, oy, ox);
-            for (int iy = win.y0; iy < win.y1; ++iy)
-              for (int ix = win.x0; ix < win.x1; ++ix) {
-                float* __restrict d = dx + (((size_t)n * p.h + iy) * p.w + ix) * p.c + c0;
-                for (int k = 0; k < len; ++k) d[k] += share[k];
-              }
+    for (int ox = 0; ox < p.ow; ++ox) {
+      Window win = window(p, oy, ox);
+      float scale = 1.0f / divisor(p, oy, ox);
+      const float* g = grad + (((size_t)n * p.oh + oy) * p.ow + ox) * p.c;
+      for (int c0 = 0; c0 < p.c; c0 += kChunk) {
+        int len = std::min(kChunk, p.c - c0);
+        for (int k = 0; k < len; ++k) share[k] = g[c0 + k] * scale;
+        for (int iy = std::max(win.y0, y0); iy < std::min(win.y1, y1); ++iy)
+          for (int ix = win.x0; ix < win.x1; ++ix) {
+            float* __restrict d = dx + (((size_t)n * p.h + iy) * p.w + ix) * p.c + c0;
+            for (int k = 0; k < len; ++k) d[k] += share[k];
           }
+      }
     }
   });
 }
@@ -151,13 +161,15 @@ class Pooling : public mx::UnaryPrimitive {
   Pooling(mx::Stream stream, bool gradient, Pool pool)
       : mx::UnaryPrimitive(stream), gradient_(gradient), p_(pool) {}
 
+  // Forward: inputs (x). Gradient: (x, y, grad) for max pooling, (grad) for average pooling.
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const float* x = inputs[0].data<float>();
-    const float* g = gradient_ ? inputs[1].data<float>() : nullptr;
+    const float* y = gradient_ && !p_.average ? inputs[1].data<float>() : nullptr;
+    const float* g = gradient_ ? inputs.back().data<float>() : nullptr;
     float* o = allocate(out);
-    dispatch(stream(), inputs, out, [gradient = gradient_, p = p_, x, g, o]() {
+    dispatch(stream(), inputs, out, [gradient = gradient_, p = p_, x, y, g, o]() {
       if (p.average) gradient ? average_input_grad(g, o, p) : average_forward(x, o, p);
-      else gradient ? input_grad(x, g, o, p) : forward(x, o, p);
+      else gradient ? input_grad(x, y, g, o, p) : forward(x, o, p);
     });
   }
 
@@ -166,11 +178,13 @@ class Pooling : public mx::UnaryPrimitive {
   }
 
   std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
-                             const std::vector<int>&, const std::vector<mx::array>&) override {
+                             const std::vector<int>&, const std::vector<mx::array>& outputs) override {
     if (gradient_) throw std::runtime_error("[Pooling] no second derivative");
     auto stream = mx::default_stream(mx::Device::cpu);
+    auto inputs = p_.average ? std::vector<mx::array>{cotangents[0]}
+                             : std::vector<mx::array>{primals[0], outputs[0], cotangents[0]};
     return {mx::array(primals[0].shape(), mx::float32, std::make_shared<Pooling>(stream, true, p_),
-                      prepare({primals[0], cotangents[0]}))};
+                      prepare(std::move(inputs)))};
   }
 
   const char* name() const override { return p_.average ? "AvgPool" : "MaxPool"; }
@@ -192,7 +206,7 @@ mx::array pool2d(const mx::array& x, int average, int kh, int kw, int sh, int sw
   if (x.ndim() != 4 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || out_h < 1 || out_w < 1)
     throw std::invalid_argument("pool2d: x (N, H, W, C), positive kernel, stride and output size");
   Pool p{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out_h, out_w, kh, kw, sh, sw, ph, pw, average};
-  // every window must hold at least one input element (torch guarantees it; so does layers.py)
+  // every window must hold at least one input element (torch guarantees it; so does fastlayers/pooling.py)
   if ((out_h - 1) * sh - ph >= p.h || (out_w - 1) * sw - pw >= p.w || kh <= ph || kw <= pw)
     throw std::invalid_argument("pool2d: a window lies entirely in the padding");
   auto stream = mx::default_stream(mx::Device::cpu);

@@ -274,30 +274,46 @@ struct Window {
 
 // The first step of either direction for one tile: its window's kPoints transformed values, stored in
 // the block's point buffer as points[p][tile][channel] (B^T d B forward, A dY A^T for the gradient).
+// With `y` (the forward's output, for the gradient) dY is masked by the activation at y first.
 template <int kRows, auto one_d>
-void window_to_points(const Window<kRows>& win, const float* image, float* points, int block, int tile) {
+void window_to_points(const Window<kRows>& win, const float* image, const float* y, int act, float* points, int block,
+                      int tile) {
   float lanes[kRows * kRows * kLanes], transformed[kPoints * kLanes];
   win.read(image, lanes);
+  if (y && act != kLinear) {
+    float outputs[kRows * kRows * kLanes];
+    win.read(y, outputs);
+    with_activation(act, [&](auto kind) {
+      constexpr int kAct = decltype(kind)::value;
+      for (int q = 0; q < kRows * kRows * kLanes; ++q) lanes[q] = passes<kAct>(outputs[q]) ? lanes[q] : 0.0f;
+    });
+  }
   transform_2d<kRows, kIn, one_d>(lanes, transformed);
   for (int p = 0; p < kPoints; ++p)
     store_lanes(transformed + p * kLanes, win.c1 - win.c0, points + ((size_t)p * block + tile) * win.c + win.c0);
 }
 
 // The last step: one tile's products transformed back onto its window (A^T M A forward, B dV B^T for the
-// gradient), plus `bias` (per channel, or null), written or (overlapping windows) added.
+// gradient), then finished: + `bias` (per channel, or null), + `residual` (an image shaped like the
+// output, or null), the activation; written or (overlapping windows) added.
 template <int kRows, auto one_d, bool add>
-void points_to_window(const float* points, int block, int tile, const float* bias, const Window<kRows>& win,
-                      float* image) {
+void points_to_window(const float* points, int block, int tile, const float* bias, const float* residual, int act,
+                      const Window<kRows>& win, float* image) {
   int count = win.c1 - win.c0;
   float transformed[kPoints * kLanes], lanes[kRows * kRows * kLanes];
   for (int p = 0; p < kPoints; ++p)
     load_lanes(points + ((size_t)p * block + tile) * win.c + win.c0, count, transformed + p * kLanes);
   transform_2d<kIn, kRows, one_d>(transformed, lanes);
-  if (bias) {
-    float shift[kLanes];
-    load_lanes(bias + win.c0, count, shift);
-    for (int q = 0; q < kRows * kRows; ++q)
-      for (int l = 0; l < kLanes; ++l) lanes[q * kLanes + l] += shift[l];
+  if (bias || residual || act != kLinear) {
+    float shift[kLanes] = {}, extra[kRows * kRows * kLanes] = {};
+    if (bias) load_lanes(bias + win.c0, count, shift);
+    if (residual) win.read(residual, extra);
+    with_activation(act, [&](auto kind) {
+      constexpr int kAct = decltype(kind)::value;
+      for (int q = 0; q < kRows * kRows; ++q)
+        for (int l = 0; l < kLanes; ++l)
+          lanes[q * kLanes + l] = activate<kAct>(lanes[q * kLanes + l] + shift[l] + extra[q * kLanes + l]);
+    });
   }
   win.template write<add>(lanes, image);
 }
@@ -309,11 +325,11 @@ size_t winograd_cached_kernels() { return kernel_cache().size(); }
 bool winograd_applies(const ConvGeometry& g) {
   // Fewer tiles than this and the point products are too small for the BLAS to run them fast.
   constexpr int kMinTiles = 16;
-  return g.kh == 3 && g.kw == 3 && g.ci >= kLanes && g.co >= kLanes && tiling(g).tiles() >= kMinTiles;
+  return g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ci >= kLanes && g.co >= kLanes && tiling(g).tiles() >= kMinTiles;
 }
 
-void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias, float* out,
-                      const ConvGeometry& g) {
+void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buffer, const float* bias,
+                      const float* residual, float* out, const ConvGeometry& g) {
   auto u = kernel_cache().get(w_buffer, w, g.co, g.ci);
   Tiling t = tiling(g);
   int tiles = t.tiles(), block = block_tiles(g.ci, g.co, tiles);
@@ -322,41 +338,45 @@ void winograd_forward(const float* x, const float* w, const WeightsBuffer& w_buf
   for (int n = 0; n < g.n; ++n) {
     const float* image = x + (size_t)n * g.h * g.w * g.ci;
     float* result = out + (size_t)n * g.oh * g.ow * g.co;
+    const float* extra = residual ? residual + (size_t)n * g.oh * g.ow * g.co : nullptr;
     for (int t0 = 0; t0 < tiles; t0 += block) {
       int count = std::min(block, tiles - t0);
       // V[p][tile][ci] = (B^T d B)[p]
       over_channels(count, g.ci, [&](int b, int c0, int c1) {
         Window<kIn> win{g.h, g.w, g.ci, t.y(t0 + b) - g.top, t.x(t0 + b) - g.left, c0, c1};
-        window_to_points<kIn, input_1d>(win, image, v.get(), block, b);
+        window_to_points<kIn, input_1d>(win, image, nullptr, kLinear, v.get(), block, b);
       });
       // M[p] = V[p] @ U[p]^T: (tiles, C_in) @ (C_in, C_out)
       point_products(count, g.co, g.ci, v.get(), (size_t)block * g.ci, u->data(), true, (size_t)g.co * g.ci,
                      m.get(), (size_t)block * g.co);
-      // out = A^T M A + bias, cropped to the output
+      // out = activation(A^T M A + bias + residual), cropped to the output
       over_channels(count, g.co, [&](int b, int c0, int c1) {
         Window<kOut> win{g.oh, g.ow, g.co, t.y(t0 + b), t.x(t0 + b), c0, c1};
-        points_to_window<kOut, output_1d, false>(m.get(), block, b, bias, win, result);
+        points_to_window<kOut, output_1d, false>(m.get(), block, b, bias, extra, g.act, win, result);
       });
     }
   }
 }
 
-void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, float* dx,
+void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer, const float* y, float* dx,
                          const ConvGeometry& g) {
   auto u = kernel_cache().get(w_buffer, w, g.co, g.ci);
   Tiling t = tiling(g);
   int tiles = t.tiles(), block = block_tiles(g.ci, g.co, tiles);
   std::unique_ptr<float[]> dm(new float[(size_t)kPoints * block * g.co]), dv(new float[(size_t)kPoints * block * g.ci]);
-  std::fill(dx, dx + (size_t)g.n * g.h * g.w * g.ci, 0.0f);     // the tiles' windows add into it
+  parallel_for(g.n * g.h, [&](int r0, int r1) {      // the tiles' windows add into it
+    std::fill(dx + (size_t)r0 * g.w * g.ci, dx + (size_t)r1 * g.w * g.ci, 0.0f);
+  });
   for (int n = 0; n < g.n; ++n) {
     const float* dy = grad + (size_t)n * g.oh * g.ow * g.co;
+    const float* out = y ? y + (size_t)n * g.oh * g.ow * g.co : nullptr;
     float* image = dx + (size_t)n * g.h * g.w * g.ci;
     for (int t0 = 0; t0 < tiles; t0 += block) {
       int count = std::min(block, tiles - t0);
-      // dM[p][tile][co] = (A dY A^T)[p], dY zero past the output's edge
+      // dM[p][tile][co] = (A dY A^T)[p], dY masked by the activation, zero past the output's edge
       over_channels(count, g.co, [&](int b, int c0, int c1) {
         Window<kOut> win{g.oh, g.ow, g.co, t.y(t0 + b), t.x(t0 + b), c0, c1};
-        window_to_points<kOut, output_1d_adjoint>(win, dy, dm.get(), block, b);
+        window_to_points<kOut, output_1d_adjoint>(win, dy, out, g.act, dm.get(), block, b);
       });
       // dV[p] = dM[p] @ U[p]: (tiles, C_out) @ (C_out, C_in)
       point_products(count, g.ci, g.co, dm.get(), (size_t)block * g.co, u->data(), false, (size_t)g.co * g.ci,
@@ -364,7 +384,7 @@ void winograd_input_grad(const float* grad, const float* w, const WeightsBuffer&
       // dx += B dV B^T over each tile's 6x6 window (windows overlap; each core owns its channels)
       over_channels(count, g.ci, [&](int b, int c0, int c1) {
         Window<kIn> win{g.h, g.w, g.ci, t.y(t0 + b) - g.top, t.x(t0 + b) - g.left, c0, c1};
-        points_to_window<kIn, input_1d_adjoint, true>(dv.get(), block, b, nullptr, win, image);
+        points_to_window<kIn, input_1d_adjoint, true>(dv.get(), block, b, nullptr, nullptr, kLinear, win, image);
       });
     }
   }

@@ -10,7 +10,7 @@ import pytest
 
 import models  # noqa: F401  (fast BLAS before mlx runs)
 from fastlayers.batchnorm import BatchNorm, conv2d_bn, constant_weights
-from fastlayers.layers import Conv2d
+from fastlayers.conv import Conv2d
 
 
 def _rel(a: mx.array, b: mx.array) -> float:
@@ -85,9 +85,9 @@ def test_fold_is_computed_once_and_follows_the_weights():
     conv, bn = Conv2d(16, 16, 1, bias=False), _random_bn(16, seed=7)
     seen: list[mx.array] = []
 
-    def spy(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
+    def spy(x: mx.array, weight: mx.array, bias: mx.array | None, *ending: object) -> mx.array:
         seen.append(weight)
-        return Conv2d.convolve(conv, x, weight, bias)
+        return Conv2d.convolve(conv, x, weight, bias, *ending)
 
     conv.convolve = spy
     x = mx.random.normal((1, 4, 4, 16))
@@ -142,5 +142,11 @@ def test_dream_step_folds_the_batch_norms():
     block = model.layer1[0]
     folded = [getattr(bn, "_cached_fold", None) for bn in (block.bn1, block.bn2, block.bn3, block.downsample[1])]
     assert all(f is not None for f in folded)
-    assert getattr(model.bn1, "_cached_affine", None) is not None    # the stem's BN is a stage of its own
+    # the stem's conv1 -> bn1 -> relu stages run as one convolution when only a deeper layer is asked
+    # for (models.base.fused_stages), and as stages of their own when bn1 is
+    assert getattr(model.bn1, "_cached_fold", None) is not None
+    assert getattr(model.bn1, "_cached_affine", None) is None
+    step = make_step(model, build_objective(model, ["bn1"]))
+    step(state, (1, 2), 0.5, 0.01)
+    assert getattr(model.bn1, "_cached_affine", None) is not None
     assert getattr(model.layer2[0].bn1, "_cached_fold", None) is None  # past the deepest layer: never run

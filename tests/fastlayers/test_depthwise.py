@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 # (batch, height, width, channels, kernel, stride, padding): odd and even sizes, sizes that
 # leave the TF-SAME extra pixel on one side only, explicit asymmetric and over-wide padding,
-# a kernel larger than the stride's phase count, 1x1 kernels and 1-pixel inputs.
+# a kernel larger than the stride's phase count, 1x1 kernels, 1-pixel inputs and wide channels.
 CASES = [
     (2, 9, 7, 5, 3, 1, "same"),
     (1, 9, 7, 5, 3, 2, "same"),
@@ -28,6 +28,11 @@ CASES = [
     (1, 8, 8, 2, 5, 2, ((3, 0), (0, 1))),
     (2, 6, 5, 3, 3, 1, 3),
     (3, 1, 1, 4, 3, 2, "same"),
+    # 40 channels: two whole 16-channel vectors and a remainder, through the native kernel's
+    # register-summed interior and its general border loop alike
+    (1, 12, 11, 40, 5, 1, "same"),
+    (2, 9, 10, 40, 3, 2, "same"),
+    (1, 8, 7, 40, 3, 1, ((0, 2), (2, 1))),
 ]
 
 
@@ -152,3 +157,28 @@ def test_bad_arguments_raise_value_error(shape, weight_shape, padding):
     with pytest.raises(ValueError):
         depthwise_conv2d(mx.zeros(shape), mx.zeros(weight_shape), 1, padding)
 
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_activation_joins_the_convolution(activation: str, stride: int) -> None:
+    """depthwise_conv2d(..., activation) equals the convolution followed by MLX's activation, forward
+    and every gradient (the same pre-activation numbers: every kink decided alike)."""
+    from fastlayers.activation import finish
+
+    mx.random.seed(11)
+    x = 3 * mx.random.normal((1, 16, 17, 40))
+    weight, bias = mx.random.normal((40, 5, 5, 1)), mx.random.normal((40,))
+    fused = depthwise_conv2d(x, weight, stride, "same", bias, activation)
+    separate = finish(depthwise_conv2d(x, weight, stride, "same", bias), activation=activation)
+    assert _rel(fused, separate) < 1e-6
+    assert 0 < float((separate == 0).mean()) < 0.9
+    if activation == "relu6":
+        assert 0 < float((separate == 6).mean()) < 0.5
+    up = mx.random.normal(fused.shape)
+    grads = [mx.grad(lambda a, w, b, act=act: (f(a, w, b, act) * up).sum(), argnums=(0, 1, 2))(x, weight, bias)
+             for f, act in ((lambda a, w, b, act: depthwise_conv2d(a, w, stride, "same", b, act), activation),
+                            (lambda a, w, b, act: finish(depthwise_conv2d(a, w, stride, "same", b), activation=act),
+                             activation))]
+    for a, b in zip(*grads):
+        assert _rel(a, b) < 1e-5

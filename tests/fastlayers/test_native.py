@@ -78,7 +78,7 @@ WINOGRAD_CASES = [
 def test_winograd_convolution_matches_torch(n: int, h: int, w: int, ci: int, co: int, p: int):
     """winograd.cpp's F(4x4, 3x3): forward (with the bias) and input gradient against torch, within its
     float32 rounding (~1e-5 of the range; the shifted products of conv.cpp agree to ~1e-7)."""
-    from fastlayers.layers import conv2d
+    from fastlayers.conv import conv2d
 
     kernels = native.load()
     if kernels is None:
@@ -118,7 +118,7 @@ def test_winograd_kernel_cache_follows_the_weights():
     reused in place) are transformed afresh, and a kernel is dropped once its weights are gone."""
     import gc
 
-    from fastlayers.layers import conv2d
+    from fastlayers.conv import conv2d
 
     kernels = native.load()
     if kernels is None:

@@ -17,7 +17,7 @@ import mlx.core as mx
 torch = pytest.importorskip("torch")
 
 from models import inception_v3 as incv3  # noqa: E402
-from fastlayers.layers import avg_pool2d, max_pool2d  # noqa: E402
+from fastlayers.pooling import avg_pool2d, max_pool2d  # noqa: E402
 from tests.parity import (  # noqa: E402
     Port, calibrate, check_min_input_size, check_missing_weights_name_the_exporter, check_offline_export_fails,
     check_parity, check_stage_contract, check_wrapped_checkpoint_converts_identically, nchw, nhwc,

@@ -1,36 +1,22 @@
-"""Convolution and pooling with torchvision's exact semantics (NHWC), fast on MLX's CPU backend.
+"""Pooling with torchvision's exact semantics (NHWC), fast on MLX's CPU backend.
 
 MLX's nn.MaxPool2d has no ``ceil_mode`` and its padding differs; torchvision's GoogLeNet and
 Inception rely on ``ceil_mode=True`` and VGG/AlexNet on adaptive average pooling, so the
 ports need these to match torchvision on any input size.
 
-Dreaming differentiates every layer w.r.t. its input, and on CPU MLX's own gradients of these
-ops are slow (``bench.py --profile`` shows where; docs/performance.md has the history): the
-input gradient of a strided convolution takes MLX's naive convolution loop, the gradient of a
-pooling window view is a scatter, and even a plain 3x3 convolution spends more time building its im2col matrix than in the matrix product.
-So ``conv2d``, ``max_pool2d`` and ``avg_pool2d`` carry their own gradients (``mx.custom_function``),
-or run as native primitives (``fastlayers/native``: the stride-1 convolution in ``conv.cpp``, its 3x3
-layers in ``winograd.cpp``, both poolings in ``pooling.cpp``) where those are built; the MLX forms below are the fallback:
+On CPU MLX's own gradient of a pooling window view is a scatter, so ``max_pool2d`` and
+``avg_pool2d`` carry their own gradients (``mx.custom_function``), or run as native primitives
+(``fastlayers/native/pooling.cpp``) where those are built; the MLX forms below are the fallback:
 
-- A stride-1 convolution is a sum of kh*kw matrix products over *shifted views* of the padded
-  input flattened to (pixels, channels): shifting the flat view by one row of the padded image
-  (or one pixel) is a contiguous slice, so no im2col copy is made (the few outputs that wrap
-  around the padded width are computed and dropped).
-- The input gradient is the same shifted-product correlation with the flipped kernel, or, for
-  1x1, strided and few-channel (RGB input) layers, one product with the whole kernel followed
-  by a gather-form col2im: every input pixel sums the kernel taps that read it, as strided
-  views of one padded array, which ``mx.compile`` fuses into one pass.
-- Pooling gradients use the same gather form; windows that tile the input (VGG's 2x2/2) take
-  one elementwise pass, and stride-1 pools (GoogLeNet's and Inception's branch pools) run as
-  two separable 1-D passes over contiguous slices (``_SeparablePool``). Max pooling routes
-  each window's gradient to its first maximal element, as torch does.
+- Pooling gradients use the gather form (``fastlayers.windows.scatter_taps``); windows that
+  tile the input (VGG's 2x2/2) take one elementwise pass, and stride-1 pools (GoogLeNet's and
+  Inception's branch pools) run as two separable 1-D passes over contiguous slices
+  (``_SeparablePool``). Max pooling routes each window's gradient to its first maximal
+  element, as torch does.
 
-Two properties of MLX 0.32's CPU backend shape all of this: a fused elementwise kernel over
-contiguous inputs is one flat loop the C++ compiler vectorises, over strided views a nest of
-loops stepping one pointer per input per element (several times slower with many inputs);
-and the CPU backend has no buffer cache (see ``fastlayers._blas.keep_freed_memory``).
-Forward values equal ``mx.conv2d`` / torch up to float32 summation order; other devices
-(Metal) keep MLX's own convolution, which is fast there.
+A property of MLX 0.32's CPU backend shapes this: a fused elementwise kernel over contiguous
+inputs is one flat loop the C++ compiler vectorises, over strided views a nest of loops
+stepping one pointer per input per element (several times slower with many inputs).
 """
 
 from __future__ import annotations
@@ -41,250 +27,9 @@ from functools import lru_cache
 from types import ModuleType
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from . import native
-
-Pair = tuple[int, int]
-
-#: Below this many input channels a shifted-product convolution does k*k thin products; MLX's
-#: im2col (k*k*C columns, one product) is faster there (the RGB input layer), and so is the
-#: col2im input gradient.
-_MIN_SHIFTED_CHANNELS = 16
-#: On small feature maps (below about 50x50 outputs) MLX's im2col matrix fits in cache and its
-#: one long product beats k*k shorter ones; above, the im2col copy dominates.
-_MIN_SHIFTED_PIXELS = 2500
-
-
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else v
-
-
-def _one(value: object) -> mx.array:
-    """custom_function hands a single array, or a one-element list, depending on the arity."""
-    return value[0] if isinstance(value, (list, tuple)) else value
-
-
-def _on_cpu() -> bool:
-    return mx.default_device().type == mx.DeviceType.cpu
-
-
-# -- the gather form of "scatter every window tap back to the pixel it read" -------------------
-
-def _interleave(phases: list[list[mx.array]], s: Pair) -> mx.array:
-    """phases[a][b] (N, T, U, C) -> (N, T*sh, U*sw, C) whose pixel (s*t + a, s*u + b) is phases[a][b][t, u]."""
-    sh, sw = s
-    if (sh, sw) == (1, 1):
-        return phases[0][0]
-    n, t, u, c = phases[0][0].shape
-    rows = [mx.stack(row, axis=3) for row in phases]                   # (N, T, U, sw, C)
-    return mx.stack(rows, axis=2).reshape(n, t * sh, u * sw, c)      # (N, T, sh, U, sw, C)
-
-
-def _scatter_taps(term: Callable[[int, int, slice, slice], mx.array], k: Pair, s: Pair,
-                  out_hw: Pair, padded_hw: Pair, like: mx.array) -> mx.array:
-    """Sum, over the taps (i, j) of every window, of that tap's value put back at the pixel it read.
-
-    Window (o, o') reads padded pixel (s*o + i, s*o' + j) through tap (i, j). Pixel s*t + a (one
-    "phase" a per row offset) is read by taps i = a + s*q of windows t - q, so each phase is a
-    plain sum of shifted views. ``term(i, j, rows, cols)`` returns tap (i, j)'s values at windows
-    (rows, cols) of arrays padded by ``_gather_padding``. ``like`` is any array with the result's
-    batch size, channel count and dtype. Returns (N, Hp, Wp, C).
-    """
-    (kh, kw), (sh, sw) = k, s
-    hp, wp = padded_hw
-    qh, qw = -(-kh // sh), -(-kw // sw)
-    t0, u0 = -(-hp // sh), -(-wp // sw)
-    phases = []
-    for a in range(sh):
-        row = []
-        for b in range(sw):
-            total = None
-            for q, i in enumerate(range(a, kh, sh)):
-                for r, j in enumerate(range(b, kw, sw)):
-                    value = term(i, j, slice(qh - 1 - q, qh - 1 - q + t0), slice(qw - 1 - r, qw - 1 - r + u0))
-                    total = value if total is None else total + value
-            row.append(total if total is not None else mx.zeros((like.shape[0], t0, u0, like.shape[-1]), like.dtype))
-        phases.append(row)
-    return _interleave(phases, s)[:, :hp, :wp, :]
-
-
-def _gather_padding(k: Pair, s: Pair, out_hw: Pair, padded_hw: Pair) -> list[tuple[int, int]]:
-    """Spatial pad widths that ``_scatter_taps`` expects on window-grid arrays (N, oh, ow, ...)."""
-    qh, qw = -(-k[0] // s[0]), -(-k[1] // s[1])
-    t0, u0 = -(-padded_hw[0] // s[0]), -(-padded_hw[1] // s[1])
-    return [(qh - 1, max(0, t0 - out_hw[0])), (qw - 1, max(0, u0 - out_hw[1]))]
-
-
-def _pad_window_grid(x: mx.array, widths: list[tuple[int, int]], value: float = 0.0) -> mx.array:
-    if not any(a or b for a, b in widths):
-        return x
-    return mx.pad(x, [(0, 0), *widths] + [(0, 0)] * (x.ndim - 3), constant_values=value)
-
-
-# -- convolution ----------------------------------------------------------------------------------
-
-def _shifted_correlation(x: mx.array, tap: Callable[[int, int], mx.array], k: Pair,
-                         pad_lo: Pair, pad_hi: Pair) -> mx.array:
-    """Stride-1 ``out[y, x] = sum_ij pad(x)[y + i, x + j] @ tap(i, j)`` (tap: (C_in, C_out)) without im2col.
-
-    With the padded image flattened to (pixels, C), the rows read by tap (i, j) for all outputs
-    of one image row-major on the *padded* width are one contiguous slice starting at
-    i * Wp + j, so each tap is a single matrix product on a view, accumulated with addmm.
-    Outputs in the last kw - 1 columns of each padded row wrap around and are dropped.
-    """
-    kh, kw = k
-    n, h, w, c = x.shape
-    oh = h + pad_lo[0] + pad_hi[0] - kh + 1
-    ow = w + pad_lo[1] + pad_hi[1] - kw + 1
-    extra = 1 if kw > 1 else 0      # the last tap's slice runs kw - 1 pixels past the last row
-    widths = [(0, 0), (pad_lo[0], pad_hi[0] + extra), (pad_lo[1], pad_hi[1]), (0, 0)]
-    xp = mx.pad(x, widths) if any(a or b for a, b in widths) else x
-    hp, wp = xp.shape[1], xp.shape[2]
-    rows = oh * wp
-    outputs = []
-    for image in range(n):
-        flat = xp[image].reshape(hp * wp, c)
-        acc = None
-        for i in range(kh):
-            for j in range(kw):
-                view = flat[i * wp + j: i * wp + j + rows]
-                acc = view @ tap(i, j) if acc is None else mx.addmm(acc, view, tap(i, j))
-        outputs.append(acc.reshape(oh, wp, -1))
-    out = outputs[0][None] if n == 1 else mx.stack(outputs)
-    return out[:, :, :ow, :] if ow != wp else out
-
-
-def _conv_forward(x: mx.array, w: mx.array, stride: Pair, padding: Pair) -> mx.array:
-    co, kh, kw, ci = w.shape
-    if (kh, kw) == (1, 1) and padding == (0, 0):
-        if stride != (1, 1):
-            x = x[:, ::stride[0], ::stride[1], :]
-        n, h, wd, _ = x.shape
-        return (x.reshape(-1, ci) @ w.reshape(co, ci).T).reshape(n, h, wd, co)
-    n, h, wd, _ = x.shape
-    out_pixels = (h + 2 * padding[0] - kh + 1) * (wd + 2 * padding[1] - kw + 1)
-    if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS and out_pixels >= _MIN_SHIFTED_PIXELS:
-        # One transposed copy of the kernel, (kh, kw, C_in, C_out): every tap is then a contiguous
-        # matrix (a slice of w itself has strides the matmul would copy, once per tap).
-        taps = w.transpose(1, 2, 3, 0)
-        return _shifted_correlation(x, lambda i, j: taps[i, j], (kh, kw), padding, padding)
-    return mx.conv2d(x, w, stride=stride, padding=padding)
-
-
-def _conv_input_grad(g: mx.array, w: mx.array, stride: Pair, padding: Pair, in_hw: Pair) -> mx.array:
-    """Gradient of ``conv2d(x, w, stride, padding)`` w.r.t. x, given the output gradient g."""
-    n, oh, ow, co = g.shape
-    _, kh, kw, ci = w.shape
-    (h, wd), (ph, pw) = in_hw, padding
-    if stride == (1, 1) and ci >= _MIN_SHIFTED_CHANNELS and kh > ph and kw > pw and (kh, kw) != (1, 1):
-        # Full correlation of g with the flipped kernel: the forward machinery again.
-        taps = w.transpose(1, 2, 0, 3)     # (kh, kw, C_out, C_in), as in the forward
-        return _shifted_correlation(g, lambda i, j: taps[kh - 1 - i, kw - 1 - j], (kh, kw),
-                                    (kh - 1 - ph, kw - 1 - pw), (kh - 1 - ph, kw - 1 - pw))
-    # One product gives every tap's contribution (N, oh, ow, kh, kw, C_in); col2im sums them.
-    cols = (g.reshape(-1, co) @ w.reshape(co, -1)).reshape(n, oh, ow, kh, kw, ci)
-    padded_hw = (h + 2 * ph, wd + 2 * pw)
-    colsp = _pad_window_grid(cols, _gather_padding((kh, kw), stride, (oh, ow), padded_hw))
-    dxp = _scatter_taps(lambda i, j, rows, cols_: colsp[:, rows, cols_, i, j, :],
-                        (kh, kw), stride, (oh, ow), padded_hw, like=cols[:, :, :, 0, 0, :])
-    return dxp[:, ph:ph + h, pw:pw + wd, :]
-
-
-@lru_cache(maxsize=None)
-def _conv_function(stride: Pair, padding: Pair) -> Callable[[mx.array, mx.array], mx.array]:
-    @mx.custom_function
-    def conv(x: mx.array, w: mx.array) -> mx.array:
-        return _conv_forward(x, w, stride, padding)
-
-    @conv.vjp
-    def conv_vjp(primals: list[mx.array], cotangent: mx.array, output: mx.array) -> tuple[mx.array, mx.array]:
-        x, w = primals
-        g = _one(cotangent)
-        dx = _conv_input_grad(g, w, stride, padding, (x.shape[1], x.shape[2]))
-        # The weight gradient (training only; lazily skipped when dreaming) is MLX's own.
-        _, (dw,) = mx.vjp(lambda w_: mx.conv2d(x, w_, stride=stride, padding=padding), [w], [g])
-        return dx, dw
-
-    return conv
-
-
-def conv2d(x: mx.array, weight: mx.array, stride: int | Pair = 1, padding: int | Pair = 0,
-           bias: mx.array | None = None) -> mx.array:
-    """``mx.conv2d`` (groups 1, dilation 1; x NHWC, weight (C_out, kh, kw, C_in)) plus ``bias``, fast
-    forward and input gradient on CPU (see the module docstring). Same values and gradients as
-    ``mx.conv2d``."""
-    stride, padding = _pair(stride), _pair(padding)
-    if not _on_cpu():
-        y = mx.conv2d(x, weight, stride=stride, padding=padding)
-    elif (native_conv := _native_conv(x, weight, stride, padding)) is not None:
-        kernels, out_hw = native_conv
-        zero = mx.zeros((weight.shape[0],), weight.dtype) if bias is None else bias
-        return kernels.conv2d(x, weight, zero, padding[0], padding[1], *out_hw)
-    elif stride != (1, 1) and weight.shape[1:3] != (1, 1) and _conv_kernels(x) is not None:
-        return conv2d(*_phases_as_channels(x, weight, stride, padding), 1, 0, bias)
-    else:
-        y = _conv_function(stride, padding)(x, weight)
-    return y if bias is None else y + bias
-
-
-def _phases_as_channels(x: mx.array, weight: mx.array, s: Pair, p: Pair) -> tuple[mx.array, mx.array]:
-    """A stride-s convolution as a stride-1 one (padding 0), for the native kernels: input pixel
-    (s*t + a, s*u + b) of the padded image becomes channel block (a, b) of pixel (t, u), and kernel
-    tap (s*i + a, s*j + b) tap (i, j) of that block (taps past the kernel are zero). The strided
-    stems (alexnet's 11x11/4 becomes a 3x3 over 48 channels, Winograd's case; googlenet's and
-    resnet50's 7x7/2 a 4x4 over 12) and resnet50's 3x3/2 layers then run as native products, with
-    gradients through the rearrangement (a reshape and a transpose) for free."""
-    n, h, w, c = x.shape
-    co, kh, kw, _ = weight.shape
-    (sh, sw), (ph, pw) = s, p
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    th, tw = -(-kh // sh), -(-kw // sw)                    # taps of the stride-1 kernel
-    rows, cols = oh + th - 1, ow + tw - 1                  # phase pixels the outputs read
-    # Pad (or crop) the image to exactly sh*rows x sw*cols pixels.
-    x = mx.pad(x, [(0, 0), (ph, max(0, sh * rows - h - ph)), (pw, max(0, sw * cols - w - pw)), (0, 0)])
-    x = x[:, :sh * rows, :sw * cols]
-    x = x.reshape(n, rows, sh, cols, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, rows, cols, sh * sw * c)
-    weight = mx.pad(weight, [(0, 0), (0, sh * th - kh), (0, sw * tw - kw), (0, 0)])
-    weight = weight.reshape(co, th, sh, tw, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(co, th, tw, sh * sw * c)
-    return x, weight
-
-
-def _native_conv(x: mx.array, weight: mx.array, stride: Pair,
-                 padding: Pair) -> tuple[ModuleType, Pair] | None:
-    """The native kernels and the output size where they run this convolution (stride 1, a kernel
-    wider than 1x1, since 1x1 layers already are one matrix product, and padding inside the
-    kernel), or None to use the MLX forms."""
-    _, kh, kw, _ = weight.shape
-    if stride != (1, 1) or (kh, kw) == (1, 1) or padding[0] >= kh or padding[1] >= kw:
-        return None
-    kernels = _conv_kernels(x)
-    if kernels is None:
-        return None
-    return kernels, (x.shape[1] + 2 * padding[0] - kh + 1, x.shape[2] + 2 * padding[1] - kw + 1)
-
-
-def _conv_kernels(x: mx.array) -> ModuleType | None:
-    """The native kernels if they can convolve x (built, and a BLAS in the process), else None."""
-    kernels = native.for_array(x)
-    return kernels if kernels is not None and kernels.has_sgemm() else None
-
-
-class Conv2d(nn.Conv2d):
-    """Drop-in ``nn.Conv2d`` (same parameters and keys) that runs through ``conv2d``."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.convolve(x, self.weight, self.bias if "bias" in self else None)
-
-    def convolve(self, x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
-        """This layer's convolution with another weight and bias (a folded BatchNorm's)."""
-        if self.groups != 1 or self.dilation not in (1, (1, 1)):
-            y = mx.conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
-            return y if bias is None else y + bias
-        return conv2d(x, weight, self.stride, self.padding, bias)
-
-
-# -- pooling --------------------------------------------------------------------------------------
+from .windows import Pair, gather_padding, on_cpu, one, pad_window_grid, pair, scatter_taps
 
 def _pool_out(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     num = size + 2 * p - k
@@ -422,7 +167,7 @@ def _flat_max_pool(k: Pair, p: Pair) -> Callable[[mx.array], mx.array]:
 
     @pool.vjp
     def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
-        x, g = _one(primals), _one(cotangent)
+        x, g = one(primals), one(cotangent)
         geometry, horizontal, across, vertical, best = passes(x)
         g_across = geometry.back_vertical(g, _first_tap(vertical, best))
         return geometry.back_horizontal(g_across, _first_tap(horizontal, across))
@@ -444,7 +189,7 @@ def _flat_avg_pool(k: Pair, p: Pair, count_include_pad: bool) -> Callable[[mx.ar
 
     @pool.vjp
     def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
-        x, g = _one(primals), _one(cotangent)
+        x, g = one(primals), one(cotangent)
         geometry = _SeparablePool(x.shape[1:3], k, p)
         g_across = geometry.back_vertical(g / divisor(x, geometry), None)
         return geometry.back_horizontal(g_across, None)
@@ -470,7 +215,7 @@ def _max_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> Callable[[
 
     @pool.vjp
     def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
-        x, g, out = _one(primals), _one(cotangent), _one(output)
+        x, g, out = one(primals), one(cotangent), one(output)
         kh, kw = k
         xp, win = windows(x)
         # The tap holding each window's maximum, the first in row-major order on ties (torch's
@@ -480,9 +225,9 @@ def _max_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> Callable[[
             dxp = _non_overlapping(lambda taps: mx.where(first[:, :, None, :, None, :] == taps,
                                                          g[:, :, None, :, None, :], 0.0), k, g)
         else:
-            widths = _gather_padding(k, s, out.shape[1:3], xp.shape[1:3])
-            gp, firstp = _pad_window_grid(g, widths), _pad_window_grid(first, widths, -1)
-            dxp = _scatter_taps(lambda i, j, rows, cols: mx.where(firstp[:, rows, cols] == i * kw + j,
+            widths = gather_padding(k, s, out.shape[1:3], xp.shape[1:3])
+            gp, firstp = pad_window_grid(g, widths), pad_window_grid(first, widths, -1)
+            dxp = scatter_taps(lambda i, j, rows, cols: mx.where(firstp[:, rows, cols] == i * kw + j,
                                                                   gp[:, rows, cols], 0.0),
                                 k, s, out.shape[1:3], xp.shape[1:3], g)
         return _crop_padding(dxp, p, x.shape[1:3])
@@ -526,16 +271,16 @@ def _native_pool(x: mx.array, k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> tup
 def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False) -> mx.array:
     """torch.nn.functional.max_pool2d on NHWC input (padding counts as -inf)."""
-    k = _pair(kernel_size)
-    s = _pair(stride if stride is not None else kernel_size)
-    p = _pair(padding)
+    k = pair(kernel_size)
+    s = pair(stride if stride is not None else kernel_size)
+    p = pair(padding)
     native_pool = _native_pool(x, k, s, p, ceil_mode)
     if native_pool is not None:
         # fastlayers/native/pooling.cpp: each window scanned once, the gradient sent straight to
         # the winner
         kernels, out_hw = native_pool
         return kernels.max_pool2d(x, *k, *s, *p, *out_hw)
-    if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
+    if s == (1, 1) and x.shape[0] == 1 and on_cpu():
         return _flat_pool_function("max", k, p, True)(x)
     return _max_pool_function(k, s, p, ceil_mode)(x)
 
@@ -567,7 +312,7 @@ def _avg_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool,
 
     @pool.vjp
     def pool_vjp(primals: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
-        x, g = _one(primals), _one(cotangent)
+        x, g = one(primals), one(cotangent)
         n, h, w, c = x.shape
         oh, ow = g.shape[1:3]
         # the forward's padded size (``_windows``): windows never read past it
@@ -576,8 +321,8 @@ def _avg_pool_function(k: Pair, s: Pair, p: Pair, ceil_mode: bool,
         if k == s:
             dxp = _non_overlapping(lambda taps: share[:, :, None, :, None, :], k, g)
         else:
-            sharep = _pad_window_grid(share, _gather_padding(k, s, (oh, ow), padded_hw))
-            dxp = _scatter_taps(lambda i, j, rows, cols: sharep[:, rows, cols], k, s, (oh, ow), padded_hw, g)
+            sharep = pad_window_grid(share, gather_padding(k, s, (oh, ow), padded_hw))
+            dxp = scatter_taps(lambda i, j, rows, cols: sharep[:, rows, cols], k, s, (oh, ow), padded_hw, g)
         return _crop_padding(dxp, p, (h, w))
 
     return pool
@@ -587,23 +332,23 @@ def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False,
                count_include_pad: bool = True) -> mx.array:
     """torch.nn.functional.avg_pool2d on NHWC input."""
-    k = _pair(kernel_size)
-    s = _pair(stride if stride is not None else kernel_size)
-    p = _pair(padding)
+    k = pair(kernel_size)
+    s = pair(stride if stride is not None else kernel_size)
+    p = pair(padding)
     native_pool = _native_pool(x, k, s, p, ceil_mode)
     if native_pool is not None:
         # fastlayers/native/pooling.cpp: one pass per window, forward and gradient (Inception's
         # 3x3/1 branch pools are where this matters)
         kernels, out_hw = native_pool
         return kernels.avg_pool2d(x, *k, *s, *p, *out_hw, count_include_pad)
-    if s == (1, 1) and x.shape[0] == 1 and _on_cpu():
+    if s == (1, 1) and x.shape[0] == 1 and on_cpu():
         return _flat_pool_function("avg", k, p, count_include_pad)(x)
     return _avg_pool_function(k, s, p, ceil_mode, count_include_pad)(x)
 
 
 def adaptive_avg_pool2d(x: mx.array, output_size: int | tuple[int, int]) -> mx.array:
     """torch.nn.functional.adaptive_avg_pool2d on NHWC input (torch's bin edges)."""
-    oh, ow = _pair(output_size)
+    oh, ow = pair(output_size)
     n, h, w, c = x.shape
     if (h, w) == (oh, ow):
         return x
