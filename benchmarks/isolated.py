@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .measure import TIMERS
+from .measure import TIMERS, without_span_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -193,6 +193,13 @@ class WorkerError(RuntimeError):
     """A worker failed; the message is its last words."""
 
 
+def worker_environment(spec: dict[str, Any]) -> dict[str, str]:
+    """A worker's environment: this process's, less ``SPAN_ENV`` unless the worker is timed by the
+    span clock (``bench.py --clock span`` sets it for every process it starts)."""
+    environ = dict(os.environ) if spec.get("clock") == "span" else without_span_env(os.environ)
+    return {**environ, "PYTHONPATH": str(ROOT)}
+
+
 class SideWorker:
     """One side (``ours`` or ``torch``) in a child process; ``ask`` sends a command and returns the answer."""
 
@@ -202,7 +209,7 @@ class SideWorker:
         self.side = side
         self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks.isolated", side, json.dumps(spec)],
                                       cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                      env=worker_environment(spec))
 
     def ask(self, op: str, **fields: Any) -> dict[str, Any]:
         assert self._proc.stdin is not None and self._proc.stdout is not None

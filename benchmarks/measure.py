@@ -72,6 +72,13 @@ TIMERS: dict[str, Timer] = {"wall": _wall, "cpu": _cpu, "span": _span}
 SPAN_ENV = {"KMP_BLOCKTIME": "0", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def without_span_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` less the settings ``SPAN_ENV`` put there: for a process timed by elapsed time,
+    where threads woken from sleep for every short parallel region would cost time a user's
+    process (whose threads spin a while before they sleep) does not pay."""
+    return {key: value for key, value in environ.items() if SPAN_ENV.get(key) != value}
+
+
 def interleaved_times(runs: Mapping[str, Callable[[], object]], warmup: int, repeats: int,
                       timer: Timer = _wall) -> dict[str, list[float]]:
     """Seconds of each callable by ``timer``, ``repeats`` times after ``warmup`` untimed calls.

@@ -258,6 +258,11 @@ def _crop_padding(dxp: mx.array, p: Pair, hw: Pair) -> mx.array:
     return dxp[:, p[0]:p[0] + hw[0], p[1]:p[1] + hw[1], :]
 
 
+def _pool_args(kernel_size: int | Pair, stride: int | Pair | None, padding: int | Pair) -> tuple[Pair, Pair, Pair]:
+    """(kernel, stride, padding) as pairs; no stride means the kernel's, as in torch."""
+    return pair(kernel_size), pair(stride if stride is not None else kernel_size), pair(padding)
+
+
 def _native_pool(x: mx.array, k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> tuple[ModuleType, Pair] | None:
     """The native kernels and the output size for a pooling of x, or None to use the MLX forms
     (no kernels for x, or an empty output, which the native primitives do not make)."""
@@ -271,15 +276,11 @@ def _native_pool(x: mx.array, k: Pair, s: Pair, p: Pair, ceil_mode: bool) -> tup
 def max_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False) -> mx.array:
     """torch.nn.functional.max_pool2d on NHWC input (padding counts as -inf)."""
-    k = pair(kernel_size)
-    s = pair(stride if stride is not None else kernel_size)
-    p = pair(padding)
-    native_pool = _native_pool(x, k, s, p, ceil_mode)
-    if native_pool is not None:
+    k, s, p = _pool_args(kernel_size, stride, padding)
+    if (native_pool := _native_pool(x, k, s, p, ceil_mode)) is not None:
         # fastlayers/native/pooling.cpp: each window scanned once, the gradient sent straight to
         # the winner
-        kernels, out_hw = native_pool
-        return kernels.max_pool2d(x, *k, *s, *p, *out_hw)
+        return native_pool[0].max_pool2d(x, *k, *s, *p, *native_pool[1])
     if s == (1, 1) and x.shape[0] == 1 and on_cpu():
         return _flat_pool_function("max", k, p, True)(x)
     return _max_pool_function(k, s, p, ceil_mode)(x)
@@ -332,15 +333,11 @@ def avg_pool2d(x: mx.array, kernel_size: int | tuple[int, int], stride: int | tu
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False,
                count_include_pad: bool = True) -> mx.array:
     """torch.nn.functional.avg_pool2d on NHWC input."""
-    k = pair(kernel_size)
-    s = pair(stride if stride is not None else kernel_size)
-    p = pair(padding)
-    native_pool = _native_pool(x, k, s, p, ceil_mode)
-    if native_pool is not None:
+    k, s, p = _pool_args(kernel_size, stride, padding)
+    if (native_pool := _native_pool(x, k, s, p, ceil_mode)) is not None:
         # fastlayers/native/pooling.cpp: one pass per window, forward and gradient (Inception's
         # 3x3/1 branch pools are where this matters)
-        kernels, out_hw = native_pool
-        return kernels.avg_pool2d(x, *k, *s, *p, *out_hw, count_include_pad)
+        return native_pool[0].avg_pool2d(x, *k, *s, *p, *native_pool[1], count_include_pad)
     if s == (1, 1) and x.shape[0] == 1 and on_cpu():
         return _flat_pool_function("avg", k, p, count_include_pad)(x)
     return _avg_pool_function(k, s, p, ceil_mode, count_include_pad)(x)

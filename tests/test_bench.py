@@ -129,3 +129,49 @@ def test_the_timed_step_uses_the_engine_s_first_smoothing_sigma() -> None:
     from deepdream.transforms import smoothing_sigma
 
     assert STEP_ARGS[1] == pytest.approx(smoothing_sigma(0, 10, 0.5))
+
+
+def test_only_span_timed_workers_keep_the_span_clock_s_sleeping_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench.py --clock span sets SPAN_ENV for every process; a worker timed by elapsed time (the
+    # end-to-end dream) must wait for work as a user's process does, or every short parallel
+    # region pays a thread's wake-up.
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.isolated import worker_environment
+    from benchmarks.measure import SPAN_ENV
+
+    for key, value in SPAN_ENV.items():
+        monkeypatch.setenv(key, value)
+    span = worker_environment({"clock": "span"})
+    assert all(span[key] == value for key, value in SPAN_ENV.items())
+    wall = worker_environment({"clock": "wall"})
+    assert not set(SPAN_ENV) & set(wall)
+    assert wall["PYTHONPATH"] == str(ROOT) and wall["PATH"] == os.environ["PATH"]
+    monkeypatch.setenv("KMP_BLOCKTIME", "50")            # the user's own setting stays
+    assert worker_environment({"clock": "wall"})["KMP_BLOCKTIME"] == "50"
+
+
+def test_the_end_to_end_dream_is_timed_by_elapsed_time_under_any_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(ROOT))
+    import bench
+    import benchmarks.isolated as isolated
+
+    started: dict[str, dict] = {}
+
+    class FakeWorker:
+        def __init__(self, side: str, spec: dict) -> None:
+            started[side] = spec
+
+        def __enter__(self) -> FakeWorker:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def ask(self, op: str, **fields: object) -> dict:
+            return {"seconds": 1.0, "sizes": [[64, 96]]}
+
+    monkeypatch.setattr(isolated, "SideWorker", FakeWorker)
+    specs = lambda layers: {side: {"clock": "span", "layers": layers} for side in ("ours", "torch")}  # noqa: E731
+    result = bench.time_end_to_end(96, 2, specs, same_process=False)
+    assert {side: spec["clock"] for side, spec in started.items()} == {"ours": "wall", "torch": "wall"}
+    assert result.ours_s == result.torch_s == 1.0
