@@ -15,7 +15,6 @@ its pixel-steps (every octave's pixels times the steps), what the ranks' shares 
 from __future__ import annotations
 
 import argparse
-import base64
 import glob
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from .cli.model_choice import available_models, is_all, model_name_from_args
 from .cli.settings import settings_for_model
 from .cli.start_image import noise_size, noise_start
 from .contact_sheet import contact_sheet
-from .dreamer import GUIDE_MAX_SIZE, Dreamer
+from .dreamer import Dreamer, dreamer_on_rank, guide_payload
 from .errors import USER_ERRORS, DreamError, Interrupted, Notify
 from .image_io import (
     check_output_path,
@@ -137,7 +136,7 @@ class DreamJob(Job):
             self.folder = check_output_folder(args.output, self.inputs, why)
         elif args.output is not None:
             check_output_path(args.output, inputs[0])  # before the slow part, so a typo costs nothing
-        names = available_models(self.notify) if every_model else [model_name_from_args(args, self.notify)]
+        names = available_models(self.notify) if every_model else [model_name_from_args(args)]
         if not names:
             raise DreamError("no model has weights; run `python export_efficientnet_lite0.py` or another exporter")
         seed = args.seed if args.seed is not None else new_seed()
@@ -152,12 +151,12 @@ class DreamJob(Job):
             label = Path(args.weights).stem if args.weights else model.name
             models[name] = {"settings": settings.as_dict(), "label": label}
             self.labels[name] = label
-            if settings.guide is not None and guide is None:
-                guide = Path(settings.guide).read_bytes()
+            if guide is None:
+                guide = guide_payload(settings)
         weights = str(Path(args.weights).resolve()) if args.weights else None
         noise = list(noise_size(args, STILL_SIZE)) if inputs == [None] else None
         self.ctx = {"seed": seed, "models": models, "noise": noise, "weights": args.weights,
-                    "guide": base64.b64encode(guide).decode() if guide is not None else None}
+                    "guide": guide}
         items = []
         outputs: dict[Path, Path | None] = {}
         for index, path in enumerate(inputs):
@@ -216,14 +215,8 @@ class DreamJob(Job):
     def dreamer(self, name: str) -> Dreamer:
         """The model's dreamer (rank 0 built its own while checking; another rank builds it on first use)."""
         if name not in self.dreamers:
-            values = self.ctx["models"][name]["settings"]
-            settings = DreamSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-            guide = None
-            if self.ctx["guide"] is not None:
-                guide = load_image(settings.guide, max_size=GUIDE_MAX_SIZE, what="guide image",
-                                   data=base64.b64decode(self.ctx["guide"]))
-            self.dreamers[name] = Dreamer(load_dream_model(name, self.ctx["weights"]), settings, quiet=True,
-                                          notify=dist.main_only(self.notify), guide=guide)
+            self.dreamers[name] = dreamer_on_rank(name, self.ctx["weights"], self.ctx["models"][name]["settings"],
+                                                  self.ctx["guide"], dist.main_only(self.notify))
         return self.dreamers[name]
 
     def start_image(self, spec: dict[str, Any], payload: bytes, rng: np.random.Generator) -> np.ndarray:

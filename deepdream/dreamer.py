@@ -9,8 +9,10 @@ plan says (``memory``).
 
 from __future__ import annotations
 
+import base64
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -22,6 +24,7 @@ from . import memory, transforms
 from .colour import make_space
 from .errors import DreamError, make_notify
 from .image_io import load_image
+from .loading import load_dream_model
 from .objectives import build_objective
 from .progress import StepCounter
 from .settings import DreamSettings
@@ -188,3 +191,21 @@ def dream(model: DreamModel, image: np.ndarray, settings: DreamSettings | None =
           quiet: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
     """One-call API: dream ``image`` (float32 RGB (H, W, 3) in [0, 1]) with ``settings``."""
     return Dreamer(model, settings or DreamSettings(), quiet=quiet)(image, rng=rng)
+
+
+# -- on several ranks -------------------------------------------------------------------------------
+
+def guide_payload(settings: DreamSettings) -> str | None:
+    """The guide image's file (base64) for a job's context, or None without a guide: a rank on a host
+    without the file reads the guide from it (``dreamer_on_rank``)."""
+    return None if settings.guide is None else base64.b64encode(Path(settings.guide).read_bytes()).decode()
+
+
+def dreamer_on_rank(model_name: str, weights: str | None, settings: Mapping[str, object], guide: str | None,
+                    notify: Callable[[str], None]) -> Dreamer:
+    """A job's dreamer on a rank that did not build its own: the model, the settings as a job's context
+    carries them (``DreamSettings.as_dict``) and the guide as ``guide_payload`` sent it."""
+    values = DreamSettings.from_dict(settings)
+    guide_rgb = None if guide is None else load_image(values.guide, max_size=GUIDE_MAX_SIZE, what="guide image",
+                                                      data=base64.b64decode(guide))
+    return Dreamer(load_dream_model(model_name, weights), values, quiet=True, notify=notify, guide=guide_rgb)

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,11 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> I
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _opened(path: Path, data: bytes | None, what: str) -> Image.Image:
+@contextmanager
+def _opened(path: Path, data: bytes | None, what: str) -> Iterator[Image.Image]:
     """``path`` opened by Pillow (from ``data``, its bytes, when given: a rank without the file),
-    or the one-line reason it cannot be."""
+    or the one-line reason it cannot be; Pillow decodes lazily, so what fails while the image is
+    open (in the ``with`` block) gets the same reasons."""
     if data is None:
         if not path.exists():
             raise ImageError(f"{what} '{path}' not found; check the path")
@@ -85,7 +89,10 @@ def _opened(path: Path, data: bytes | None, what: str) -> Image.Image:
     elif not data:
         raise ImageError(f"{what} '{path}' is an empty file (0 bytes); give a valid image file")
     try:
-        return Image.open(io.BytesIO(data) if data is not None else path)
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
+            yield img
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         if data is None and is_video(path):
             raise ImageError(f"{what} '{path}' is a video, not an image; dream its frames with "
@@ -106,17 +113,10 @@ def load_image(path: str | os.PathLike, max_size: int | None = None, what: str =
     bytes, is read instead of the file (another rank sent them), errors still naming ``path``.
     """
     path = Path(path)
-    try:
-        with _opened(path, data, what) as img:
-            img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF, not in the pixels
-            img.load()
-            rgb = _to_rgb_array(img)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{what} '{path}' is too large to open safely ({exc}); downscale it first") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read {what} '{path}': the file is corrupt or truncated ({exc})") from None
+    with _opened(path, data, what) as img:
+        img = ImageOps.exif_transpose(img)  # phones store rotation in EXIF, not in the pixels
+        img.load()
+        rgb = _to_rgb_array(img)
     if max_size is not None:
         rgb = limit_size(rgb, max_size)
     return rgb
@@ -126,6 +126,11 @@ def load_image(path: str | os.PathLike, max_size: int | None = None, what: str =
 IMAGE_DEMUXERS = ("image2", "_pipe")
 
 
+def is_still_demuxer(name: str) -> bool:
+    """Whether FFmpeg's demuxer ``name`` is one of still images (``IMAGE_DEMUXERS``)."""
+    return name == IMAGE_DEMUXERS[0] or name.endswith(IMAGE_DEMUXERS[1])
+
+
 def is_video(path: str | os.PathLike) -> bool:
     """Whether FFmpeg reads ``path`` as a video (a stream of frames, not a still image), judged by
     the file's content: a clip named .png is one, a text file named .mp4 is not."""
@@ -133,9 +138,7 @@ def is_video(path: str | os.PathLike) -> bool:
 
     try:
         with av.open(str(path)) as container:
-            name = container.format.name
-            still = name == IMAGE_DEMUXERS[0] or name.endswith(IMAGE_DEMUXERS[1])
-            return bool(container.streams.video) and not still
+            return bool(container.streams.video) and not is_still_demuxer(container.format.name)
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
         return False
 
@@ -297,14 +300,6 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def save_image(path: str | os.PathLike, rgb: np.ndarray, record: dict[str, Any] | None = None) -> Path:
     """Write float RGB [0, 1] as 8-bit, atomically, with ``record`` where the format holds one."""
     return write_bytes(path, encode_image(rgb, path, record))
-
-
-def default_output_path(input_path: str | os.PathLike | None, model_name: str,
-                        folder: str | os.PathLike = "outputs") -> Path:
-    """``outputs/<input-stem>_<model>.<input ext, or png>`` (``dream_<model>.png`` for a noise dream)."""
-    if input_path is None:
-        return Path(folder) / f"dream_{model_name}.png"
-    return Path(folder) / f"{Path(input_path).stem}_{model_name}{output_suffix(input_path)}"
 
 
 def output_suffix(input_path: str | os.PathLike | None) -> str:

@@ -4,6 +4,7 @@ and of the checks on their values. The command line resolves its flags into it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -71,3 +72,8 @@ class DreamSettings:
 
     def as_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> DreamSettings:
+        """``as_dict``'s inverse, also of its JSON form (a job's context: lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

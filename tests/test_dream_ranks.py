@@ -159,6 +159,25 @@ def test_a_clip_in_chunks_keeps_sound_and_time_and_hides_its_border(lite0, tmp_p
     assert hard[11] > 1.5 * np.median(np.delete(hard, [11])), hard  # no warm-up: the border at 12
 
 
+def test_a_clip_s_guide_reaches_a_rank_whose_host_lacks_it(lite0, tmp_path: Path) -> None:
+    """Rank 1 runs where neither the clip nor the guide exists: the guide reaches it with the job's
+    context, as a batch's does, and its share of the frames is made."""
+    from benchmarks.clips import pan_frames, write_clip
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    write_clip(here / "pan.mp4", pan_frames(8))
+    Image.open(ROOT / "assets" / "coffee.png").convert("RGB").resize((64, 64)).save(here / "guide.png")
+    argv = [VIDEO, "--video", "pan.mp4", "--guide", "guide.png", "--model", "efficientnet_lite0", "--octaves", "1",
+            "--steps", "2", "--seed", "1", "--chunk-warmup", "0", "--output", "out.mp4", "--quiet"]
+    procs = ranks.start_by_hand(argv, tmp_path, env=ONE_THREAD, cwds=[here, elsewhere])
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert list(elsewhere.iterdir()) == []
+    assert len(list((here / "out_frames").glob("0000[0-7].png"))) == 8 and (here / "out.mp4").stat().st_size > 0
+
+
 def test_the_zoom_refuses_several_ranks_before_any_work(lite0, tmp_path: Path) -> None:
     proc = two_ranks([VIDEO, "--frames", "2", "--output", tmp_path / "z.mp4", "--model", "efficientnet_lite0"])
     assert error_lines(proc.stderr) == [

@@ -30,23 +30,21 @@ run resumes chunk by chunk.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .. import distributed as dist
-from ..dreamer import Dreamer
+from ..dreamer import Dreamer, dreamer_on_rank, guide_payload
 from ..errors import Notify
 from ..image_io import encode_image
 from ..jobs import Item, JobReport, Outputs, pack_arrays, plural, unpack_arrays
-from ..loading import load_dream_model
-from ..settings import DreamSettings
 from .clip import Clip, ClipMode, ClipSettings, as_float, clip_frame, decoded_frames
-from .encoding import encode_video
+from .encoding import encode_video, read_frame_file
 from .flow import Coherence, is_scene_cut
 from .modes import VideoJob, plan_video
 from .store import (
@@ -206,7 +204,7 @@ class ClipJob(VideoJob):
             frames.close()
             return is_scene_cut(as_float(before), as_float(now), coherence)
 
-        return is_cut
+        return functools.cache(is_cut)      # plan_chunks asks again about a frame it moved a border to
 
     def already_made(self) -> int:
         return self.done_before
@@ -215,7 +213,7 @@ class ClipJob(VideoJob):
         plan = self.plan
         assert plan is not None
         return {"model": plan.model.name, "weights": self.args.weights, "settings": plan.settings.as_dict(),
-                "seed": plan.resume.seed}
+                "guide": guide_payload(plan.settings), "seed": plan.resume.seed}
 
     def assign(self, items: Sequence[Item], ranks: int) -> list[list[int]]:
         """Each rank its own share of the clip (its chunks in order)."""
@@ -232,8 +230,7 @@ class ClipJob(VideoJob):
             self.decoders[item.key] = decoded_frames(self.clip, start)
             if spec["after_saved"]:
                 assert self.plan is not None
-                with Image.open(frame_path(self.plan.folder, index - 1)) as saved:
-                    arrays += [next(self.decoders[item.key]), np.asarray(saved.convert("RGB"))]
+                arrays += [next(self.decoders[item.key]), read_frame_file(frame_path(self.plan.folder, index - 1))]
         arrays.append(next(self.decoders[item.key]))
         if index + 1 == spec["end"]:
             self.decoders.pop(item.key).close()
@@ -249,9 +246,8 @@ class ClipJob(VideoJob):
             if self.plan is not None:   # rank 0 built it while checking
                 self.dreamer = self.plan.dreamer
             else:
-                values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.ctx["settings"].items()}
-                self.dreamer = Dreamer(load_dream_model(self.ctx["model"], self.ctx["weights"]),
-                                       DreamSettings(**values), quiet=True, notify=dist.main_only(self.notify))
+                self.dreamer = dreamer_on_rank(self.ctx["model"], self.ctx["weights"], self.ctx["settings"],
+                                               self.ctx["guide"], dist.main_only(self.notify))
         return self.dreamer(image, rng=rng, progress=False)
 
     def make(self, item: Item, unit: int, payload: bytes, progress: bool) -> Outputs:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..cli.args import number, whole_number
 from ..errors import DreamError, Notify
-from ..image_io import IMAGE_DEMUXERS, limited_size
+from ..image_io import is_still_demuxer, limited_size
 from .encoding import H264_CONTAINERS, Timing
 from .flow import FLOW_METHODS, Coherence, carry
 from .modes import Video, VideoJob, VideoMode, frame_max_size, given
@@ -79,7 +79,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _video_stream(container: Any, path: Path) -> Any:
-    if container.format.name == IMAGE_DEMUXERS[0] or container.format.name.endswith(IMAGE_DEMUXERS[1]):
+    if is_still_demuxer(container.format.name):
         raise DreamError(f"'{path}' is a still image, not a video; dream it with dream.py, or use it as the zoom "
                          "video's --input")
     if not container.streams.video:

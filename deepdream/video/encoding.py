@@ -78,7 +78,8 @@ class Dissolve:
 FrameSource = Path | Dissolve
 
 
-def _read_file(path: Path) -> np.ndarray:
+def read_frame_file(path: Path) -> np.ndarray:
+    """A saved frame as uint8 RGB, or the one-line reason it cannot be read."""
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
@@ -103,8 +104,8 @@ def x264_params() -> str:
 
 def _read_frame(source: FrameSource) -> np.ndarray:
     if isinstance(source, Path):
-        return _read_file(source)
-    own, other = _read_file(source.own).astype(np.float32), _read_file(source.next).astype(np.float32)
+        return read_frame_file(source)
+    own, other = read_frame_file(source.own).astype(np.float32), read_frame_file(source.next).astype(np.float32)
     return np.clip((1.0 - source.weight) * own + source.weight * other + 0.5, 0, 255).astype(np.uint8)
 
 

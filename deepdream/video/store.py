@@ -26,7 +26,7 @@ from models.weights import atomic_write
 
 from ..errors import DreamError, Interrupted, Notify
 from ..image_io import check_writable_folder, load_image, save_image, to_uint8
-from ..outputs import FIELD_NAMES, new_seed, record_differences, shown_differences
+from ..outputs import FIELD_NAMES, new_seed, record_differences, record_json, shown_differences
 from .encoding import VIDEO_FORMATS, Dissolve, ExtraStreams, FrameSource, Timing, encode_video
 
 SETTINGS_FILE = "video.json"
@@ -150,9 +150,8 @@ def run_record(*, model: str, weights: str | None, source: dict[str, object], si
 
     ``motion`` holds how a frame is made from the previous one, keyed like the flags that set it.
     """
-    record = {"version": RECORD_VERSION, "model": model, "weights": weights, "source": source,
-              "size": list(size), "dream": dream, "motion": motion}
-    return json.loads(json.dumps(record))  # tuples -> lists, so it compares equal to what is read back
+    return record_json({"version": RECORD_VERSION, "model": model, "weights": weights, "source": source,
+                        "size": list(size), "dream": dream, "motion": motion})
 
 
 def read_record(folder: Path) -> dict[str, object] | None:
