@@ -43,7 +43,7 @@ def views(paths: list[Path], skipped: list[str], quiet: bool) -> Iterator[np.nda
         try:
             yield calibration_view(path)
         except (OSError, ValueError, SyntaxError) as exc:
-            skipped.append(f"{path}: {'empty file (0 bytes)' if path.stat().st_size == 0 else exc}")
+            skipped.append(f"{path}: {exc}")
 
 
 def format_matrix(matrix: np.ndarray) -> str:

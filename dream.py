@@ -57,7 +57,7 @@ def render_job(args: argparse.Namespace, notify) -> Job:
         else None
     if args.model == ALL_MODELS:
         raise DreamError("--model all dreams with each model's recipe; renders take one model: name it with --model")
-    name = model_name_from_args(args, notify)
+    name = model_name_from_args(args)
     channels = parse_channels(args.channels) if args.channels else None
     common = {"weights": args.weights, "seed": args.seed, "overwrite": args.overwrite}
     if folder is not None and args.atlas:

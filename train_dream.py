@@ -208,8 +208,9 @@ def train(args: argparse.Namespace) -> int:
             shared = {"config": dataclasses.asdict(config), "checkpoint": str(ckpt), "out": str(out)}
         shared = dist.broadcast_json(shared)
         config, ckpt, out = TrainConfig(**shared["config"]), Path(shared["checkpoint"]), Path(shared["out"])
+        resume = f"python train_dream.py --data {args.data} --resume {ckpt}"
         if watch is not None:
-            watch.hint = f"continue with: python train_dream.py --data {args.data} --resume {ckpt}"
+            watch.hint = f"continue with: {resume}"
 
         run = prepare_run(config, data)
         start(run, saved)
@@ -228,8 +229,7 @@ def train(args: argparse.Namespace) -> int:
             finished = fit(run, ckpt, stop, quiet=args.quiet, stop_after_epochs=args.stop_after_epochs,
                            compile=args.compile)
         if not finished:
-            dist.print0(f"stopped after epoch {run.epoch}/{c.epochs}; checkpoint {ckpt}. "
-                        f"Continue with: python train_dream.py --data {args.data} --resume {ckpt}")
+            dist.print0(f"stopped after epoch {run.epoch}/{c.epochs}; checkpoint {ckpt}. Continue with: {resume}")
             return 0
         if not dist.is_main():
             return 0

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.clips import PAN, pan_frames, write_clip  # noqa: E402
+from benchmarks.ranked import run_worker  # noqa: E402
 from benchmarks.report import markdown_table  # noqa: E402
 from deepdream import distributed as dist  # noqa: E402
 
@@ -112,18 +112,8 @@ def worker(kind: str, work: Path, out: Path) -> None:
 
 
 def run_config(kind: str, ranks: int, threads: int, work: Path, out: Path) -> dict:
-    out.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in dist.THREAD_VARS}
-    env.update({v: str(threads) for v in dist.THREAD_VARS})
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(work), str(out)]
-    if ranks > 1:
-        from tests.ranks import launch_command  # free ports for the ring
-
-        command = launch_command(command[1:], ranks)
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0 or not (out / "result.json").exists():
-        sys.exit(f"error: {kind} on {ranks} ranks failed: {proc.stderr[-2000:]}")
-    return json.loads((out / "result.json").read_text())
+    return run_worker([str(Path(__file__).resolve()), "--worker", kind, str(work), str(out)], ranks, threads, out,
+                      f"{kind} on {ranks} ranks")
 
 
 # -- the clip's border ------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import models  # noqa: E402  (fast BLAS before anything imports mlx; sets thread
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.ranked import run_worker  # noqa: E402
 from benchmarks.report import markdown_table  # noqa: E402
 from deepdream import distributed as dist  # noqa: E402
 
@@ -42,7 +42,6 @@ from deepdream import distributed as dist  # noqa: E402
 LINK_BYTES_S = 10e9 / 8 * 0.94
 #: One ring hop's latency on such a link (a TCP round trip between two hosts on one switch).
 HOP_LATENCY_S = 50e-6
-THREAD_VARS = dist.THREAD_VARS
 
 
 def make_dataset(root: Path, images: int, classes: int, size: int) -> Path:
@@ -116,19 +115,9 @@ def worker(data: Path, out: Path, config: dict) -> None:
 # -- the parent: run each configuration, print the tables -------------------------------------
 
 def run_config(name: str, ranks: int, threads: int, data: Path, out: Path, config: dict) -> dict:
-    out.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-    if ranks == 1:
-        env.update({v: str(threads) for v in THREAD_VARS})
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(data), str(out), json.dumps(config)]
-    if ranks > 1:
-        from tests.ranks import launch_command  # free ports for the ring
-
-        command = launch_command(command[1:], ranks)
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0 or not (out / "result.json").exists():
-        sys.exit(f"error: {name} failed: {proc.stderr[-2000:]}")
-    result = json.loads((out / "result.json").read_text())
+    # One rank gets ``threads``; several share the host's cores out themselves (set_rank_threads).
+    result = run_worker([str(Path(__file__).resolve()), "--worker", str(data), str(out), json.dumps(config)],
+                        ranks, threads if ranks == 1 else None, out, name)
     result["name"] = name
     return result
 

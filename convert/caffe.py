@@ -315,9 +315,9 @@ def export_caffe(model: str, out: Path, caffemodel: str | Path | None = None, pt
         arrays, classes = convert_layers(model, layers, str(pth or caffemodel), keep_aux=keep_aux)
     class_names = None
     if classes == 1000:
-        from .torch_weights import imagenet_class_names
+        from deepdream.classes import imagenet_class_names
 
-        class_names = imagenet_class_names()
+        class_names = list(imagenet_class_names())
     save_weights(out, arrays, {"architecture": model, "source": source, "num_classes": classes,
                                "class_names": class_names, "config": {"variant": model}})
     return out

@@ -87,13 +87,6 @@ def clean_checkpoint(obj: Any) -> dict[str, Any]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def imagenet_class_names() -> list[str]:
-    """ImageNet's 1000 class names (torchvision's, kept in ``deepdream/imagenet_classes.txt``)."""
-    from deepdream.classes import imagenet_class_names as names
-
-    return list(names())
-
-
 def _resolve(reference: str) -> Any:
     """``"module:attr.path"`` -> the object it names."""
     module, _, path = reference.partition(":")
@@ -201,7 +194,9 @@ def export_model(name: str, out: str | Path | None = None, from_pth: str | Path 
     classes = classifier.shape[0] if classifier is not None else num_classes
     _check_fits(name, arrays, int(classes))  # also names a missing classifier
     if classes == 1000:
-        class_names = imagenet_class_names()
+        from deepdream.classes import imagenet_class_names
+
+        class_names = list(imagenet_class_names())
     metadata = {"architecture": name, "source": source, "num_classes": int(classes),
                 "class_names": class_names, "config": {}}
     save_weights(out, arrays, metadata)

@@ -78,7 +78,7 @@ def plan_atlas(model: DreamModel, folder: Path, *, layers: Sequence[str] | None 
         if channels not in (None, "all") and len(chosen) < len(channels):
             clipped.append(f"{layer} ({counts[layer]})")
         plan = plan_render(model, layers=[layer], channels=chosen, sweep=True)
-        sections.append(section_of(model, plan, folder / slug(layer)))
+        sections.append(SweepSection(plan, folder / slug(layer), layer, counts[layer]))
     if clipped:
         notify(f"some layers have fewer channels than --channels asks for; they get those they have: "
                f"{', '.join(clipped)}")
@@ -100,13 +100,10 @@ def probe(renderer: Renderer, section: SweepSection, members: Sequence[int], see
     """Seconds (of ``clock``) one render step of the batch ``members`` (indices into the section's
     items) takes here: one step compiles the renderer for that batch size (work the atlas does
     anyway), then ``steps`` are timed."""
-    rows = np.array([[section.plan.items[i][1]] for i in members], np.int32)
-    targets = section.plan.objective.with_targets(section.plan.sweep_term, rows).targets()
-    seeds = section.seeds(seed)
+    targets, seeds = section.batch(members, seed)
 
     def run(count: int) -> None:
-        renderer.render(len(rows), targets, [np.random.default_rng(seeds[i]) for i in members], progress=False,
-                        steps=count)
+        renderer.render(len(seeds), targets, [np.random.default_rng(s) for s in seeds], progress=False, steps=count)
 
     run(1)
     start = clock()
@@ -188,12 +185,12 @@ def describe_atlas(job: SweepJob, report: JobReport, *, title: str, details: Seq
     done = {o["path"] for i in report.description()["items"] for o in i["outputs"]}
     out = []
     for section in sections:
-        seeds = section.seeds(job.seed)
+        seeds, paths = section.seeds(job.seed), section.paths
         pictures = []
         for members in section.units(job.batch):
             command_of_batch = remake(section, members)
             for i in members:
-                (label, target), path = section.plan.items[i], section.paths[i]
+                (label, target), path = section.plan.items[i], paths[i]
                 if str(path) not in done:
                     continue
                 if section.kind == "class":

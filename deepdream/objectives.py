@@ -21,7 +21,7 @@ channel and neuron terms, and Lucid's diversity.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
@@ -252,13 +252,6 @@ def _as_input(targets: np.ndarray) -> mx.array:
     return mx.array(targets.astype(np.int32) if np.issubdtype(targets.dtype, np.integer) else targets)
 
 
-def RenderObjective(terms: Iterable[Term], diversity_weight: float = 0.0,  # noqa: N802 (the former class)
-                    diversity_layer: str | None = None) -> Objective:
-    """``terms`` minus ``diversity_weight`` times the diversity of ``diversity_layer``: how renders
-    built their objective before objectives composed (``Objective(terms).with_diversity(...)``)."""
-    return Objective(terms).with_diversity(diversity_weight, diversity_layer)
-
-
 # -- channels --------------------------------------------------------------------------------------
 
 def layer_channels(model: DreamModel, layers: Sequence[str]) -> dict[str, int]:
@@ -268,9 +261,8 @@ def layer_channels(model: DreamModel, layers: Sequence[str]) -> dict[str, int]:
     return {name: int(outputs[name].shape[-1]) for name in layers}
 
 
-def check_channels(model: DreamModel, layers: Sequence[str], channels: Sequence[int]) -> dict[str, int]:
-    """Raise DreamError if a channel index does not exist in every requested layer; else the layers'
-    channel counts."""
+def check_channels(model: DreamModel, layers: Sequence[str], channels: Sequence[int]) -> None:
+    """Raise DreamError if a channel index does not exist in every requested layer."""
     counts = layer_channels(model, layers)
     for name in layers:
         bad = [c for c in channels if not 0 <= c < counts[name]]
@@ -278,7 +270,6 @@ def check_channels(model: DreamModel, layers: Sequence[str], channels: Sequence[
             raise DreamError(
                 f"channel {bad[0]} does not exist in layer '{name}' of {model.name}, which has "
                 f"{counts[name]} channels; use --channels values from 0 to {counts[name] - 1}")
-    return counts
 
 
 def parse_channels(specs: Sequence[str]) -> list[int] | str:

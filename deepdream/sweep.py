@@ -21,11 +21,10 @@ batches keep every image byte-identical to its first making.
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,11 +32,15 @@ from models import DreamModel
 
 from .contact_sheet import contact_sheet
 from .errors import DreamError, Interrupted
+from .gallery import slug
 from .image_io import check_output_path, check_writable_folder, encode_image, load_image, save_image
 from .jobs import Item, Job, JobReport, Outputs, plural, run_job
 from .objectives import Term
-from .outputs import PARTIAL, SEED, record_json
+from .outputs import PARTIAL, SEED, new_seed, record_json
 from .visualise import Renderer, RenderPlan, RenderSettings, tile_targets
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 SHEET_NAME = "contact_sheet.png"
 #: Items rendered together in one pass of a sweep, unless --batch says otherwise.
@@ -47,8 +50,7 @@ RECORD_VERSION = 1
 
 def item_filename(number: int, label: str) -> str:
     """``0007_block5_7.png``: sortable by channel or class number, readable by label."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") or "item"
-    return f"{number:04d}_{slug}.png"
+    return f"{number:04d}_{slug(label)}.png"
 
 
 def check_sweep_folder(output: str | None, flag: str = "--sweep") -> Path:
@@ -103,6 +105,13 @@ class SweepSection:
         """Each item's seed, keyed by what it renders (``channel:block5:7``, ``class:logits:1``)."""
         term = self.term
         return [item_seed(seed, f"{term.kind}:{term.layer}:{target}") for _, target in self.plan.items]
+
+    def batch(self, members: Sequence[int], seed: int | None) -> tuple[list[mx.array], list[int]]:
+        """The objective's targets and the items' seeds that render the batch ``members`` (indices into
+        ``plan.items``)."""
+        rows = np.array([[self.plan.items[i][1]] for i in members], np.int32)
+        seeds = self.seeds(seed)
+        return self.plan.objective.with_targets(self.plan.sweep_term, rows).targets(), [seeds[i] for i in members]
 
     def units(self, batch: int) -> list[list[int]]:
         """The items (indices into ``plan.items``) cut into batches of ``batch``, in plan order."""
@@ -176,25 +185,22 @@ class SweepJob(_RenderJob):
         for s, section in enumerate(sections):
             check_writable_folder(section.folder)
             renderer = self.renderer(s)   # its checks (a render too small for the model) before any work
-            paths, seeds = section.paths, section.seeds(self.seed)
+            paths = section.paths
             for k, members in enumerate(section.units(self.batch)):
                 labels = [section.plan.items[i][0] for i in members]
                 items.append(Item(
                     key=self.unit_key(section, k), label=" ".join(labels), captions=tuple(labels),
                     outputs=tuple(str(paths[i]) for i in members),
                     cost=float(len(members) * settings.height * settings.width * settings.steps),
-                    spec={"section": s, "members": members, "targets": [section.plan.items[i][1] for i in members],
-                          "seeds": [seeds[i] for i in members]},
+                    spec={"section": s, "members": members},
                     record=render_record(renderer, self.weights, section.plan.label, self.seed, items=labels)))
         return items
 
     def make(self, item: Item, unit: int, payload: bytes, progress: bool) -> Outputs:
         spec = item.spec
-        section = self.sections[spec["section"]]
-        rows = np.array([[target] for target in spec["targets"]], np.int32)
-        objective = section.plan.objective.with_targets(section.plan.sweep_term, rows)
-        rngs = [np.random.default_rng(seed) for seed in spec["seeds"]]
-        images = self.renderer(spec["section"]).render(len(rows), objective.targets(), rngs, progress=progress,
+        targets, seeds = self.sections[spec["section"]].batch(spec["members"], self.seed)
+        rngs = [np.random.default_rng(seed) for seed in seeds]
+        images = self.renderer(spec["section"]).render(len(seeds), targets, rngs, progress=progress,
                                                        description=item.label)
         return [(j, encode_image(image, path, item.record)) for j, (image, path) in enumerate(zip(images, item.outputs))]
 
@@ -238,7 +244,7 @@ class SingleRenderJob(_RenderJob):
         self.paths = [output] if n == 1 else [output.with_stem(f"{output.stem}_{i + 1}") for i in range(n)]
         for path in self.paths:
             check_output_path(path)
-        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        seed = self.seed if self.seed is not None else new_seed()
         return [Item(key=plan.label, outputs=tuple(map(str, self.paths)), label=plan.label, spec={"seed": seed},
                      cost=float(n * renderer.settings.height * renderer.settings.width * renderer.settings.steps),
                      record=render_record(renderer, self.weights, plan.label, seed))]

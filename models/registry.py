@@ -104,6 +104,17 @@ def checkpoint_weights(arrays: dict, meta: dict, path: Path) -> tuple[dict, dict
     return model, dream_meta
 
 
+def check_weights_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path where a weights file is there to read; else ``WeightsError`` saying why."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file '{path}' not found; check the path")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file '{path}' is an empty file (0 bytes); give a .npz written by an exporter "
+                           "or train_dream.py")
+    return path
+
+
 def load_model(name: str | None = None, weights: str | os.PathLike | None = None) -> DreamModel:
     """Build a zoo model and load its weights.
 
@@ -121,12 +132,7 @@ def load_model(name: str | None = None, weights: str | os.PathLike | None = None
         if not path.exists():
             raise missing_weights_error(name)
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"weights file {path} not found")
-        if path.stat().st_size == 0:
-            raise WeightsError(f"weights file {path} is an empty file (0 bytes); give a .npz written by an exporter "
-                               "or train_dream.py")
+        path = check_weights_file(weights)
     try:
         arrays, meta = read_weights(path)
     except Exception as exc:

@@ -8,7 +8,6 @@ import platform
 from models import MODELS, DreamModel, build_model, default_weights_path, list_models, weights_available
 
 from .. import distributed as dist
-from ..errors import make_notify
 from ..loading import load_dream_model
 from .model_choice import is_all, model_name_from_args
 from .settings import validate_args
@@ -73,7 +72,7 @@ def handle_info_flags(args: argparse.Namespace) -> bool:
                 dist.print0(f"{name}: {' '.join(build_model(name).layer_names)}")
             return True
         validate_args(args)
-        name = model_name_from_args(args, make_notify(True))
+        name = model_name_from_args(args)
         # The layer names come from the architecture: no weights needed, unless a file was given.
         model = load_dream_model(name, args.weights) if args.weights else build_model(name)
         dist.print0(layer_listing(model))

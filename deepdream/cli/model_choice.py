@@ -5,12 +5,11 @@ models ``--model all`` dreams with."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from models import MODELS, get_facts, list_models, weights_available
-from models.registry import weights_dir
+from models.registry import check_weights_file, weights_dir
 
-from ..errors import DreamError, Notify, make_notify, notify_after_success
+from ..errors import DreamError, Notify, notify_after_success
 from ..presets import get_preset
 
 DEFAULT_MODEL = "googlenet"
@@ -34,11 +33,7 @@ def weights_architecture(path: str) -> str:
     """The architecture a weights file was made for (its metadata), or a clear error."""
     from models.weights import read_metadata
 
-    if not Path(path).is_file():
-        raise DreamError(f"weights file '{path}' not found; check the path")
-    if Path(path).stat().st_size == 0:
-        raise DreamError(f"weights file '{path}' is an empty file (0 bytes); give a .npz written by an exporter "
-                         "or train_dream.py")
+    check_weights_file(path)
     try:
         arch = read_metadata(path).get("architecture")
     except Exception as exc:  # numpy raises several types for a file that is not an .npz
@@ -60,9 +55,8 @@ def default_model_name(quiet: bool = False) -> str:
     return OFFLINE_MODEL
 
 
-def model_name_from_args(args: argparse.Namespace, notify: Notify | None = None) -> str:
+def model_name_from_args(args: argparse.Namespace) -> str:
     """Which architecture the arguments ask for: --model, else the --weights file's, else the preset's, else default."""
-    notify = notify or make_notify(getattr(args, "quiet", False))
     if args.model is not None:
         if args.model == ALL_MODELS:
             raise DreamError("--model all is not supported here; name one model")

@@ -121,7 +121,7 @@ def model_and_settings(args: argparse.Namespace, notify: Notify | None = None,
     """Parsed arguments (checked by ``validate_args``) -> the loaded model and its resolved
     ``DreamSettings`` (raises DreamError & co.)."""
     notify = notify or make_notify(getattr(args, "quiet", False))
-    name = model_name_from_args(args, notify)
+    name = model_name_from_args(args)
     model = load_dream_model(name, args.weights)
     return model, settings_for_model(args, model, notify, over_recipe)
 

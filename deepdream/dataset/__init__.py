@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DreamError
 from ..image_io import to_rgb
@@ -138,7 +138,13 @@ def open_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
     ``min_side`` lets the JPEG decoder skip resolution we would throw away (DCT scaling keeps
     both sides >= ``min_side``); it is the main cost saving when training on large photos.
     """
-    with Image.open(path) as img:
+    try:
+        opened = Image.open(path)
+    except UnidentifiedImageError:
+        if os.path.getsize(path) == 0:       # Pillow's own message names no cause
+            raise ValueError("empty file (0 bytes)") from None
+        raise
+    with opened as img:
         if min_side and img.format == "JPEG":
             img.draft("RGB", (min_side, min_side))
         img = ImageOps.exif_transpose(img)

@@ -13,7 +13,6 @@ from deepdream.image_io import (
     ImageError,
     check_output_path,
     check_writable_folder,
-    default_output_path,
     load_image,
     noise_image,
     save_image,
@@ -152,13 +151,6 @@ def test_output_checks(tmp_path):
     assert check_output_path(tmp_path / "new" / "out.png", src) == tmp_path / "new" / "out.png"
     check_writable_folder(tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b").is_dir()
-
-
-def test_default_output_path():
-    assert default_output_path("photos/cat.jpg", "googlenet") == Path("outputs/cat_googlenet.jpg")
-    assert default_output_path("scan.tiff", "vgg16") == Path("outputs/scan_vgg16.tiff")
-    assert default_output_path("anim.gif", "vgg16") == Path("outputs/anim_vgg16.png")
-    assert default_output_path(None, "efficientnet_lite0") == Path("outputs/dream_efficientnet_lite0.png")
 
 
 def test_noise_image_is_seeded_grey():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deepdream.errors import DreamError
-from deepdream.objectives import KINDS, Objective, RenderObjective, Term, diversity, parse_channels
+from deepdream.objectives import KINDS, Objective, Term, diversity, parse_channels
 
 def test_parse_channels():
     assert parse_channels(["0-3", "7", "2"]) == [0, 1, 2, 3, 7]
@@ -27,9 +27,9 @@ def test_diversity_is_highest_for_identical_images():
 def test_objective_terms_pick_each_images_target():
     act = mx.array(np.arange(2 * 3 * 3 * 4, dtype=np.float32).reshape(2, 3, 3, 4))
     logits = mx.array([[0.0, 5.0, 1.0], [2.0, 0.0, 7.0]])
-    objective = RenderObjective([Term("class", "logits", np.array([[1], [2]])),
-                                 Term("channel", "a", np.array([[0], [3]])),
-                                 Term("neuron", "a", np.array([[1], [1]]))])
+    objective = Objective([Term("class", "logits", np.array([[1], [2]])),
+                           Term("channel", "a", np.array([[0], [3]])),
+                           Term("neuron", "a", np.array([[1], [1]]))])
     value = float(objective({"logits": logits, "a": act}, objective.targets()))
     a = np.array(act)
     expected = 5 + 7 + a[0, ..., 0].mean() + a[1, ..., 3].mean() + a[0, 1, 1, 1] + a[1, 1, 1, 1]

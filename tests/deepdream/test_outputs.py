@@ -48,3 +48,5 @@ def test_default_names_do_not_collide_between_presets() -> None:
     assert dream_output("o", "cat.jpg", "googlenet", "vgg16", "googlenet").name == "cat_googlenet_vgg16.jpg"
     assert dream_output("o", None, "mine", None, "googlenet").name == "dream_mine.png"
     assert dream_output("o", "anim.gif", "vgg16", None, "vgg16").name == "anim_vgg16.png"  # no room for a record
+    assert dream_output("outputs", "photos/cat.jpg", "googlenet", None, "googlenet") == Path("outputs/cat_googlenet.jpg")
+    assert dream_output("outputs", "scan.tiff", "vgg16", None, "vgg16") == Path("outputs/scan_vgg16.tiff")

@@ -13,7 +13,7 @@ import models
 from deepdream.classes import imagenet_class_names
 from deepdream.errors import DreamError
 from deepdream.image_io import save_image
-from deepdream.objectives import RenderObjective, diversity
+from deepdream.objectives import Objective, diversity
 from deepdream.visualise import Renderer, RenderSettings, plan_render, tile_targets
 
 GOLDFISH, PIZZA = 1, 963
@@ -61,7 +61,7 @@ def test_diversity_pushes_a_batch_apart(effnet):
     layer = plan.objective.diversity_layer
     similarity = {}
     for weight in (0.0, 100.0):
-        objective = RenderObjective(tile_targets(plan.objective, 3).terms, weight, layer)
+        objective = Objective(tile_targets(plan.objective, 3).terms).with_diversity(weight, layer)
         settings = RenderSettings(height=64, width=64, steps=8, batch=3, diversity=weight, seed=0)
         images = Renderer(effnet, objective, settings).render(3, objective.targets(), np.random.default_rng(0),
                                                               progress=False)
