@@ -33,6 +33,12 @@ CASES = [
     (1, 12, 11, 40, 5, 1, "same"),
     (2, 9, 10, 40, 3, 2, "same"),
     (1, 8, 7, 40, 3, 1, ((0, 2), (2, 1))),
+    # rows wide enough for the native kernel's runs of pixels summed side by side (8 or 4 at a
+    # time, then the rest one by one), at every stride phase, with edges on both sides
+    (1, 5, 37, 32, 3, 1, "same"),
+    (1, 6, 41, 48, 5, 2, "same"),
+    (2, 7, 30, 16, 3, 2, ((1, 1), (0, 2))),
+    (1, 4, 29, 20, 5, 3, "same"),
 ]
 
 
