@@ -205,22 +205,25 @@ def stream_gbps(threads: int, device: str = "cpu", megabytes: int = 256, repeats
     ``threads`` threads (or on the GPU)."""
     import torch
 
+    from fastlayers._blas import threading_kept
+
     where = "cuda" if device == "gpu" else "cpu"
     n = megabytes * 2 ** 20 // 4
     b, c = torch.rand(n, device=where), torch.rand(n, device=where)
     a = torch.empty(n, device=where)
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
 
     def triad() -> None:
         torch.add(b, c, alpha=3.0, out=a)
         if where == "cuda":
             torch.cuda.synchronize()
 
-    try:
-        times = interleaved_times({"triad": triad}, warmup=1, repeats=repeats, timer=TIMERS[clock])
-    finally:
-        torch.set_num_threads(previous)
+    with threading_kept():
+        torch.set_num_threads(threads)
+        try:
+            times = interleaved_times({"triad": triad}, warmup=1, repeats=repeats, timer=TIMERS[clock])
+        finally:
+            torch.set_num_threads(previous)
     return 3 * n * 4 / median(times["triad"]) / 1e9
 
 

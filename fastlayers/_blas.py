@@ -15,12 +15,14 @@ NumPy's bundled OpenBLAS does not work: its symbols carry a prefix.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import importlib.metadata
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 ENV_VAR = "DEEPDREAM_BLAS"
 
@@ -127,3 +129,31 @@ def ensure_fast_blas() -> str:
         file=sys.stderr,
     )
     return blas_in_use
+
+
+@contextlib.contextmanager
+def threading_kept() -> Iterator[None]:
+    """Put MKL's threading back as it was on leaving (a no-op with another BLAS).
+
+    ``torch.set_num_threads`` reaches the ``libmkl_rt`` loaded here and turns MKL's dynamic
+    threading off for the whole process, and restoring torch's count does not turn it back on.
+    MLX's matrix products then split their work otherwise and round differently, so a dream run
+    after a torch reference in the same process (a test, a benchmark) would not be bitwise the
+    dream of a fresh process.
+    """
+    mkl = None
+    if os.path.basename(blas_in_use).startswith("libmkl_rt"):
+        mkl = ctypes.CDLL(blas_in_use)          # already loaded: this only finds it
+    if mkl is None:
+        yield
+        return
+    # torch sets this thread's own count too, which hides the process's: read that under none
+    local = mkl.MKL_Set_Num_Threads_Local(0)
+    threads, dynamic = mkl.MKL_Get_Max_Threads(), mkl.MKL_Get_Dynamic()
+    mkl.MKL_Set_Num_Threads_Local(local)
+    try:
+        yield
+    finally:
+        mkl.MKL_Set_Num_Threads(threads)
+        mkl.MKL_Set_Num_Threads_Local(local)
+        mkl.MKL_Set_Dynamic(dynamic)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from models import load_model
+from fastlayers._blas import threading_kept
 from fastlayers.batchnorm import constant_weights
 from models.efficientnet_lite import EfficientNetLite0
 
@@ -33,11 +34,13 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """On a busy 2-core machine torch's spinning worker threads make a 160x224 forward/backward
-    take seconds instead of a fraction of one; restored for the other test modules afterwards."""
+    take seconds instead of a fraction of one; restored for the other test modules afterwards,
+    MKL's threading with it (later modules compare in-process dreams with other processes' bits)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threading_kept():
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
