@@ -131,6 +131,25 @@ def ensure_fast_blas() -> str:
     return blas_in_use
 
 
+def _mkl() -> ctypes.CDLL | None:
+    """The loaded libmkl_rt (loading it again only finds it), or None with another BLAS."""
+    if os.path.basename(blas_in_use).startswith("libmkl_rt"):
+        return ctypes.CDLL(blas_in_use)
+    return None
+
+
+def threading_state() -> tuple[int, int, int] | None:
+    """MKL's (process thread count, this thread's own count or 0, dynamic threading); None with another BLAS."""
+    mkl = _mkl()
+    if mkl is None:
+        return None
+    # torch sets this thread's own count too, which hides the process's: read that under none
+    local = mkl.MKL_Set_Num_Threads_Local(0)
+    threads = mkl.MKL_Get_Max_Threads()
+    mkl.MKL_Set_Num_Threads_Local(local)
+    return threads, local, mkl.MKL_Get_Dynamic()
+
+
 @contextlib.contextmanager
 def threading_kept() -> Iterator[None]:
     """Put MKL's threading back as it was on leaving (a no-op with another BLAS).
@@ -141,19 +160,12 @@ def threading_kept() -> Iterator[None]:
     after a torch reference in the same process (a test, a benchmark) would not be bitwise the
     dream of a fresh process.
     """
-    mkl = None
-    if os.path.basename(blas_in_use).startswith("libmkl_rt"):
-        mkl = ctypes.CDLL(blas_in_use)          # already loaded: this only finds it
-    if mkl is None:
-        yield
-        return
-    # torch sets this thread's own count too, which hides the process's: read that under none
-    local = mkl.MKL_Set_Num_Threads_Local(0)
-    threads, dynamic = mkl.MKL_Get_Max_Threads(), mkl.MKL_Get_Dynamic()
-    mkl.MKL_Set_Num_Threads_Local(local)
+    state = threading_state()
     try:
         yield
     finally:
-        mkl.MKL_Set_Num_Threads(threads)
-        mkl.MKL_Set_Num_Threads_Local(local)
-        mkl.MKL_Set_Dynamic(dynamic)
+        if state is not None:
+            mkl, (threads, local, dynamic) = _mkl(), state
+            mkl.MKL_Set_Num_Threads(threads)
+            mkl.MKL_Set_Num_Threads_Local(local)
+            mkl.MKL_Set_Dynamic(dynamic)

@@ -56,3 +56,17 @@ def cpu_kernels(request, monkeypatch) -> str:
             pytest.skip(f"native kernels: {native.status}")
         pytest.fail(f"native kernels should build here (cmake present): {native.status}")
     return request.param
+
+
+@pytest.fixture(scope="module", autouse=True)
+def blas_threading_unchanged():
+    """Each test module leaves MKL's threading as it found it: later modules compare dreams made in
+    this process with other processes' bytes, and MKL's threading changes how MLX's products round."""
+    from fastlayers import _blas
+
+    before = _blas.threading_state()
+    yield
+    after = _blas.threading_state()
+    if after != before:
+        pytest.fail(f"this module left MKL's threading (threads, this thread's, dynamic) at {after}, not {before}; "
+                    "call torch.set_num_threads inside fastlayers._blas.threading_kept()", pytrace=False)
