@@ -191,19 +191,19 @@ void forward(const float* x, const float* taps, const WeightsBuffer&, const floa
         if (g.act != kLinear) epilogue(o + (size_t)ox * g.c, o + (size_t)ox * g.c, nullptr, nullptr, g.c, g.act);
       };
       // relative to the pixel's column 0 in row 0: image + (s*ox - left) * c
-      inner.clear();
-      for (int i = 0; i < g.kh; ++i)
-        if (y0 + i >= 0 && y0 + i < g.h)
-          for (int j = 0; j < g.kw; ++j)
-            inner.push_back({((std::ptrdiff_t)(y0 + i) * g.w + j) * g.c, ((std::ptrdiff_t)i * g.kw + j) * g.c});
       const float* src = image - (std::ptrdiff_t)g.left * g.c;
       std::ptrdiff_t step = (std::ptrdiff_t)g.stride * g.c;
+      // the kernel rows whose input row exists: as taps for sum_taps, as rows for slide_taps
+      inner.clear();
       rows.clear();
       row_weights.clear();
       for (int i = 0; i < g.kh; ++i) {
         if (y0 + i < 0 || y0 + i >= g.h) continue;
         rows.push_back(src + (std::ptrdiff_t)(y0 + i) * g.w * g.c);
-        for (int j = 0; j < g.kw; ++j) row_weights.push_back(taps + ((std::ptrdiff_t)i * g.kw + j) * g.c);
+        for (int j = 0; j < g.kw; ++j) {
+          inner.push_back({((std::ptrdiff_t)(y0 + i) * g.w + j) * g.c, ((std::ptrdiff_t)i * g.kw + j) * g.c});
+          row_weights.push_back(taps + ((std::ptrdiff_t)i * g.kw + j) * g.c);
+        }
       }
       int done = slide_run(slide, inner_first, inner_last, rows, row_weights, moved, step, bias, o, g.c, g.c, finish);
       sum_run(done, inner_last, src, step, inner, taps, bias, o, g.c, g.c, finish);
@@ -257,41 +257,35 @@ void input_grad(const float* grad_in, const float* taps, const WeightsBuffer&, c
         int count = (g.w - x_first + s - 1) / s;       // pixels x_first + k * s, k < count
         // pixel k of the phase reads g column q_k - (j - r) / s for tap j, q_k = (x_first + k*s + left - r) / s
         int q0 = (x_first + g.left - r) / s;
-        inner.clear();
-        int j_max = -1;
-        for (int i = 0; i < g.kh; ++i) {
-          int t = yy + g.top - i;
-          if (t < 0 || t % s) continue;
-          int oy = t / s;
-          if (oy >= g.oh) continue;
-          for (int j = r; j < g.kw; j += s) {
-            inner.push_back({((std::ptrdiff_t)oy * g.ow - (j - r) / s) * g.c, ((std::ptrdiff_t)i * g.kw + j) * g.c});
-            j_max = std::max(j_max, j);
-          }
-        }
-        // inside: every tap's column q_k - (j - r)/s in [0, ow): q_k - (j_max - r)/s >= 0 and q_k < ow
-        int k_first = 0, k_last = count;
-        if (j_max >= 0) {
-          k_first = std::min(count, std::max(0, (j_max - r) / s - q0));
-          k_last = std::max(k_first, std::min(count, g.ow - q0));
-        }
         const float* src = gn + (std::ptrdiff_t)q0 * g.c;
         float* out = d + (size_t)x_first * g.c;
         std::ptrdiff_t out_step = (std::ptrdiff_t)s * g.c;
-        // as slide_taps reads them: the m taps j = r + (m - 1 - t) * s, tap t at column k + t of
-        // each row starting m - 1 columns left of the pixel's last
+        // The kernel rows i whose division is exact and lands inside g, each with its m taps
+        // j = r + u * s: as taps for sum_taps, and as slide_taps reads them, tap t = m - 1 - u at
+        // column k + t of a row starting m - 1 columns left of the pixel's last.
         int m = (g.kw - r + s - 1) / s;
+        inner.clear();
         rows.clear();
         row_weights.clear();
         for (int i = 0; i < g.kh && m > 0; ++i) {
           int t = yy + g.top - i;
           if (t < 0 || t % s || t / s >= g.oh) continue;
-          rows.push_back(src + ((std::ptrdiff_t)(t / s) * g.ow - (m - 1)) * g.c);
-          for (int u = 0; u < m; ++u) row_weights.push_back(taps + ((std::ptrdiff_t)i * g.kw + r + (m - 1 - u) * s) * g.c);
+          std::ptrdiff_t oy = t / s;
+          rows.push_back(src + (oy * g.ow - (m - 1)) * g.c);
+          for (int u = 0; u < m; ++u) {
+            int j = r + u * s;
+            inner.push_back({(oy * g.ow - u) * g.c, ((std::ptrdiff_t)i * g.kw + j) * g.c});
+            row_weights.push_back(taps + ((std::ptrdiff_t)i * g.kw + r + (m - 1 - u) * s) * g.c);
+          }
         }
-        int done = m > 0 ? slide_run(slide_for(m, 1), k_first, k_last, rows, row_weights, moved, g.c, nullptr, out,
-                                     out_step, g.c, nothing)
-                         : k_first;
+        // inside: every tap's column q0 + k - u in [0, ow), so q0 + k - (m - 1) >= 0 and q0 + k < ow
+        int k_first = 0, k_last = count;
+        if (!rows.empty()) {
+          k_first = std::min(count, std::max(0, m - 1 - q0));
+          k_last = std::max(k_first, std::min(count, g.ow - q0));
+        }
+        int done = slide_run(slide_for(m, 1), k_first, k_last, rows, row_weights, moved, g.c, nullptr, out, out_step,
+                             g.c, nothing);
         sum_run(done, k_last, src, g.c, inner, taps, nullptr, out, out_step, g.c, nothing);
         for (int k = 0; k < count; ++k) {
           if (k == k_first) k = k_last;
