@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,19 +22,17 @@ def test_threading_kept_undoes_what_torch_set_num_threads_does_to_mkl() -> None:
     if "libmkl_rt" not in models.ensure_fast_blas():
         pytest.skip("the BLAS here is not MKL")
     code = (
-        "import ctypes, models, torch\n"
-        "from fastlayers import _blas\n"
-        "mkl = ctypes.CDLL(_blas.blas_in_use)\n"
-        "state = lambda: (mkl.MKL_Get_Dynamic(), mkl.MKL_Get_Max_Threads())\n"
-        "before = state()\n"
-        "with _blas.threading_kept():\n"
+        "import json, models, torch\n"
+        "from fastlayers._blas import threading_kept, threading_state\n"
+        "before = threading_state()\n"
+        "with threading_kept():\n"
         "    torch.set_num_threads(1)\n"
-        "kept = state()\n"
+        "kept = threading_state()\n"
         "torch.set_num_threads(1)\n"
-        "print(before, kept, state())\n"
+        "print(json.dumps([before, kept, threading_state()]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
-    before, kept, unkept = (eval(part + ")") for part in result.stdout.strip()[:-1].split(") "))
+    before, kept, unkept = json.loads(result.stdout)
     assert kept == before
     assert unkept != before    # what the context undoes: torch's call alone leaves MKL changed
