@@ -100,6 +100,16 @@ Padded phase(const float* image, int h, int w, int c, int top, int left, int s, 
 // accumulator (rows x channels) stays in L2 while the k*k taps add into it.
 int block_rows(int channels) { return std::max(256, (256 * 1024) / std::max(1, channels)); }
 
+// Rows of a 1x1 layer's block, given its input and output channels. A thin product (fewer than 64
+// channels on one side: efficientnet's expansions over its widest maps) does little arithmetic per
+// element, so the pass after it (the finish, or the gradient's mask before it) is much of its time:
+// a quarter of block_rows' block keeps that pass in the core's cache. Wider products keep block_rows',
+// where MKL's time per call favours longer blocks.
+int pointwise_rows(int ci, int co) {
+  int wide = std::max(ci, co);
+  return std::min(ci, co) < 64 ? std::max(256, (64 * 1024) / wide) : block_rows(wide);
+}
+
 // The epilogue's inputs: out = activation(acc + bias + residual), per output pixel of `cd` channels.
 struct Finish {
   const float* bias;
@@ -144,7 +154,7 @@ void correlate(const std::vector<Tap>& taps, int cs, int oh, int ow, int wp, int
 // takes its own run of rows, block by block, each product on that thread and each block finished
 // while it is still in its core's cache: no thread waits for another between a product and its finish.
 void pointwise(const float* x, const float* w, int rows, int ci, int co, Finish finish, float* out) {
-  int block = block_rows(co);
+  int block = pointwise_rows(ci, co);
   bool finished = finish.bias || finish.residual || finish.act != kLinear;
   parallel_for(rows, [&](int begin, int end) {
     for (int r0 = begin; r0 < end; r0 += block) {
@@ -231,7 +241,7 @@ void input_grad(const float* grad, const float* w, const WeightsBuffer& w_buffer
   if (is_pointwise(g)) {
     // dx = g @ w, block by block, each thread its own run of rows (as in `pointwise`): w (C_out, C_in)
     // is already the product's right-hand side
-    int rows = g.n * g.h * g.w, block = block_rows(std::max(g.ci, g.co));
+    int rows = g.n * g.h * g.w, block = pointwise_rows(g.ci, g.co);
     parallel_for(rows, [&](int begin, int end) {
       std::vector<float> masked;
       for (int r0 = begin; r0 < end; r0 += block) {

@@ -232,23 +232,69 @@ const float* masked_gradient(const float* grad, const float* y, const Geometry& 
   return scratch.get();
 }
 
+// The rows of the output gradient that input_grad reads, masked by the activation at y as they are
+// first needed: a thread walks its input rows in order and the rows they read slide forward with
+// them, so a ring of `slots` rows (at least the most one input row reads, kh / s rounded up) holds
+// every row still to be read, masked once, in the core's cache; masking the whole gradient first
+// would write it and read it back through memory. Without a mask (no activation, or no y) the
+// ring is the gradient itself.
+class GradientRows {
+ public:
+  GradientRows(const float* grad, const float* y, const Geometry& g)
+      : grad_(grad), y_(g.act == kLinear ? nullptr : y), width_((size_t)g.ow * g.c), act_(g.act),
+        slots_(y_ ? (g.kh + g.stride - 1) / g.stride : 0) {
+    if (y_) ring_.reset(new float[slots_ * width_]);
+  }
+
+  // The base that row(n, oy) offsets are relative to.
+  const float* base() const { return y_ ? ring_.get() : grad_; }
+
+  // Row oy of image n, as an offset (in rows of `width` floats) from base(): masked into the ring
+  // by `need` beforehand.
+  std::ptrdiff_t row(int n, int oy, int oh) const {
+    std::ptrdiff_t global = (std::ptrdiff_t)n * oh + oy;
+    return y_ ? global % slots_ : global;
+  }
+
+  // Masks image n's rows up to `last` into the ring, from `first` on (the earliest row still read).
+  void need(int n, int first, int last, int oh) {
+    if (!y_) return;
+    std::ptrdiff_t lo = (std::ptrdiff_t)n * oh + first, hi = (std::ptrdiff_t)n * oh + last;
+    next_ = std::max(next_, lo);
+    for (; next_ <= hi; ++next_)
+      masked_copy(ring_.get() + (size_t)(next_ % slots_) * width_, grad_ + (size_t)next_ * width_,
+                  y_ + (size_t)next_ * width_, (int)width_, act_);
+  }
+
+ private:
+  const float* grad_;
+  const float* y_;
+  size_t width_;
+  int act_;
+  std::ptrdiff_t slots_, next_ = 0;
+  std::unique_ptr<float[]> ring_;
+};
+
 // dx[n, y, x] = sum over the taps (i, j) and outputs (oy, ox) that read input (y, x)
 //             = sum_ij g[n, (y + top - i) / s, (x + left - j) / s] * taps[i, j] (exact divisions only).
 // Per input row, the taps i whose division is exact and lands inside g. Along x the input pixels
 // fall into s phases r = (x + left) mod s, each read by the taps j = r, r + s, ... ; pixels of one
 // phase are s apart in dx and 1 apart in g, and those whose taps all land inside g share one
 // list and are summed side by side, the rest each take the taps that exist for them.
-void input_grad(const float* grad_in, const float* taps, const WeightsBuffer&, const float* y, float* dx,
+void input_grad(const float* grad, const float* taps, const WeightsBuffer&, const float* y, float* dx,
                 const Geometry& g) {
-  std::unique_ptr<float[]> scratch;
-  const float* grad = masked_gradient(grad_in, y, g, scratch);
   int s = g.stride;
   parallel_for(g.n * g.h, [&](int begin, int end) {
+    GradientRows rows_of(grad, y, g);
     std::vector<Tap> inner, edge;
     std::vector<const float*> rows, row_weights, moved;
     for (int row = begin; row < end; ++row) {
       int n = row / g.h, yy = row % g.h;
-      const float* gn = grad + (size_t)n * g.oh * g.ow * g.c;
+      // the gradient rows this input row reads: t / s for the t = yy + top - i >= 0 that s divides
+      int t_last = yy + g.top, t_first = std::max(0, t_last - g.kh + 1);
+      if (t_last >= 0 && (t_first + s - 1) / s <= std::min(g.oh - 1, t_last / s))
+        rows_of.need(n, (t_first + s - 1) / s, std::min(g.oh - 1, t_last / s), g.oh);
+      const float* gn = rows_of.base();
       float* d = dx + (size_t)row * g.w * g.c;
       auto nothing = [](int) {};
       for (int r = 0; r < s; ++r) {
@@ -270,11 +316,11 @@ void input_grad(const float* grad_in, const float* taps, const WeightsBuffer&, c
         for (int i = 0; i < g.kh && m > 0; ++i) {
           int t = yy + g.top - i;
           if (t < 0 || t % s || t / s >= g.oh) continue;
-          std::ptrdiff_t oy = t / s;
-          rows.push_back(src + (oy * g.ow - (m - 1)) * g.c);
+          std::ptrdiff_t at = rows_of.row(n, t / s, g.oh) * g.ow;    // the row's first pixel
+          rows.push_back(src + (at - (m - 1)) * g.c);
           for (int u = 0; u < m; ++u) {
             int j = r + u * s;
-            inner.push_back({(oy * g.ow - u) * g.c, ((std::ptrdiff_t)i * g.kw + j) * g.c});
+            inner.push_back({(at - u) * g.c, ((std::ptrdiff_t)i * g.kw + j) * g.c});
             row_weights.push_back(taps + ((std::ptrdiff_t)i * g.kw + r + (m - 1 - u) * s) * g.c);
           }
         }

@@ -194,3 +194,26 @@ def test_activation_and_residual_join_the_convolution(h: int, w: int, ci: int, c
     assert 0 < float((y2 == 0).mean()) < 0.9
     for a, b in zip(g1, g2):
         assert _rel(a, np.array(b)) < 1e-5
+
+
+@pytest.mark.parametrize("ci,co", [(16, 96), (96, 16), (64, 128)], ids=["expansion", "projection", "wide"])
+def test_1x1_layer_over_many_blocks_input_gradient_alone(ci: int, co: int, cpu_kernels: str) -> None:
+    """A 1x1 layer over more pixels than one block on each thread (thin products take blocks of
+    a few hundred rows; wider ones longer blocks), with ReLU6: its forward and the input gradient
+    alone, which the native kernel masks block by block as it reads it, against MLX's ReLU6 after
+    the convolution."""
+    from fastlayers.activation import finish
+
+    rng = np.random.default_rng(5)
+    x = mx.array(rng.standard_normal((1, 70, 64, ci)).astype(np.float32))
+    weight = mx.array((3 * rng.standard_normal((co, 1, 1, ci)) / np.sqrt(ci)).astype(np.float32))
+    bias = mx.array(rng.standard_normal(co).astype(np.float32))
+    up = mx.array(rng.standard_normal((1, 70, 64, co)).astype(np.float32))
+    fused = conv2d(x, weight, 1, 0, bias, "relu6")
+    separate = finish(conv2d(x, weight, 1, 0), bias, activation="relu6")
+    assert _rel(fused, np.array(separate)) < 1e-6
+    assert 0.1 < float(((separate > 0) & (separate < 6)).mean()) < 0.9
+    grads = [mx.grad(lambda a, f=f: (f(a) * up).sum())(x)
+             for f in (lambda a: conv2d(a, weight, 1, 0, bias, "relu6"),
+                       lambda a: finish(conv2d(a, weight, 1, 0), bias, activation="relu6"))]
+    assert _rel(grads[0], np.array(grads[1])) < 1e-5

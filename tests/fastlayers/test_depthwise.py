@@ -188,3 +188,35 @@ def test_activation_joins_the_convolution(activation: str, stride: int) -> None:
                              activation))]
     for a, b in zip(*grads):
         assert _rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("n,h,w,c,k,stride,padding", [
+    (2, 13, 21, 24, 3, 1, "same"),
+    (2, 14, 19, 20, 5, 2, "same"),
+    (1, 12, 17, 16, 5, 1, 2),
+    (1, 11, 18, 24, 3, 2, ((1, 1), (0, 2))),
+    (2, 9, 12, 8, 3, 3, "same"),
+    (1, 6, 20, 16, 5, 1, ((4, 0), (1, 3))),
+])
+def test_input_gradient_alone_masks_by_the_activation(n, h, w, c, k, stride, padding) -> None:
+    """Dreaming asks for the input's gradient only: the native kernel then masks the gradient rows
+    by the activation as it reads them, image after image (a batch of 2) and row after row; the
+    same as MLX's ReLU6 after the convolution, at every stride, kernel and padding here."""
+    from fastlayers.activation import finish
+
+    mx.random.seed(h * 10 + w + k)
+    x = 3 * mx.random.normal((n, h, w, c))
+    weight, bias = mx.random.normal((c, k, k, 1)), mx.random.normal((c,))
+    up = mx.random.normal(depthwise_conv2d(x, weight, stride, padding, bias).shape)
+
+    def fused(a):
+        return (depthwise_conv2d(a, weight, stride, padding, bias, "relu6") * up).sum()
+
+    def separate(a):
+        return (finish(depthwise_conv2d(a, weight, stride, padding, bias), activation="relu6") * up).sum()
+
+    masked = finish(depthwise_conv2d(x, weight, stride, padding, bias), activation="relu6")
+    assert 0.1 < float(((masked > 0) & (masked < 6)).mean()) < 0.9     # the mask cuts somewhere
+    expected = mx.grad(separate)(x)
+    assert _rel(mx.grad(fused)(x), expected) < 1e-5
+    assert _rel(mx.compile(mx.grad(fused))(x), expected) < 1e-5
