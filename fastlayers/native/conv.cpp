@@ -107,7 +107,7 @@ int block_rows(int channels) { return std::max(256, (256 * 1024) / std::max(1, c
 // where MKL's time per call favours longer blocks.
 int pointwise_rows(int ci, int co) {
   int wide = std::max(ci, co);
-  return std::min(ci, co) < 64 ? std::max(256, (64 * 1024) / wide) : block_rows(wide);
+  return std::min(ci, co) < 64 ? std::max(256, block_rows(wide) / 4) : block_rows(wide);
 }
 
 // The epilogue's inputs: out = activation(acc + bias + residual), per output pixel of `cd` channels.

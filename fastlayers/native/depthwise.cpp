@@ -233,15 +233,15 @@ const float* masked_gradient(const float* grad, const float* y, const Geometry& 
 }
 
 // The rows of the output gradient that input_grad reads, masked by the activation at y as they are
-// first needed: a thread walks its input rows in order and the rows they read slide forward with
-// them, so a ring of `slots` rows (at least the most one input row reads, kh / s rounded up) holds
-// every row still to be read, masked once, in the core's cache; masking the whole gradient first
-// would write it and read it back through memory. Without a mask (no activation, or no y) the
-// ring is the gradient itself.
+// first asked for: a thread walks its input rows in order and the rows they read slide forward with
+// them, so a ring of `slots` rows (the most one input row reads, kh / s rounded up) holds every row
+// still to be read, masked once, in the core's cache; masking the whole gradient first would write
+// it and read it back through memory. Without a mask (no activation, or no y) the ring is the
+// gradient itself.
 class GradientRows {
  public:
   GradientRows(const float* grad, const float* y, const Geometry& g)
-      : grad_(grad), y_(g.act == kLinear ? nullptr : y), width_((size_t)g.ow * g.c), act_(g.act),
+      : grad_(grad), y_(g.act == kLinear ? nullptr : y), width_((size_t)g.ow * g.c), oh_(g.oh), act_(g.act),
         slots_(y_ ? (g.kh + g.stride - 1) / g.stride : 0) {
     if (y_) ring_.reset(new float[slots_ * width_]);
   }
@@ -249,28 +249,24 @@ class GradientRows {
   // The base that row(n, oy) offsets are relative to.
   const float* base() const { return y_ ? ring_.get() : grad_; }
 
-  // Row oy of image n, as an offset (in rows of `width` floats) from base(): masked into the ring
-  // by `need` beforehand.
-  std::ptrdiff_t row(int n, int oy, int oh) const {
-    std::ptrdiff_t global = (std::ptrdiff_t)n * oh + oy;
-    return y_ ? global % slots_ : global;
-  }
-
-  // Masks image n's rows up to `last` into the ring, from `first` on (the earliest row still read).
-  void need(int n, int first, int last, int oh) {
-    if (!y_) return;
-    std::ptrdiff_t lo = (std::ptrdiff_t)n * oh + first, hi = (std::ptrdiff_t)n * oh + last;
-    next_ = std::max(next_, lo);
-    for (; next_ <= hi; ++next_)
+  // Row oy of image n, as an offset (in rows of `width` floats) from base(). The first row an input
+  // row asks for is the latest it reads, and the others lie within `slots` rows before it: masking
+  // from there (or from the last row masked) up to it masks each of them before it is read.
+  std::ptrdiff_t row(int n, int oy) {
+    std::ptrdiff_t global = (std::ptrdiff_t)n * oh_ + oy;
+    if (!y_) return global;
+    next_ = std::max(next_, (std::ptrdiff_t)n * oh_ + std::max<std::ptrdiff_t>(0, oy - slots_ + 1));
+    for (; next_ <= global; ++next_)
       masked_copy(ring_.get() + (size_t)(next_ % slots_) * width_, grad_ + (size_t)next_ * width_,
                   y_ + (size_t)next_ * width_, (int)width_, act_);
+    return global % slots_;
   }
 
  private:
   const float* grad_;
   const float* y_;
   size_t width_;
-  int act_;
+  int oh_, act_;
   std::ptrdiff_t slots_, next_ = 0;
   std::unique_ptr<float[]> ring_;
 };
@@ -290,10 +286,6 @@ void input_grad(const float* grad, const float* taps, const WeightsBuffer&, cons
     std::vector<const float*> rows, row_weights, moved;
     for (int row = begin; row < end; ++row) {
       int n = row / g.h, yy = row % g.h;
-      // the gradient rows this input row reads: t / s for the t = yy + top - i >= 0 that s divides
-      int t_last = yy + g.top, t_first = std::max(0, t_last - g.kh + 1);
-      if (t_last >= 0 && (t_first + s - 1) / s <= std::min(g.oh - 1, t_last / s))
-        rows_of.need(n, (t_first + s - 1) / s, std::min(g.oh - 1, t_last / s), g.oh);
       const float* gn = rows_of.base();
       float* d = dx + (size_t)row * g.w * g.c;
       auto nothing = [](int) {};
@@ -316,7 +308,7 @@ void input_grad(const float* grad, const float* taps, const WeightsBuffer&, cons
         for (int i = 0; i < g.kh && m > 0; ++i) {
           int t = yy + g.top - i;
           if (t < 0 || t % s || t / s >= g.oh) continue;
-          std::ptrdiff_t at = rows_of.row(n, t / s, g.oh) * g.ow;    // the row's first pixel
+          std::ptrdiff_t at = rows_of.row(n, t / s) * g.ow;    // the row's first pixel
           rows.push_back(src + (at - (m - 1)) * g.c);
           for (int u = 0; u < m; ++u) {
             int j = r + u * s;
