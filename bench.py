@@ -275,7 +275,7 @@ def run_profile(args: argparse.Namespace, threads: int, machine: dict[str, str],
         for size in args.sizes:
             costs = profile_stages(pair, size, warmup=args.warmup, repeats=args.repeats, timer=TIMERS[args.clock])
             tables.append(f"### {args.profile}, {size} px: forward + input gradient up to each stage\n\n"
-                          + profile_table(costs))
+                          + profile_table(costs, limits))
     print(f"## Per-stage profile of {args.profile}\n")
     print(header_lines(machine, threads, limits, load_before, os.getloadavg()))
     for table in tables:

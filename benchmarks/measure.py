@@ -146,11 +146,13 @@ class StepCost:
     dream differentiates only the image). ``bytes``: what those same operations read and write
     at least once (input, weights and output of each forward; output gradient, weights and
     input gradient of each backward), i.e. the traffic of a step whose element-wise work is
-    fused into its convolutions.
+    fused into its convolutions. ``operations``: the same two counts for each of those operations
+    in turn, for the roofline.
     """
 
     flops: float
     bytes: float
+    operations: tuple[tuple[float, float], ...] = ()
 
     def flop_limit_s(self, sgemm_gflops: float) -> float:
         """The step's time at the machine's matrix-product rate: its compute limit."""
@@ -159,6 +161,16 @@ class StepCost:
     def byte_limit_s(self, stream_gbps: float) -> float:
         """The step's time at the machine's memory bandwidth: its memory limit."""
         return self.bytes / (stream_gbps * 1e9)
+
+    def roofline_s(self, sgemm_gflops: float, stream_gbps: float) -> float:
+        """The step's time with each operation at whichever of the two rates binds it: its FLOPs at
+        the matrix-product rate or its bytes at the memory bandwidth, the longer, summed.
+
+        A step runs its operations one after another, so this is its limit when each may be bound by
+        either rate; it is at least each whole-step limit, and well above both for a model that mixes
+        thin, compute-bound products with memory-bound depthwise layers (efficientnet_lite0)."""
+        return sum(max(flops / (sgemm_gflops * 1e9), nbytes / (stream_gbps * 1e9))
+                   for flops, nbytes in self.operations)
 
 
 def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> StepCost:
@@ -179,15 +191,20 @@ def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
     def nbytes(values: object) -> int:
         return sum(t.numel() * t.element_size() for t in tree_flatten(values)[0] if isinstance(t, torch.Tensor))
 
-    class ByteCounter(TorchDispatchMode):
-        total = 0
+    operations: list[tuple[float, float]] = []
 
+    class ByteCounter(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            # This mode is entered inside FlopCounterMode, so the call below reaches the latter:
+            # the change in its total is this operation's FLOPs.
+            before = flops.get_total_flops()
             out = func(*args, **(kwargs or {}))
+            counted, moved = float(flops.get_total_flops() - before), 0.0
             if func in reads:
                 which = reads[func]
-                read = args if which is None else [args[i] for i in which]
-                ByteCounter.total += nbytes(read) + nbytes(out)
+                moved = float(nbytes([args if which is None else [args[i] for i in which], out]))
+            if counted or moved:
+                operations.append((counted, moved))
             return out
 
     x = x.detach().requires_grad_(True)
@@ -195,7 +212,7 @@ def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
         # backward(inputs=...), not autograd.grad: FlopCounterMode's module hooks refuse the latter;
         # either way only the input's gradient is computed.
         loss(x).backward(inputs=[x])
-    return StepCost(float(flops.get_total_flops()), float(ByteCounter.total))
+    return StepCost(float(flops.get_total_flops()), sum(b for _, b in operations), tuple(operations))
 
 
 def stream_gbps(threads: int, device: str = "cpu", megabytes: int = 256, repeats: int = 5,

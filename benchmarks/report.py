@@ -58,18 +58,22 @@ def step_table(results: Sequence[StepResult], limits: Limits) -> str:
     rows = []
     for r in results:
         flop_limit, byte_limit = r.cost.flop_limit_s(limits.sgemm_gflops), r.cost.byte_limit_s(limits.stream_gbps)
+        roofline = r.cost.roofline_s(limits.sgemm_gflops, limits.stream_gbps)
         rows.append([
             r.model, ", ".join(r.layers), str(r.size),
             f"{r.ours_s * 1000:.0f}", f"{r.torch_s * 1000:.0f}", f"**{r.ratio:.2f}**",
             f"{r.cost.flops / 1e9:.3g}", f"{flop_limit * 1000:.3g}", f"**{_share(flop_limit / r.ours_s)}**",
             _share(flop_limit / r.torch_s),
             f"{r.cost.bytes / 1e9:.3g}", f"{byte_limit * 1000:.3g}", f"**{_share(byte_limit / r.ours_s)}**",
-            _share(byte_limit / r.torch_s), f"{r.agreement:.0e}",
+            _share(byte_limit / r.torch_s),
+            f"{roofline * 1000:.3g}", f"**{_share(roofline / r.ours_s)}**", _share(roofline / r.torch_s),
+            f"{r.agreement:.0e}",
         ])
     header = ["model", "layers", "px", "ours ms", "torch ms", "ours/torch",
               "GFLOP", "FLOP limit ms", "share ours", "share torch",
-              "GB moved", "byte limit ms", "share ours", "share torch", "step diff"]
-    return markdown_table(header, rows, "llr" + "r" * 12)
+              "GB moved", "byte limit ms", "share ours", "share torch",
+              "roofline ms", "share ours", "share torch", "step diff"]
+    return markdown_table(header, rows, "llr" + "r" * 15)
 
 
 def end_to_end_table(results: Sequence[EndToEndResult]) -> str:
@@ -138,8 +142,10 @@ FOOTNOTES = (
     "side's graph, once per model and size; the FLOP limit is that over MLX's sgemm rate above. "
     "GB moved is what those operations read and write at least once (each forward's input, weights and "
     "output; each backward's output gradient, weights and input gradient: element-wise work fused in); "
-    "the byte limit is that over the memory bandwidth above. A share is a limit over the measured time "
-    "(1 = at the limit; Winograd's 3x3 layers can take the FLOP share past 1). 'step diff' is "
+    "the byte limit is that over the memory bandwidth above. The roofline takes each of those operations "
+    "at whichever rate binds it (its FLOPs over the sgemm rate or its bytes over the bandwidth, the longer) "
+    "and sums them. A share is a limit over the measured time "
+    "(1 = at the limit; Winograd's 3x3 layers can take a share past 1). 'step diff' is "
     "||our update - torch's|| / ||torch's update|| (L2) for one step from the same image with the same "
     "jitter: both sides compute the same step."
 )

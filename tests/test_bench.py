@@ -40,7 +40,10 @@ def test_quick_prints_the_tables(weights_dir: Path) -> None:
     assert abs(share - flop_limit / ours_ms) < 0.01 + 0.05 * share      # a share is the limit over the time
     gigabytes, byte_limit, byte_share = float(cells[10]), float(cells[11]), float(cells[12].strip("*"))
     assert gigabytes > 0 and byte_share > 0 and abs(byte_share - byte_limit / ours_ms) < 0.01 + 0.05 * byte_share
-    assert float(cells[14]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
+    # the roofline (each operation at the rate that binds it) is no lower than either limit alone
+    roofline, roof_share = float(cells[14]), float(cells[15].strip("*"))
+    assert roofline >= 0.99 * max(flop_limit, byte_limit) and abs(roof_share - roofline / ours_ms) < 0.01 + 0.05 * roof_share
+    assert float(cells[17]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
     # the end-to-end recipe
     assert re.search(r"\| googlenet preset \(inception3a, inception4e, inception5b\) \| 128x\d+ \| \d \| 2 \|", out)
     # the memory table: measured peak (prediction; tiles) per photo size, the default flags' output size
@@ -96,6 +99,23 @@ def test_same_process_mode_and_span_clock_say_so(weights_dir: Path) -> None:
     assert "timing: both sides in the benchmark's own process (--same-process)" in result.stdout
     assert "CPU seconds of each process's busiest thread, idle threads asleep (--clock span)" in result.stdout
     assert re.search(r"^\| googlenet \| inception4c \| 64 \| \d+ \| \d+ \|", result.stdout, re.M)
+
+
+def test_profile_prints_each_stage_beside_its_roofline(weights_dir: Path) -> None:
+    result = _bench("--profile", "googlenet", "--sizes", "64", "--repeats", "1", "--warmup", "0",
+                    weights_dir=weights_dir)
+    assert result.returncode == 0, result.stderr
+    assert "### googlenet, 64 px: forward + input gradient up to each stage" in result.stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines()
+            if re.match(r"\| (conv|maxpool|inception)", line)]
+    assert [r[0] for r in rows[:3]] == ["conv1", "maxpool1", "conv2"] and rows[-1][0] == "inception4c"
+    rooflines = [float(r[6]) for r in rows]
+    # a later stage runs every earlier one too; the stage's own roofline is the difference
+    assert all(b >= a for a, b in zip(rooflines, rooflines[1:])) and rooflines[0] > 0
+    for before, r in zip([0.0, *rooflines], rows):
+        assert float(r[3]) == pytest.approx(float(r[6]) - before, abs=0.011)
+        # the share is the roofline over our cumulative time
+        assert float(r[8]) == pytest.approx(float(r[6]) / float(r[4]), rel=0.1, abs=0.01)
 
 
 def test_side_workers_time_their_own_step_and_report_failures(tmp_path: Path) -> None:
