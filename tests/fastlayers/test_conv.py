@@ -42,6 +42,7 @@ CONV_CASES = [
     (1, 52, 52, 16, 16, 5, 1, 0),          # shifted without padding
     (1, 60, 57, 3, 16, 3, 1, 1),           # RGB input: im2col forward, col2im gradient (native: im2col.cpp)
     (1, 33, 31, 3, 8, 7, 2, 3),            # strided stem (googlenet, resnet; native: im2col.cpp)
+    (1, 23, 21, 4, 8, 2, 2, 0),            # im2col.cpp with a 16-deep window: its gradient's product unpadded
     (1, 47, 45, 3, 8, 11, 4, 2),           # alexnet's stem
     (1, 75, 73, 3, 16, 11, 4, 2),          # native: its phases stacked as 48 channels, a Winograd 3x3
     (1, 21, 20, 32, 16, 3, 2, 1),          # strided, many channels (resnet bottleneck)
