@@ -85,5 +85,6 @@ def profile_table(costs: list[StageCost], limits: Limits) -> str:
                      f"{(roof - prev_roof) * 1000:.2f}", f"{c.ours_s * 1000:.1f}", f"{c.torch_s * 1000:.1f}",
                      f"{roof * 1000:.2f}", f"{c.ours_s / c.torch_s:.2f}", f"{roof / c.ours_s:.2f}"])
         prev_ours, prev_torch, prev_roof = c.ours_s, c.torch_s, roof
-    return markdown_table(["stage", "ours ms (stage)", "torch ms (stage)", "roofline ms (stage)", "ours ms (cumulative)",
-                           "torch ms (cumulative)", "roofline ms (cumulative)", "ours/torch", "roofline share"], rows)
+    return markdown_table(["stage", "ours ms (stage)", "torch ms (stage)", "roofline ms (stage)",
+                           "ours ms (cumulative)", "torch ms (cumulative)", "roofline ms (cumulative)",
+                           "ours/torch", "roofline share"], rows)

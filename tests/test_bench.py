@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -19,6 +20,22 @@ def _bench(*args: str, weights_dir: Path) -> subprocess.CompletedProcess:
                           env=env, cwd=ROOT, timeout=600)
 
 
+def _three_digits(x: float) -> float:
+    """Half a unit in the third significant digit: how far a number printed with ``:.3g`` may be off."""
+    return 0.5 * 10 ** (math.floor(math.log10(abs(x))) - 2)
+
+
+def _quotient_of_printed(quotient: float, numerator: float, numerator_step: float, denominator: float,
+                         denominator_step: float = 0.5) -> bool:
+    """Whether a printed quotient (two decimals or two significant digits) fits the printed numbers
+    it was computed from before they were rounded, each by up to its step (whole milliseconds by
+    default: at the tiny --quick sizes a step reads a few ms, so that rounding alone moves the
+    quotient by several per cent)."""
+    lo = (numerator - numerator_step) / (denominator + denominator_step)
+    hi = (numerator + numerator_step) / max(denominator - denominator_step, 1e-9)
+    return lo - 0.006 <= quotient <= hi + 0.006
+
+
 def test_quick_prints_the_tables(weights_dir: Path) -> None:
     result = _bench("--quick", weights_dir=weights_dir)
     assert result.returncode == 0, result.stderr
@@ -33,16 +50,19 @@ def test_quick_prints_the_tables(weights_dir: Path) -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     ours_ms, torch_ms, ratio = float(cells[3]), float(cells[4]), float(cells[5].strip("*"))
     assert ours_ms > 0 and torch_ms > 0
-    assert abs(ratio - ours_ms / torch_ms) < 0.05 * ratio + 0.01
+    assert _quotient_of_printed(ratio, ours_ms, 0.5, torch_ms)
     # the limits: FLOPs and bytes of the step, their times at the machine's rates, each side's share
     flops, flop_limit, share, torch_share = float(cells[6]), float(cells[7]), float(cells[8].strip("*")), float(cells[9])
     assert flops > 0 and share > 0 and torch_share > 0
-    assert abs(share - flop_limit / ours_ms) < 0.01 + 0.05 * share      # a share is the limit over the time
+    # a share is the limit over the time
+    assert _quotient_of_printed(share, flop_limit, _three_digits(flop_limit), ours_ms)
     gigabytes, byte_limit, byte_share = float(cells[10]), float(cells[11]), float(cells[12].strip("*"))
-    assert gigabytes > 0 and byte_share > 0 and abs(byte_share - byte_limit / ours_ms) < 0.01 + 0.05 * byte_share
+    assert gigabytes > 0 and byte_share > 0
+    assert _quotient_of_printed(byte_share, byte_limit, _three_digits(byte_limit), ours_ms)
     # the roofline (each operation at the rate that binds it) is no lower than either limit alone
     roofline, roof_share = float(cells[14]), float(cells[15].strip("*"))
-    assert roofline >= 0.99 * max(flop_limit, byte_limit) and abs(roof_share - roofline / ours_ms) < 0.01 + 0.05 * roof_share
+    assert roofline >= 0.99 * max(flop_limit, byte_limit)
+    assert _quotient_of_printed(roof_share, roofline, _three_digits(roofline), ours_ms)
     assert float(cells[17]) < 0.1                   # both sides computed the same step (a wrong one: ~1)
     # the end-to-end recipe
     assert re.search(r"\| googlenet preset \(inception3a, inception4e, inception5b\) \| 128x\d+ \| \d \| 2 \|", out)
@@ -113,7 +133,7 @@ def test_profile_prints_each_stage_beside_its_roofline(weights_dir: Path) -> Non
     # a later stage runs every earlier one too; the stage's own roofline is the difference
     assert all(b >= a for a, b in zip(rooflines, rooflines[1:])) and rooflines[0] > 0
     for before, r in zip([0.0, *rooflines], rows):
-        assert float(r[3]) == pytest.approx(float(r[6]) - before, abs=0.011)
+        assert float(r[3]) == pytest.approx(float(r[6]) - before, abs=0.016)     # three numbers to 0.01 ms
         # the share is the roofline over our cumulative time
         assert float(r[8]) == pytest.approx(float(r[6]) / float(r[4]), rel=0.1, abs=0.01)
 

@@ -88,7 +88,8 @@ void im2col_input_grad(const float* grad, const float* w, const float* y, float*
   std::vector<float> padded;
   if (wide != depth) {
     padded.assign((size_t)g.co * wide, 0.0f);
-    for (int o = 0; o < g.co; ++o) std::copy(w + (size_t)o * depth, w + (size_t)(o + 1) * depth, &padded[(size_t)o * wide]);
+    for (int o = 0; o < g.co; ++o)
+      std::copy(w + (size_t)o * depth, w + (size_t)(o + 1) * depth, &padded[(size_t)o * wide]);
     w = padded.data();
   }
   size_t out_image = (size_t)g.oh * g.ow * g.co;
