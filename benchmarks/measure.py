@@ -193,7 +193,7 @@ def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
 
     operations: list[tuple[float, float]] = []
 
-    class ByteCounter(TorchDispatchMode):
+    class OperationCounter(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
             # This mode is entered inside FlopCounterMode, so the call below reaches the latter:
             # the change in its total is this operation's FLOPs.
@@ -208,7 +208,7 @@ def step_cost(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
             return out
 
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), FlopCounterMode(display=False) as flops, ByteCounter():
+    with torch.enable_grad(), FlopCounterMode(display=False) as flops, OperationCounter():
         # backward(inputs=...), not autograd.grad: FlopCounterMode's module hooks refuse the latter;
         # either way only the input's gradient is computed.
         loss(x).backward(inputs=[x])
